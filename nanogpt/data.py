@@ -1,0 +1,126 @@
+"""Corpora, the train/validation split, and batches.
+
+Every corpus is byte-level text (see tokenizer.py). Two are embedded in every Python install, so
+the project runs offline with no download:
+
+  python-code   the standard library's own top-level .py sources (about 4.7 MB of code)
+  python-docs   the English prose of the Python docs, from `pydoc_data.topics` (about 0.5 MB)
+
+Also: any text file given by path, and `shakespeare` (tiny-Shakespeare, 1 MB), downloaded once
+into a cache folder.
+"""
+import os
+import sysconfig
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import torch
+
+from nanogpt.tokenizer import encode
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+CORPUS_NAMES = ("python-code", "python-docs", "shakespeare")
+VAL_FRACTION = 0.1
+
+
+def default_cache_dir():
+    return os.environ.get("NANOGPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "nanogpt"))
+
+
+def python_code_text():
+    """The stdlib's top-level .py files, in sorted order, so every run sees the same text."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    names = sorted(n for n in os.listdir(stdlib) if n.endswith(".py"))
+    parts = []
+    for name in names:
+        with open(os.path.join(stdlib, name), encoding="utf-8", errors="replace") as f:
+            parts.append(f"# file: {name}\n{f.read()}\n")
+    return "".join(parts)
+
+
+def python_docs_text():
+    """The prose of the Python docs' topics (what `help("if")` prints), sorted by topic name."""
+    from pydoc_data.topics import topics
+
+    return "".join(f"{topics[key].strip()}\n\n" for key in sorted(topics))
+
+
+def shakespeare_text(cache_dir=None):
+    """tiny-Shakespeare, downloaded once into cache_dir; offline, a clear error says what to do."""
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(cache_dir, "shakespeare.txt")
+    if not os.path.exists(path):
+        try:
+            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=20) as response:
+                text = response.read().decode("utf-8")
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(
+                f"could not download the shakespeare corpus from {SHAKESPEARE_URL} ({e}). "
+                f"Offline? Put the text at {path}, or pass any local text file as the corpus "
+                f"(--corpus path/to/input.txt), or use an embedded corpus: python-code, python-docs."
+            ) from e
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # a half-written download never looks like a finished one
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def load_text(name_or_path, cache_dir=None):
+    """The text of a named corpus, or of a text file given by path."""
+    if name_or_path == "python-code":
+        return python_code_text()
+    if name_or_path == "python-docs":
+        return python_docs_text()
+    if name_or_path == "shakespeare":
+        return shakespeare_text(cache_dir)
+    if os.path.isfile(name_or_path):
+        with open(name_or_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    raise ValueError(
+        f"unknown corpus {name_or_path!r}: not one of {list(CORPUS_NAMES)} and not an existing file"
+    )
+
+
+@dataclass
+class Corpus:
+    name: str
+    train: torch.Tensor  # (N_train,) uint8 byte tokens
+    val: torch.Tensor  # (N_val,) uint8 byte tokens
+
+
+def load_corpus(name_or_path, block_size, cache_dir=None):
+    """Tokenize a corpus and split it: the first 90% for training, the last 10% for validation.
+
+    A contiguous split (not a random one) keeps validation text unseen: no training window
+    overlaps it. Both parts must hold at least one block plus its next-token target.
+    """
+    tokens = encode(load_text(name_or_path, cache_dir))  # (N,)
+    n_val = int(len(tokens) * VAL_FRACTION)
+    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
+    need = block_size + 1
+    if len(val) < need:
+        raise ValueError(
+            f"corpus {name_or_path!r} is too short: {len(tokens)} bytes give a validation split of "
+            f"{len(val)} bytes, but block_size={block_size} needs at least {need} bytes in each split "
+            f"(so at least {need * 10} bytes in all); use a longer text or a smaller --block-size"
+        )
+    return Corpus(name=name_or_path, train=train, val=val)
+
+
+def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
+    """batch_size random windows of data: inputs x and next-byte targets y, both (B, T) int64."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = torch.arange(block_size)  # (T,)
+    x = data[ix[:, None] + offsets].long()  # (B, T)
+    y = data[ix[:, None] + offsets + 1].long()  # (B, T): the byte after each input byte
+    return x.to(device), y.to(device)
+
+
+def fixed_batches(data, n_batches, batch_size, block_size, seed=1234):
+    """The same n_batches every call: evaluation on them is comparable across steps and runs."""
+    g = torch.Generator().manual_seed(seed)
+    return [get_batch(data, batch_size, block_size, generator=g) for _ in range(n_batches)]

@@ -1,0 +1,41 @@
+"""Sample text from a checkpoint; the same seed gives the same text.
+
+    python -m nanogpt.sample --ckpt runs/base/ckpt.pt --prompt "def " --max-new-tokens 200 --seed 0
+"""
+import argparse
+
+import torch
+
+from nanogpt.checkpoint import load_model
+from nanogpt.device import DEVICE_CHOICES, resolve_device
+from nanogpt.tokenizer import decode, encode
+
+
+def sample_text(model, prompt, max_new_tokens=200, temperature=0.8, top_k=None, seed=0, device="cpu"):
+    """prompt + max_new_tokens sampled bytes, decoded; deterministic for a given seed and device."""
+    if not prompt:
+        raise ValueError("the prompt must not be empty: the model needs at least one byte to continue")
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = encode(prompt).long()[None, :].to(device)  # (1, T)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    return decode(out[0])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Sample from a trained GPT checkpoint.")
+    p.add_argument("--ckpt", default="runs/base/ckpt.pt")
+    p.add_argument("--prompt", default="def ")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help=f"one of {list(DEVICE_CHOICES)}")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    model, _ = load_model(args.ckpt, map_location=device)
+    print(sample_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, device))
+
+
+if __name__ == "__main__":
+    main()
