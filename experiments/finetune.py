@@ -1,0 +1,144 @@
+"""One fine-tuning run, full or LoRA, measured and written as one JSON record.
+
+Every experiment is a list of these runs over one shared setup: a base model pretrained on the
+source corpus (what can be forgotten) and fine-tuned on the target corpus (what is learned).
+A finished run is cached as CACHE/runs/<key>.json and not recomputed unless forced.
+"""
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import minilora
+from experiments.base_model import settings_key
+from experiments.memory import measure_training_memory
+from nanogpt.data import get_batch
+from nanogpt.device import autocast
+from nanogpt.train import configure_optimizer, train, write_json
+
+METHODS = ("full", "lora")
+VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa")
+LORAPLUS_RATIO = 16  # Hayou et al. 2024: B's learning rate about 16x A's
+
+
+def check_spec(spec):
+    if spec["method"] not in METHODS:
+        raise ValueError(f"unknown method {spec['method']!r}; choose one of {list(METHODS)}")
+    if spec["method"] == "lora" and spec.get("variant", "lora") not in VARIANTS:
+        raise ValueError(f"unknown LoRA variant {spec['variant']!r}; choose one of {list(VARIANTS)}")
+
+
+def prepare_model(base, spec):
+    """A copy of the base model, ready to train as the spec says: all weights, or LoRA adapters."""
+    model = copy.deepcopy(base)
+    if spec["method"] == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    variant = spec.get("variant", "lora")
+    minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=spec["alpha"],
+                        rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa")
+    return model
+
+
+def make_optimizer(model, spec, weight_decay):
+    if spec.get("variant") == "loraplus":
+        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=LORAPLUS_RATIO,
+                                                weight_decay=weight_decay)
+        for g in groups:  # train() schedules each group's lr as its lr_ratio times the schedule
+            g["lr_ratio"] = g["lr"] / spec["lr"]
+        return torch.optim.AdamW(groups, lr=spec["lr"], betas=(0.9, 0.99))
+    return configure_optimizer(model, spec["lr"], weight_decay)
+
+
+def saved_bytes(model, spec):
+    """Bytes on disk of what this method must save: the adapter file, or the whole model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "saved.pt")
+        if spec["method"] == "full":
+            torch.save(model.state_dict(), path)
+        else:
+            minilora.save_adapter(model, path)
+        return os.path.getsize(path)
+
+
+def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
+                 eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True):
+    """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
+
+    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"}.
+    target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
+    target.val (learning) and source.val (forgetting).
+    """
+    check_spec(spec)
+    settings = {"base": base_key, "spec": spec, "target": target.name, "source": source.name, "steps": steps,
+                "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
+                "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
+    path = os.path.join(cache_dir, "runs", f"{settings_key(settings)}.json")
+    if os.path.exists(path) and not force:
+        with open(path) as f:
+            return json.load(f)
+
+    torch.manual_seed(seed)
+    model = prepare_model(base, spec)
+    block_size = model.config.block_size
+
+    # Memory by part, on a copy, so the measured step does not touch the real run.
+    probe = copy.deepcopy(model)
+    x, y = get_batch(target.train, batch_size, block_size, generator=torch.Generator().manual_seed(seed), device=device)
+    memory = measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
+    del probe
+
+    is_cuda = str(device).startswith("cuda")
+    if is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
+                   batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
+                   weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
+                   device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
+                   progress=progress)
+    wall_time = time.perf_counter() - start
+    if is_cuda:
+        memory["cuda_peak"] = torch.cuda.max_memory_allocated()
+
+    trainable, total, _ = minilora.count_parameters(model)
+    median_step = statistics.median(result["step_times"])
+    history = result["history"]
+    record = {
+        "method": spec["method"],
+        "variant": spec.get("variant") if spec["method"] == "lora" else None,
+        "r": spec.get("r"),
+        "alpha": spec.get("alpha"),
+        "targets": spec.get("targets"),
+        "lr": spec["lr"],
+        "steps": steps,
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "seed": seed,
+        "device": str(device),
+        "target_corpus": target.name,
+        "source_corpus": source.name,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_loss": result["step_losses"],
+        "history": [{k: h[k] for k in ("step", "target_loss", "source_loss", "lr", "elapsed_s", "tokens_seen")}
+                    for h in history],
+        "base_target_loss": history[0]["target_loss"],
+        "base_source_loss": history[0]["source_loss"],
+        "final_target_loss": history[-1]["target_loss"],
+        "final_source_loss": history[-1]["source_loss"],
+        "wall_time_s": wall_time,
+        "median_step_s": median_step,
+        "tokens_per_s": batch_size * block_size / median_step,
+        "saved_bytes": saved_bytes(model, spec),
+        "memory": memory,
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(record, path)
+    return record

@@ -1,0 +1,44 @@
+"""Full fine-tuning against LoRA: loss on both corpora, memory by part, step time, file size.
+
+    python -m experiments.full_vs_lora                      # CPU, tiny model, offline
+    python -m experiments.full_vs_lora --device cuda --preset small
+
+Writes OUT/records.json, OUT/loss_curves.png, OUT/costs.png and OUT/results.md.
+"""
+import os
+
+from experiments.common import load_setup, make_parser, parse_methods, parse_targets, run_kwargs
+from experiments.finetune import run_finetune
+from experiments.plots import markdown_table, plot_costs, plot_loss_curves
+from nanogpt.train import write_json
+
+
+def main(argv=None):
+    p = make_parser(__doc__.splitlines()[0], default_out="runs/full_vs_lora")
+    p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--methods", type=parse_methods, default=["full", "lora"], help="comma-separated: full, lora")
+    args = p.parse_args(argv)
+    base, base_key, source, target, device = load_setup(args)
+    specs = {
+        "full": {"method": "full", "lr": args.full_lr},
+        "lora": {"method": "lora", "variant": "lora", "r": args.r, "alpha": args.alpha,
+                 "targets": parse_targets(args.targets), "lr": args.lora_lr},
+    }
+    records = []
+    for method in args.methods:
+        print(f"fine-tuning: {method}")
+        records.append(run_finetune(base, base_key, specs[method], target, source, **run_kwargs(args, device)))
+    write_json(records, os.path.join(args.out, "records.json"))
+    title = f"{args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, batch {args.batch_size}, {device}"
+    plot_loss_curves(records, os.path.join(args.out, "loss_curves.png"), title)
+    plot_costs(records, os.path.join(args.out, "costs.png"), title)
+    table = markdown_table(records)
+    with open(os.path.join(args.out, "results.md.tmp"), "w") as f:
+        f.write(f"# Full fine-tuning vs LoRA\n\n{title}\n\n{table}")
+    os.replace(os.path.join(args.out, "results.md.tmp"), os.path.join(args.out, "results.md"))
+    print(table)
+    print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, results.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Plots and tables from run records: each figure readable without the code."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window: works on servers, in CI and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+
+MB = 1024 ** 2
+MEMORY_PARTS = [("params", "weights"), ("grads", "gradients"), ("optimizer", "optimizer state"),
+                ("activations", "activations")]
+PART_COLORS = {"params": "#4C72B0", "grads": "#DD8452", "optimizer": "#C44E52", "activations": "#8C8C8C"}
+
+
+def label(record):
+    if record["method"] == "full":
+        return "full fine-tuning"
+    variant = record.get("variant") or "lora"
+    name = "LoRA" if variant == "lora" else variant
+    return f"{name} r={record['r']}"
+
+
+def save(fig, path):
+    """Write to a temporary file and rename, so a reader never sees half a PNG."""
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_loss_curves(records, path, title):
+    """Validation loss on the target corpus (learning) and the source corpus (forgetting)."""
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for rec in records:
+        steps = [h["step"] for h in rec["history"]]
+        style = dict(color="black", linewidth=2.2, linestyle="--") if rec["method"] == "full" else {}
+        ax_t.plot(steps, [h["target_loss"] for h in rec["history"]], label=label(rec), **style)
+        ax_s.plot(steps, [h["source_loss"] for h in rec["history"]], label=label(rec), **style)
+    first = records[0]
+    ax_t.set_title(f"learning: {first['target_corpus']} (lower is better)")
+    ax_s.set_title(f"forgetting: {first['source_corpus']} (lower is better)")
+    for ax in (ax_t, ax_s):
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.grid(alpha=0.3)
+    ax_s.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def plot_memory_bars(ax, records):
+    """Stacked bars of measured memory by part, with the CUDA allocator's peak when there is one."""
+    names = [label(r) for r in records]
+    bottom = [0.0] * len(records)
+    for key, part in MEMORY_PARTS:
+        values = [r["memory"][key] / MB for r in records]
+        ax.bar(names, values, bottom=bottom, label=part, color=PART_COLORS[key])
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(bottom):
+        ax.text(i, total, f"{total:.1f} MB", ha="center", va="bottom", fontsize=8)
+    peaks = [r["memory"].get("cuda_peak") for r in records]
+    if any(p is not None for p in peaks):
+        ax.scatter(names, [(p or 0) / MB for p in peaks], marker="_", s=600, color="black", zorder=3,
+                   label="CUDA allocator peak")
+    ax.set_ylabel("memory (MB)")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelrotation=20)
+
+
+def plot_costs(records, path, title):
+    """Memory by part, median step time, and the size of what must be saved (log scale)."""
+    fig, (ax_m, ax_t, ax_c) = plt.subplots(1, 3, figsize=(14, 4.4))
+    names = [label(r) for r in records]
+    plot_memory_bars(ax_m, records)
+    ax_m.set_title("training memory by part (measured)")
+    times = [r["median_step_s"] * 1000 for r in records]
+    ax_t.bar(names, times, color="#55A868")
+    for i, t in enumerate(times):
+        ax_t.text(i, t, f"{t:.1f} ms\n({times[0] / t:.2f}x)", ha="center", va="bottom", fontsize=8)
+    ax_t.set_ylabel("median training step (ms)")
+    ax_t.set_title(f"step time (speed-up vs {names[0]})")
+    ax_t.margins(y=0.2)
+    sizes = [r["saved_bytes"] / 1024 for r in records]
+    ax_c.bar(names, sizes, color="#8172B3")
+    ax_c.set_yscale("log")
+    for i, s in enumerate(sizes):
+        ax_c.text(i, s, f"{s:,.0f} KB", ha="center", va="bottom", fontsize=8)
+    ax_c.set_ylabel("file size (KB, log scale)")
+    ax_c.set_title("what must be saved: checkpoint vs adapter")
+    for ax in (ax_t, ax_c):
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_rank_sweep(lora, full, path_loss, path_costs, title):
+    """Final losses, trainable parameters and memory against the rank, full fine-tuning as lines."""
+    ranks = [r["r"] for r in lora]
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, what in ((ax_t, "final_target_loss", "target"), (ax_s, "final_source_loss", "source")):
+        ax.plot(ranks, [r[key] for r in lora], "o-", label="LoRA")
+        if full is not None:
+            ax.axhline(full[key], color="black", linestyle="--", label="full fine-tuning")
+        ax.axhline(lora[0][f"base_{what}_loss"], color="gray", linestyle=":", label="base model (before)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.set_xlabel("LoRA rank r (log scale)")
+        ax.set_ylabel("final validation loss (nats/byte)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_t.set_title(f"learned: {lora[0]['target_corpus']} (lower is better)")
+    ax_s.set_title(f"forgotten: {lora[0]['source_corpus']} (lower is better)")
+    fig.suptitle(title)
+    save(fig, path_loss)
+
+    fig, (ax_p, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_p.plot(ranks, [r["trainable_params"] for r in lora], "o-", label="LoRA trainable parameters")
+    if full is not None:
+        ax_p.axhline(full["trainable_params"], color="black", linestyle="--", label="full fine-tuning")
+    ax_p.set_xscale("log", base=2)
+    ax_p.set_yscale("log")
+    ax_p.set_xticks(ranks, [str(r) for r in ranks])
+    ax_p.set_xlabel("LoRA rank r (log scale)")
+    ax_p.set_ylabel("trainable parameters (log scale)")
+    ax_p.set_title("trainable parameters grow linearly with r")
+    ax_p.grid(alpha=0.3)
+    ax_p.legend(fontsize=8)
+    records = lora + ([full] if full is not None else [])
+    plot_memory_bars(ax_m, records)
+    ax_m.set_title("training memory by part (measured)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path_costs)
+
+
+def markdown_table(records):
+    """One row per run: the numbers a reader compares."""
+    rows = ["| run | trainable params | target loss | source loss | memory (MB): weights / grads / optimizer / "
+            "activations | median step (ms) | saved file (KB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        m = r["memory"]
+        rows.append(
+            f"| {label(r)} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
+            f"{r['final_target_loss']:.3f} | {r['final_source_loss']:.3f} | "
+            f"{m['params'] / MB:.2f} / {m['grads'] / MB:.2f} / {m['optimizer'] / MB:.2f} / {m['activations'] / MB:.2f} | "
+            f"{r['median_step_s'] * 1000:.1f} | {r['saved_bytes'] / 1024:,.1f} |"
+        )
+    base = records[0]
+    rows.append(f"\nBase model before fine-tuning: target loss {base['base_target_loss']:.3f}, "
+                f"source loss {base['base_source_loss']:.3f} (nats/byte).")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,148 @@
+"""The experiments end to end at toy size, and the memory accounting they rest on."""
+import json
+import os
+
+import pytest
+import torch
+
+import minilora
+from experiments import full_vs_lora, rank_sweep
+from experiments.common import parse_ranks
+from experiments.finetune import make_optimizer, prepare_model
+from experiments.memory import SavedActivations, analytic_bytes, measure_training_memory
+from nanogpt import GPT, config_from_preset
+from nanogpt.device import autocast
+
+TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
+       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
+RECORD_KEYS = {
+    "method", "variant", "r", "alpha", "targets", "lr", "steps", "batch_size", "block_size", "seed", "device",
+    "target_corpus", "source_corpus", "trainable_params", "total_params", "train_loss", "history",
+    "base_target_loss", "base_source_loss", "final_target_loss", "final_source_loss", "wall_time_s",
+    "median_step_s", "tokens_per_s", "saved_bytes", "memory",
+}
+
+
+def is_png(path):
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    """Two small local corpora: quick to load, and different enough to learn and forget."""
+    code = tmp_path / "code.txt"
+    code.write_text("def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 200)
+    prose = tmp_path / "prose.txt"
+    prose.write_text("The quick brown fox jumps over the lazy dog. A statement ends with a period.\n" * 150)
+    return ["--source", str(code), "--target", str(prose), "--cache", str(tmp_path / "cache")]
+
+
+def test_full_vs_lora_end_to_end(tmp_path, corpora):
+    out = tmp_path / "fvl"
+    full_vs_lora.main([*TOY, *corpora, "--out", str(out)])
+    records = json.loads((out / "records.json").read_text())
+    assert [r["method"] for r in records] == ["full", "lora"]
+    for record in records:
+        assert set(record) == RECORD_KEYS
+        assert len(record["train_loss"]) == 6
+        assert [h["step"] for h in record["history"]] == [0, 3, 6]
+        assert set(record["memory"]) >= {"params", "grads", "optimizer", "activations", "analytic"}
+    full, lora = records
+    assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
+    assert lora["saved_bytes"] < full["saved_bytes"]
+    assert full["base_target_loss"] == lora["base_target_loss"]  # same base, same fixed eval batches
+    for name in ("loss_curves.png", "costs.png"):
+        assert is_png(out / name)
+    assert "| full fine-tuning |" in (out / "results.md").read_text()
+
+
+def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
+    out = tmp_path / "sweep"
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])
+    records = json.loads((out / "records.json").read_text())
+    assert [(r["method"], r["r"]) for r in records] == [("full", None), ("lora", 1), ("lora", 2)]
+    # Trainable parameters: r * (in + out) per adapted matrix; 1 block has q,k,v,o (32x32), up (32->128), down.
+    per_rank = 4 * (32 + 32) + (32 + 128) + (128 + 32)
+    assert records[1]["trainable_params"] == per_rank and records[2]["trainable_params"] == 2 * per_rank
+    for name in ("final_loss_vs_rank.png", "params_memory_vs_rank.png", "loss_curves.png"):
+        assert is_png(out / name)
+    assert "| LoRA r=2 |" in (out / "results.md").read_text()
+    cached = sorted(os.listdir(tmp_path / "cache" / "runs"))
+    assert len(cached) == 3
+    mtimes = [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])  # a finished run is not redone
+    assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
+    assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("base-")]) == 1
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return GPT(config_from_preset("tiny", n_layer=2, n_embd=32, n_head=2, block_size=16))
+
+
+def toy_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (4, 16), generator=g), torch.randint(0, 256, (4, 16), generator=g)
+
+
+@pytest.mark.parametrize("spec", [
+    {"method": "full", "lr": 1e-3},
+    {"method": "lora", "variant": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"], "lr": 1e-3},
+])
+def test_measured_bytes_equal_the_analytic_formula(spec):
+    model = prepare_model(toy_model(), spec)
+    x, y = toy_batch()
+    memory = measure_training_memory(model, make_optimizer(model, spec, 0.0), x, y, autocast("cpu"))
+    for part in ("params", "grads", "optimizer"):
+        assert memory[part] == memory["analytic"][part], part
+    n_total = sum(p.numel() for p in model.parameters())
+    assert memory["params"] == 4 * n_total
+    assert memory["activations"] > 0
+
+
+def test_lora_gradient_and_optimizer_bytes_are_the_adapters_alone():
+    spec = {"method": "lora", "variant": "lora", "r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"], "lr": 1e-3}
+    model = prepare_model(toy_model(), spec)
+    x, y = toy_batch()
+    memory = measure_training_memory(model, make_optimizer(model, spec, 0.0), x, y, autocast("cpu"))
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    adapter_values = sum(p.numel() for p in adapters)
+    assert adapter_values == 2 * 2 * 4 * (32 + 32)  # 2 blocks x (q, v) x r * (in + out)
+    assert memory["grads"] == 4 * adapter_values
+    assert memory["optimizer"] == 8 * adapter_values + 4 * len(adapters)
+    assert analytic_bytes(model)["grads"] == 4 * minilora.count_parameters(model)[0]
+
+
+def test_activation_counter_counts_a_tensor_saved_twice_once():
+    w = torch.randn(64, 64, requires_grad=True)
+    x = torch.randn(128, 64)
+    x_bytes, h_bytes = x.numel() * 4, 128 * 64 * 4
+    with SavedActivations() as once:
+        torch.tanh(x @ w)  # saves x (for w's gradient) and tanh's output
+    assert once.bytes == x_bytes + h_bytes
+    with SavedActivations() as twice:
+        torch.tanh(x @ w) + torch.sigmoid(x @ w)  # both matmuls save the same x: one storage
+    assert twice.bytes == x_bytes + 2 * h_bytes
+    # A model's parameters are weights, not activations.
+    layer = torch.nn.Linear(64, 64, bias=False)
+    x_in = torch.randn(128, 64, requires_grad=True)
+    with SavedActivations() as counted:
+        layer(x_in)
+    with SavedActivations(layer) as excluded:
+        layer(x_in)
+    assert counted.bytes == excluded.bytes + layer.weight.numel() * 4
+
+
+def test_bad_flags_are_clear_errors(tmp_path, corpora, capsys):
+    with pytest.raises(SystemExit):
+        full_vs_lora.main([*TOY, *corpora, "--methods", "full,qlora", "--out", str(tmp_path / "x")])
+    assert "unknown method 'qlora'; choose one of ['full', 'lora']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rank_sweep.main([*TOY, *corpora, "--ranks", "1,two", "--out", str(tmp_path / "x")])
+    assert "--ranks must be comma-separated positive integers" in capsys.readouterr().err
+    with pytest.raises(Exception, match="positive integers"):
+        parse_ranks("0,4")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
+            rank_sweep.main([*TOY, *corpora, "--device", "cuda", "--out", str(tmp_path / "x")])
