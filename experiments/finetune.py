@@ -66,6 +66,14 @@ def saved_bytes(model, spec):
         return os.path.getsize(path)
 
 
+def measure_step_memory(model, spec, data, batch_size, seed, device, weight_decay=0.0):
+    """Memory by part of one training step, taken on a copy so the real run is not touched."""
+    probe = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    x, y = get_batch(data, batch_size, probe.config.block_size, generator=g, device=device)  # (B, T) each
+    return measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
+
+
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
                  eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
@@ -87,11 +95,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     model = prepare_model(base, spec)
     block_size = model.config.block_size
 
-    # Memory by part, on a copy, so the measured step does not touch the real run.
-    probe = copy.deepcopy(model)
-    x, y = get_batch(target.train, batch_size, block_size, generator=torch.Generator().manual_seed(seed), device=device)
-    memory = measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
-    del probe
+    memory = measure_step_memory(model, spec, target.train, batch_size, seed, device, weight_decay)
 
     is_cuda = str(device).startswith("cuda")
     if is_cuda:

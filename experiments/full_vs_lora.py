@@ -3,19 +3,22 @@
     python -m experiments.full_vs_lora                      # CPU, tiny model, offline
     python -m experiments.full_vs_lora --device cuda --preset small
 
-Writes OUT/records.json, OUT/loss_curves.png, OUT/costs.png and OUT/results.md.
+Writes OUT/records.json, OUT/loss_curves.png, OUT/costs.png, OUT/memory_vs_batch.png (one
+measured step per batch size: where LoRA's memory saving goes as activations grow) and OUT/results.md.
 """
 import os
 
-from experiments.common import load_setup, make_parser, parse_methods, parse_targets, run_kwargs
-from experiments.finetune import run_finetune
-from experiments.plots import markdown_table, plot_costs, plot_loss_curves
+from experiments.common import load_setup, make_parser, parse_batch_sizes, parse_methods, parse_targets, run_kwargs
+from experiments.finetune import measure_step_memory, prepare_model, run_finetune
+from experiments.plots import markdown_table, plot_costs, plot_loss_curves, plot_memory_vs_batch
 from nanogpt.train import write_json
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="runs/full_vs_lora")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/full_vs_lora")
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 4, 16, 64],
+                   help="batch sizes for memory_vs_batch.png, e.g. 1,4,16,64")
     p.add_argument("--methods", type=parse_methods, default=["full", "lora"], help="comma-separated: full, lora")
     args = p.parse_args(argv)
     base, base_key, source, target, device = load_setup(args)
@@ -32,12 +35,21 @@ def main(argv=None):
     title = f"{args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, batch {args.batch_size}, {device}"
     plot_loss_curves(records, os.path.join(args.out, "loss_curves.png"), title)
     plot_costs(records, os.path.join(args.out, "costs.png"), title)
+    if set(args.methods) == {"full", "lora"}:
+        rows = []  # one measured step per method and batch size: cheap next to the runs
+        for b in args.memory_batches:
+            row = {"batch_size": b}
+            for m in ("full", "lora"):
+                row[m] = measure_step_memory(prepare_model(base, specs[m]), specs[m], target.train, b, args.seed, device)
+            rows.append(row)
+        write_json(rows, os.path.join(args.out, "memory_vs_batch.json"))
+        plot_memory_vs_batch(rows, os.path.join(args.out, "memory_vs_batch.png"), title)
     table = markdown_table(records)
     with open(os.path.join(args.out, "results.md.tmp"), "w") as f:
         f.write(f"# Full fine-tuning vs LoRA\n\n{title}\n\n{table}")
     os.replace(os.path.join(args.out, "results.md.tmp"), os.path.join(args.out, "results.md"))
     print(table)
-    print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, results.md")
+    print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, memory_vs_batch.png, results.md")
 
 
 if __name__ == "__main__":

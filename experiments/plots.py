@@ -64,8 +64,43 @@ def plot_memory_bars(ax, records):
         ax.scatter(names, [(p or 0) / MB for p in peaks], marker="_", s=600, color="black", zorder=3,
                    label="CUDA allocator peak")
     ax.set_ylabel("memory (MB)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     ax.tick_params(axis="x", labelrotation=20)
+    ax.margins(y=0.1)
+
+
+def plot_memory_vs_batch(rows, path, title):
+    """Total training memory of each method against the batch size, and LoRA's share of full's.
+
+    rows: [{"batch_size": int, "full": memory dict, "lora": memory dict}]."""
+    batches = [r["batch_size"] for r in rows]
+    totals = {m: [sum(r[m][k] for k, _ in MEMORY_PARTS) / MB for r in rows] for m in ("full", "lora")}
+    fig, (ax_m, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, name in (("full", "full fine-tuning"), ("lora", "LoRA")):
+        ax_m.plot(batches, totals[method], "o-", label=f"{name}: total")
+        ax_m.plot(batches, [r[method]["activations"] / MB for r in rows], ":", label=f"{name}: activations")
+    ax_m.set_xscale("log", base=2)
+    ax_m.set_yscale("log")
+    ax_m.set_xticks(batches, [str(b) for b in batches])
+    ax_m.set_xlabel("batch size (sequences, log scale)")
+    ax_m.set_ylabel("training memory (MB, log scale)")
+    ax_m.set_title("memory grows with the batch: activations")
+    ax_m.grid(alpha=0.3)
+    ax_m.legend(fontsize=8)
+    ratio = [lo / fu for lo, fu in zip(totals["lora"], totals["full"])]
+    ax_r.plot(batches, ratio, "o-", color="#C44E52")
+    ax_r.axhline(0.25, color="gray", linestyle=":", label="ceiling when weights dominate (4 / 16 bytes)")
+    ax_r.set_xscale("log", base=2)
+    ax_r.set_xticks(batches, [str(b) for b in batches])
+    ax_r.set_ylim(0, 1.05)
+    ax_r.set_xlabel("batch size (sequences, log scale)")
+    ax_r.set_ylabel("LoRA memory / full fine-tuning memory")
+    ax_r.set_title("LoRA's saving shrinks as activations grow")
+    ax_r.grid(alpha=0.3)
+    ax_r.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def plot_costs(records, path, title):

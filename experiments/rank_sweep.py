@@ -15,7 +15,7 @@ from nanogpt.train import write_json
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="runs/rank_sweep")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/rank_sweep")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64], help="comma-separated, e.g. 1,2,4")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     args = p.parse_args(argv)

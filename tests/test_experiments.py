@@ -52,8 +52,13 @@ def test_full_vs_lora_end_to_end(tmp_path, corpora):
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
     assert lora["saved_bytes"] < full["saved_bytes"]
     assert full["base_target_loss"] == lora["base_target_loss"]  # same base, same fixed eval batches
-    for name in ("loss_curves.png", "costs.png"):
+    for name in ("loss_curves.png", "costs.png", "memory_vs_batch.png"):
         assert is_png(out / name)
+    by_batch = json.loads((out / "memory_vs_batch.json").read_text())
+    assert [row["batch_size"] for row in by_batch] == [1, 4, 16, 64]
+    # Activations grow with the batch; the weights do not.
+    assert by_batch[-1]["lora"]["activations"] > 10 * by_batch[0]["lora"]["activations"]
+    assert by_batch[-1]["full"]["params"] == by_batch[0]["full"]["params"]
     assert "| full fine-tuning |" in (out / "results.md").read_text()
 
 
