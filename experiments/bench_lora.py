@@ -1,0 +1,203 @@
+"""Is a LoRA training step actually cheaper than full fine-tuning? Measured side by side.
+
+    python -m experiments.bench_lora [--preset small] [--batch-size 16] [--r 8] [--steps 8] [--out DIR]
+                                     [--threads N]
+
+One process times, on copies of one base GPT with the same random batch and the same AdamW:
+    full   full fine-tuning: every parameter trains
+    floor  the best any adapter method can do: every weight frozen and no adapter. Only the
+           LayerNorm parameters train, so that backward still flows through every layer (as it
+           must for LoRA, whose adapters sit in every block) and the optimizer has something to do
+    lora   minilora: r on q, k, v, o, up, down of every block, the fused fast path (fast_path.py)
+    ref    the same LoRA computed the straightforward way, base(x) + (x @ A.T @ B.T) * s
+Each round times one optimizer step of each variant, in an order rotated every round; the
+report is the median over rounds, after a warm-up round. It also times eval forwards
+(no_grad): unmerged LoRA and merged LoRA against the base model; it compares the adapter
+file's size with a full checkpoint's; and it sums the bytes autograd saves for backward in
+one training forward (activation memory). Ratios go to stdout and to DIR/bench_lora.json.
+
+Timings are wall-clock: run it on an otherwise idle machine (other processes competing for
+the cores hurt the many small adapter products more than the big ones).
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
+from nanogpt.model import GPT
+from nanogpt.presets import PRESETS, config_from_preset
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def make_variants(base, r, alpha):
+    """name -> model, each a deepcopy of base so that no state is shared."""
+    full = copy.deepcopy(base)
+    floor = copy.deepcopy(base).requires_grad_(False)
+    for module in floor.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.requires_grad_(True)
+    lora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
+    ref = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
+    for _, layer in lora_layers(ref):
+        layer.forward = layer.reference_forward  # the straightforward formula, plain autograd
+    return {"full": full, "floor": floor, "lora": lora, "ref": ref}
+
+
+def train_step(model, optimizer, x, y):
+    _, loss = model(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def forward_only(model, x):
+    model(x)
+
+
+def saved_activation_bytes(model, x, y):
+    """Bytes of the distinct non-parameter tensors autograd saves for backward in one forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x, y)
+    del loss
+    return sum(saved.values())
+
+
+def write_json_atomic(obj, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of each variant per round)")
+    parser.add_argument("--forward-rounds", type=int, default=5)
+    parser.add_argument("--out", default="runs/bench_lora")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = config_from_preset(args.preset)
+    base = GPT(config)
+    x = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size))  # (B, T)
+    y = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size))  # (B, T)
+    models = make_variants(base, args.r, args.alpha)
+    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                          lr=3e-4, weight_decay=0.01)
+                  for name, m in models.items()}
+    names = list(models)
+
+    times = {name: [] for name in names}
+    total = (args.steps + 1) * len(names)
+    with tqdm(total=total, desc=f"train steps ({args.preset}, B={args.batch_size}, r={args.r})") as bar:
+        for round_ in range(args.steps + 1):  # round 0 is the warm-up
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                seconds = timed(train_step, models[name], optimizers[name], x, y)
+                if round_ > 0:
+                    times[name].append(seconds)
+                bar.update()
+    step = {name: statistics.median(t) for name, t in times.items()}
+
+    eval_models = {"base": base.eval(), "unmerged": models["lora"].eval(),
+                   "merged": merge_lora(copy.deepcopy(models["lora"])).eval()}
+    fwd_times = {name: [] for name in eval_models}
+    for round_ in tqdm(range(args.forward_rounds + 1), desc="eval forwards"):
+        for name, model in eval_models.items():
+            seconds = timed(forward_only, model, x)
+            if round_ > 0:
+                fwd_times[name].append(seconds)
+    fwd = {name: statistics.median(t) for name, t in fwd_times.items()}
+    models["lora"].train()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_adapter(models["lora"], os.path.join(tmp, "adapter.pt"))
+        torch.save(base.state_dict(), os.path.join(tmp, "full.pt"))
+        adapter_bytes = os.path.getsize(os.path.join(tmp, "adapter.pt"))
+        full_bytes = os.path.getsize(os.path.join(tmp, "full.pt"))
+
+    saved = {name: saved_activation_bytes(models[name], x, y) for name in ("full", "floor", "lora", "ref")}
+
+    ratios = {
+        "lora_step / full_step": step["lora"] / step["full"],
+        "lora_step / floor_step": step["lora"] / step["floor"],
+        "straightforward_lora_step / full_step": step["ref"] / step["full"],
+        "floor_step / full_step": step["floor"] / step["full"],
+        "lora_forward_unmerged / base_forward": fwd["unmerged"] / fwd["base"],
+        "lora_forward_merged / base_forward": fwd["merged"] / fwd["base"],
+        "adapter_file / full_checkpoint": adapter_bytes / full_bytes,
+        "lora_saved_activations / straightforward": saved["lora"] / saved["ref"],
+    }
+    counts = count_parameters(models["lora"])
+    result = {
+        "args": vars(args),
+        "variants": {
+            "full": "every parameter trains",
+            "floor": "every weight frozen, no adapter; only LayerNorm parameters train, so backward "
+                     "still flows through every layer",
+            "lora": f"minilora fast path, r={args.r}, alpha={args.alpha:g}, on {TARGETS} of every block",
+            "ref": "the same LoRA as base(x) + (x @ A.T @ B.T) * scaling with plain autograd",
+        },
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "trainable_parameters": {"lora": counts.trainable, "total": counts.total, "percent": counts.percent},
+        "ratios": ratios,
+        "step_seconds_median": step,
+        "step_seconds_all": times,
+        "forward_seconds_median": fwd,
+        "bytes": {"adapter_file": adapter_bytes, "full_checkpoint": full_bytes},
+        "saved_activation_bytes": saved,
+    }
+    path = os.path.join(args.out, "bench_lora.json")
+    write_json_atomic(result, path)
+
+    print(f"\npreset {args.preset}, batch {args.batch_size}, r {args.r}, {args.steps} rounds, "
+          f"{torch.get_num_threads()} threads; LoRA trains {counts.trainable:,} of {counts.total:,} "
+          f"parameters ({counts.percent:.2f}%)")
+    print("median step: " + ", ".join(f"{n} {s:.3f}s" for n, s in step.items()))
+    for key, value in ratios.items():
+        extra = f"   ({1 / value:.2f}x faster)" if key.endswith("/ full_step") else ""
+        print(f"  {key:42s} {value:7.3f}{extra}")
+    print("saved activations (MB): " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in saved.items()))
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""minilora: LoRA from scratch, in plain PyTorch.
+
+    from minilora import apply_lora, count_parameters, merge_lora, save_adapter
+    apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)   # in place; freezes everything else
+    ...train as usual...
+    save_adapter(model, "adapter.pt")                         # a few KB: only A, B and the config
+    merge_lora(model)                                         # deployment: zero added latency
+
+Layers:     LoRALinear (layer.py), LoRAEmbedding (embedding.py), the fast path (fast_path.py)
+Model ops:  apply_lora (inject.py); merge/unmerge/unload/disable/count/summary (model_ops.py)
+Files:      save_adapter, load_adapter (adapter_file.py)
+Adapters:   add_adapter, set_adapter, add_weighted_adapter (multi_adapter.py)
+Variants:   rsLoRA (adapter.py), DoRA (dora.py), PiSSA (pissa.py), LoRA+ (loraplus.py)
+"""
+from minilora.adapter import LoRAAdapter
+from minilora.adapter_file import load_adapter, read_adapter_file, save_adapter
+from minilora.embedding import LoRAEmbedding
+from minilora.fast_path import LoRALinearFunction, lora_linear
+from minilora.inject import apply_lora, find_targets, set_trainable
+from minilora.layer import LoRALinear
+from minilora.lora_layer import LoRALayer
+from minilora.loraplus import loraplus_param_groups
+from minilora.model_ops import (
+    active_adapter,
+    adapter_names,
+    count_parameters,
+    disable_lora,
+    lora_layers,
+    lora_summary,
+    merge_lora,
+    unload_lora,
+    unmerge_lora,
+)
+from minilora.multi_adapter import add_adapter, add_weighted_adapter, set_adapter
+
+__all__ = [
+    "LoRAAdapter", "LoRAEmbedding", "LoRALayer", "LoRALinear", "LoRALinearFunction", "lora_linear",
+    "apply_lora", "find_targets", "set_trainable",
+    "merge_lora", "unmerge_lora", "unload_lora", "disable_lora", "count_parameters", "lora_summary",
+    "lora_layers", "adapter_names", "active_adapter",
+    "save_adapter", "load_adapter", "read_adapter_file",
+    "add_adapter", "set_adapter", "add_weighted_adapter",
+    "loraplus_param_groups",
+]

@@ -1,0 +1,190 @@
+"""Adapters as tiny files: only the adapter's tensors and its config, not the base model.
+
+The file is a torch.save'd dict of tensors and plain types only, so it loads with
+torch.load(weights_only=True):
+
+    {"format": "minilora-adapter", "version": 1,
+     "config":  {"adapter_name", "targets": [full layer names], "r", "alpha", "dropout",
+                 "rslora", "dora", "pissa", "bias"},
+     "tensors": {"<layer>.lora_A": (r, in), "<layer>.lora_B": (out, r), "<layer>.magnitude": (out,)},
+     "biases":  {"<module>.bias": tensor}}       only when biases trained (bias != "none")
+
+Bias names are the module's name plus ".bias", the same whether or not the module is wrapped.
+"""
+import os
+import re
+import tempfile
+
+import torch
+import torch.nn as nn
+
+from minilora.inject import apply_lora
+from minilora.lora_layer import LoRALayer
+from minilora.model_ops import active_adapter, lora_layers
+
+FORMAT = "minilora-adapter"
+VERSION = 1
+CONFIG_KEYS = ("adapter_name", "targets", "r", "alpha", "dropout", "rslora", "dora", "pissa", "bias")
+MUST_MATCH = ("r", "alpha", "rslora", "dora", "pissa")  # change what the tensors mean
+
+
+def _atomic_save(obj, path):
+    """torch.save to a temporary file in path's folder, then os.replace: a crash mid-write never
+    leaves a half-written file under path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _biases(model):
+    """{module name + ".bias": bias parameter} for every bias, LoRA layers named as their base."""
+    found = {}
+    for name, module in model.named_modules():
+        owner = name[: -len(".base")] if name.endswith(".base") else name
+        bias = dict(module.named_parameters(recurse=False)).get("bias")
+        if bias is not None:
+            found[f"{owner}.bias" if owner else "bias"] = bias
+    return found
+
+
+def _saved_biases(model, layer_names, mode):
+    biases = _biases(model)
+    if mode == "all":
+        return biases
+    if mode == "lora_only":
+        return {k: v for k, v in biases.items() if k[: -len(".bias")] in layer_names}
+    return {}
+
+
+def save_adapter(model, path, adapter_name=None):
+    """Write adapter adapter_name (default: the active one) to path, atomically: its A, B
+    (and DoRA m) for every layer that holds it, its config, and trained biases if any."""
+    name = active_adapter(model) if adapter_name is None else adapter_name
+    layers = [(n, layer) for n, layer in lora_layers(model) if name is not None and name in layer.adapters]
+    if not layers:
+        raise ValueError(f"no adapter named {name!r} in the model; its adapters: "
+                         f"{sorted({a for _, layer in lora_layers(model) for a in layer.adapters})}")
+    configs = [layer.adapters[name].config() for _, layer in layers]
+    if any(c != configs[0] for c in configs):
+        raise ValueError(f"adapter {name!r} has different hyperparameters on different layers; "
+                         f"save_adapter needs one config")
+    config = dict(adapter_name=name, targets=[n for n, _ in layers], **configs[0])
+    tensors = {}
+    for n, layer in layers:
+        adapter = layer.adapters[name]
+        for key, p in (("lora_A", adapter.lora_A), ("lora_B", adapter.lora_B), ("magnitude", adapter.magnitude)):
+            if p is not None:
+                tensors[f"{n}.{key}"] = p.detach().cpu().clone()  # clone: save just this tensor's data
+    biases = {k: v.detach().cpu().clone()
+              for k, v in _saved_biases(model, config["targets"], config["bias"]).items()}
+    _atomic_save(dict(format=FORMAT, version=VERSION, config=config, tensors=tensors, biases=biases), path)
+
+
+def read_adapter_file(path):
+    """The dict in an adapter file, checked to be one; clear errors for missing or corrupt files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"adapter file not found: {path!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read adapter file {path!r}: it is corrupt or not written by save_adapter "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a minilora adapter file (no format={FORMAT!r} entry)")
+    if obj.get("version") != VERSION:
+        raise ValueError(f"adapter file {path!r} has version {obj.get('version')!r}; this code reads {VERSION}")
+    config = obj.get("config")
+    missing = [k for k in CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+    if missing or not isinstance(obj.get("tensors"), dict) or not isinstance(obj.get("biases"), dict):
+        raise ValueError(f"adapter file {path!r} is incomplete (config keys missing: {missing})")
+    return obj
+
+
+def _expected_shapes(module, r, dora):
+    base = module.base if isinstance(module, LoRALayer) else module
+    if isinstance(base, nn.Linear):
+        n_in, n_out = base.in_features, base.out_features
+    else:
+        n_in, n_out = base.num_embeddings, base.embedding_dim
+    shapes = {"lora_A": (r, n_in), "lora_B": (n_out, r)}
+    if dora:
+        shapes["magnitude"] = (n_out,)
+    return shapes
+
+
+def load_adapter(model, path, adapter_name=None):
+    """Load an adapter file into model, in place, as adapter adapter_name (default: the name
+    in the file). If the model has no adapter of that name yet, it is first added with the
+    file's config, as apply_lora would (so a fresh base model works; for PiSSA this recomputes
+    the residual from the original W0). If it has one, its config must match the file's.
+    Every mismatch (r, alpha, variants, targets, shapes) is listed in one error, raised before
+    anything changes. Returns model."""
+    obj = read_adapter_file(path)
+    config, tensors, biases = obj["config"], obj["tensors"], obj["biases"]
+    name = config["adapter_name"] if adapter_name is None else adapter_name
+    modules = dict(model.named_modules())
+    existing = [(n, layer) for n, layer in lora_layers(model) if name in layer.adapters]
+    problems = []
+    absent = [t for t in config["targets"] if t not in modules]
+    if absent:
+        problems.append(f"targets the model does not have: {absent}")
+    if existing:
+        held = [n for n, _ in existing]
+        only_file = [t for t in config["targets"] if t not in held]
+        only_model = [t for t in held if t not in config["targets"]]
+        if only_file or only_model:
+            problems.append(f"other targets: only in the file {only_file}, only in the model {only_model}")
+        model_config = existing[0][1].adapters[name].config()
+        problems += [f"{k}: file {config[k]!r}, model {model_config[k]!r}"
+                     for k in MUST_MATCH if config[k] != model_config[k]]
+    expected = {}
+    for t in config["targets"]:
+        module = modules.get(t)
+        if module is not None and not isinstance(module, (nn.Linear, nn.Embedding, LoRALayer)):
+            problems.append(f"{t!r} is a {type(module).__name__}, not an nn.Linear or nn.Embedding")
+        elif module is not None:
+            expected.update({f"{t}.{k}": s for k, s in _expected_shapes(module, config["r"], config["dora"]).items()})
+    for key, shape in expected.items():
+        if key not in tensors:
+            problems.append(f"{key}: missing from the file")
+        elif tuple(tensors[key].shape) != shape:
+            problems.append(f"{key}: shape {tuple(tensors[key].shape)} in the file, the model needs {shape}")
+    unexpected = sorted(k for k in tensors if k not in expected and k.rsplit(".", 1)[0] not in absent)
+    if unexpected:
+        problems.append(f"tensors in the file the config does not explain: {unexpected}")
+    model_biases = _biases(model)
+    for key, value in biases.items():
+        if key not in model_biases:
+            problems.append(f"bias {key!r}: not in the model")
+        elif tuple(value.shape) != tuple(model_biases[key].shape):
+            problems.append(f"bias {key!r}: shape {tuple(value.shape)} in the file, "
+                            f"the model has {tuple(model_biases[key].shape)}")
+    if problems:
+        raise ValueError(f"adapter file {path!r} does not fit the model:\n  - " + "\n  - ".join(problems))
+    merged = [n for n, layer in lora_layers(model) if layer.merged]
+    if merged:
+        raise RuntimeError(f"the model has a merged adapter (e.g. {merged[0]!r}); unmerge_lora(model) first")
+
+    if not existing:
+        exact = "|".join(re.escape(t) for t in config["targets"])  # exactly these layers
+        apply_lora(model, exact, config["r"], config["alpha"], config["dropout"], bias=config["bias"],
+                   rslora=config["rslora"], dora=config["dora"], pissa=config["pissa"], adapter_name=name)
+    with torch.no_grad():
+        for t in config["targets"]:
+            adapter = model.get_submodule(t).adapters[name]
+            adapter.lora_A.copy_(tensors[f"{t}.lora_A"])
+            adapter.lora_B.copy_(tensors[f"{t}.lora_B"])
+            if adapter.dora:
+                adapter.magnitude.copy_(tensors[f"{t}.magnitude"])
+        model_biases = _biases(model)  # names are stable across wrapping
+        for key, value in biases.items():
+            model_biases[key].copy_(value)
+    return model

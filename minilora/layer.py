@@ -1,0 +1,92 @@
+"""LoRALinear: an nn.Linear with a trainable low-rank update (Hu et al. 2021, arXiv:2106.09685).
+
+A frozen weight W0 (out, in) gets an update of rank at most r, factored as two small matrices:
+
+    h = W0 x + b + delta W x,     delta W = (alpha / r) B A
+    A (r, in)   Kaiming-uniform init (a = sqrt(5), as nn.Linear)
+    B (out, r)  zeros, so delta W = 0 and the layer starts exactly equal to the base layer
+
+Only A and B train: r (in + out) parameters instead of in * out. The scale s = alpha / r
+keeps the update's size about the same when r changes, so the learning rate need not be
+retuned (rsLoRA: s = alpha / sqrt(r), see adapter.py). Dropout, if any, acts on the
+adapter's input only: h = W0 x + b + s B A dropout(x).
+
+Training computes s B (A x) through the rank-r space (fast_path.py) and never forms the
+(out, in) product B A. For deployment, merge() folds delta W into W0, after which forward is
+exactly the base layer's: no added latency. unmerge() takes it out again.
+
+Several named adapters can sit on one layer (see multi_adapter.py); forward uses the active
+one, and layer.lora_A / layer.lora_B / layer.scaling are the active adapter's.
+"""
+import torch.nn as nn
+
+from minilora.adapter import LoRAAdapter
+from minilora.checks import check_rank
+from minilora.dora import dora_linear, init_magnitude_
+from minilora.fast_path import lora_linear
+from minilora.lora_layer import LoRALayer
+from minilora.pissa import pissa_init_
+
+
+class LoRALinear(LoRALayer):
+    def __init__(self, base, r=8, alpha=16, dropout=0.0, rslora=False, dora=False, pissa=False,
+                 bias="none", adapter_name="default"):
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        super().__init__(base)
+        self.add_adapter(adapter_name, r, alpha, dropout, rslora, dora, pissa, bias)
+        self.active_adapter = adapter_name
+
+    @property
+    def in_features(self):
+        return self.base.in_features
+
+    @property
+    def out_features(self):
+        return self.base.out_features
+
+    def add_adapter(self, name, r, alpha, dropout=0.0, rslora=False, dora=False, pissa=False, bias="none"):
+        """Add adapter `name` (not activated: see set_adapter). PiSSA first moves W0's principal
+        part into A, B; DoRA then sets m = ||W0 + delta W||_row."""
+        where = f"nn.Linear({self.in_features} -> {self.out_features})"
+        r = check_rank(r, self.in_features, self.out_features, where)
+        self._check_can_add(name, pissa)
+        weight = self.base.weight
+        adapter = LoRAAdapter(self.in_features, self.out_features, r, alpha, dropout, rslora, dora,
+                              pissa, bias, device=weight.device, dtype=weight.dtype)
+        if pissa:
+            pissa_init_(weight, adapter)
+        if dora:
+            init_magnitude_(adapter, weight, adapter.scaling * (adapter.lora_B @ adapter.lora_A))
+        self.adapters[name] = adapter
+        return adapter
+
+    def delta_weight(self, name=None):
+        """delta W = s B A, (out, in): formed only to merge, for DoRA's norm, and for inspection."""
+        adapter = self.get_adapter(name)
+        return adapter.scaling * (adapter.lora_B @ adapter.lora_A)  # (out, in)
+
+    def forward(self, x):
+        adapter = self._forward_adapter()
+        if adapter is None:
+            return self.base(x)  # nothing active, or merged: the base layer itself
+        # Dropout on the adapter's input only; None = the adapter sees x itself.
+        x_lora = adapter.dropout(x) if adapter.dropout.p > 0 and self.training else None
+        if adapter.dora:
+            return dora_linear(x, self.base.weight, self.base.bias, adapter, x_lora)
+        return lora_linear(x, self.base.weight, self.base.bias, adapter.lora_A, adapter.lora_B,
+                           adapter.scaling, x_lora)
+
+    def reference_forward(self, x):
+        """The formula as written, with plain autograd: base(x) + s * B A dropout(x).
+        Slower (full-size multiply and add in forward and backward); tests check forward()
+        against it, and the benchmark times it as the straightforward implementation."""
+        adapter = self.get_adapter()
+        if adapter.dora or self.merged:
+            raise RuntimeError("reference_forward is for an unmerged plain-LoRA adapter")
+        dropped = adapter.dropout(x)  # (..., in)
+        return self.base(x) + (dropped @ adapter.lora_A.t() @ adapter.lora_B.t()) * adapter.scaling
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"active_adapter={self.active_adapter!r}, merged={self.merged}")
