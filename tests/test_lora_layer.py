@@ -8,13 +8,6 @@ import torch.nn as nn
 from minilora import LoRAEmbedding, LoRALinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_layer(in_features=16, out_features=24, r=4, alpha=8, bias=True, dropout=0.0, random_B=True, seed=0):
