@@ -104,7 +104,7 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of each variant per round)")
     parser.add_argument("--forward-rounds", type=int, default=5)
-    parser.add_argument("--out", default="runs/bench_lora")
+    parser.add_argument("--out", default="results/bench_lora")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)

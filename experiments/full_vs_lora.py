@@ -10,7 +10,7 @@ import os
 
 from experiments.common import load_setup, make_parser, parse_batch_sizes, parse_methods, parse_targets, run_kwargs
 from experiments.finetune import measure_step_memory, prepare_model, run_finetune
-from experiments.plots import markdown_table, plot_costs, plot_loss_curves, plot_memory_vs_batch
+from experiments.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
 from nanogpt.train import write_json
 
 
@@ -44,10 +44,7 @@ def main(argv=None):
             rows.append(row)
         write_json(rows, os.path.join(args.out, "memory_vs_batch.json"))
         plot_memory_vs_batch(rows, os.path.join(args.out, "memory_vs_batch.png"), title)
-    table = markdown_table(records)
-    with open(os.path.join(args.out, "results.md.tmp"), "w") as f:
-        f.write(f"# Full fine-tuning vs LoRA\n\n{title}\n\n{table}")
-    os.replace(os.path.join(args.out, "results.md.tmp"), os.path.join(args.out, "results.md"))
+    table = write_markdown(os.path.join(args.out, "results.md"), "Full fine-tuning vs LoRA", title, records)
     print(table)
     print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, memory_vs_batch.png, results.md")
 

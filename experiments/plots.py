@@ -1,10 +1,7 @@
 """Plots and tables from run records: each figure readable without the code."""
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no window: works on servers, in CI and in tests
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
 MB = 1024 ** 2
 MEMORY_PARTS = [("params", "weights"), ("grads", "gradients"), ("optimizer", "optimizer state"),
@@ -46,6 +43,7 @@ def plot_loss_curves(records, path, title):
         ax.grid(alpha=0.3)
     ax_s.legend(fontsize=8, loc="best")
     fig.suptitle(title)
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -76,9 +74,10 @@ def plot_memory_vs_batch(rows, path, title):
     batches = [r["batch_size"] for r in rows]
     totals = {m: [sum(r[m][k] for k, _ in MEMORY_PARTS) / MB for r in rows] for m in ("full", "lora")}
     fig, (ax_m, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, name in (("full", "full fine-tuning"), ("lora", "LoRA")):
-        ax_m.plot(batches, totals[method], "o-", label=f"{name}: total")
-        ax_m.plot(batches, [r[method]["activations"] / MB for r in rows], ":", label=f"{name}: activations")
+    for method, name, color in (("full", "full fine-tuning", "black"), ("lora", "LoRA", "#4C72B0")):
+        ax_m.plot(batches, totals[method], "o-", color=color, label=f"{name}: total")
+        ax_m.plot(batches, [r[method]["activations"] / MB for r in rows], ":", color=color,
+                  label=f"{name}: activations alone")
     ax_m.set_xscale("log", base=2)
     ax_m.set_yscale("log")
     ax_m.set_xticks(batches, [str(b) for b in batches])
@@ -89,7 +88,7 @@ def plot_memory_vs_batch(rows, path, title):
     ax_m.legend(fontsize=8)
     ratio = [lo / fu for lo, fu in zip(totals["lora"], totals["full"])]
     ax_r.plot(batches, ratio, "o-", color="#C44E52")
-    ax_r.axhline(0.25, color="gray", linestyle=":", label="ceiling when weights dominate (4 / 16 bytes)")
+    ax_r.axhline(0.25, color="gray", linestyle=":", label="the limit when weights dominate: 4 of 16 bytes per parameter")
     ax_r.set_xscale("log", base=2)
     ax_r.set_xticks(batches, [str(b) for b in batches])
     ax_r.set_ylim(0, 1.05)
@@ -119,6 +118,7 @@ def plot_costs(records, path, title):
     sizes = [r["saved_bytes"] / 1024 for r in records]
     ax_c.bar(names, sizes, color="#8172B3")
     ax_c.set_yscale("log")
+    ax_c.set_ylim(min(sizes) / 2, max(sizes) * 3)  # room for the labels above the bars
     for i, s in enumerate(sizes):
         ax_c.text(i, s, f"{s:,.0f} KB", ha="center", va="bottom", fontsize=8)
     ax_c.set_ylabel("file size (KB, log scale)")
@@ -148,6 +148,7 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
     ax_t.set_title(f"learned: {lora[0]['target_corpus']} (lower is better)")
     ax_s.set_title(f"forgotten: {lora[0]['source_corpus']} (lower is better)")
     fig.suptitle(title)
+    fig.tight_layout()
     save(fig, path_loss)
 
     fig, (ax_p, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -168,6 +169,15 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path_costs)
+
+
+def write_markdown(path, heading, title, records):
+    """OUT/results.md: a heading, the setup, and the table; written atomically. Returns the table."""
+    table = markdown_table(records)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"# {heading}\n\n{title}\n\n{table}")
+    os.replace(path + ".tmp", path)
+    return table
 
 
 def markdown_table(records):

@@ -10,7 +10,7 @@ import os
 
 from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
 from experiments.finetune import run_finetune
-from experiments.plots import markdown_table, plot_loss_curves, plot_rank_sweep
+from experiments.plots import plot_loss_curves, plot_rank_sweep, write_markdown
 from nanogpt.train import write_json
 
 
@@ -39,10 +39,7 @@ def main(argv=None):
     plot_rank_sweep(lora, full, os.path.join(args.out, "final_loss_vs_rank.png"),
                     os.path.join(args.out, "params_memory_vs_rank.png"), title)
     plot_loss_curves(records, os.path.join(args.out, "loss_curves.png"), title)
-    table = markdown_table(records)
-    with open(os.path.join(args.out, "results.md.tmp"), "w") as f:
-        f.write(f"# Rank sweep\n\n{title}\n\n{table}")
-    os.replace(os.path.join(args.out, "results.md.tmp"), os.path.join(args.out, "results.md"))
+    table = write_markdown(os.path.join(args.out, "results.md"), "Rank sweep", title, records)
     print(table)
     print(f"wrote {args.out}/records.json, final_loss_vs_rank.png, params_memory_vs_rank.png, loss_curves.png, results.md")
 

@@ -7,9 +7,10 @@ A frozen weight W0 (out, in) gets an update of rank at most r, factored as two s
     B (out, r)  zeros, so delta W = 0 and the layer starts exactly equal to the base layer
 
 Only A and B train: r (in + out) parameters instead of in * out. The scale s = alpha / r
-keeps the update's size about the same when r changes, so the learning rate need not be
-retuned (rsLoRA: s = alpha / sqrt(r), see adapter.py). Dropout, if any, acts on the
-adapter's input only: h = W0 x + b + s B A dropout(x).
+stops the update from growing with r, so alpha need not be retuned when r changes (it
+over-corrects: with Adam, high ranks then learn slower; rsLoRA's s = alpha / sqrt(r), see
+adapter.py, fixes that). Dropout, if any, acts on the adapter's input only:
+h = W0 x + b + s B A dropout(x).
 
 Training computes s B (A x) through the rank-r space (fast_path.py) and never forms the
 (out, in) product B A. For deployment, merge() folds delta W into W0, after which forward is
