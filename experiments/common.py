@@ -63,6 +63,8 @@ def make_parser(description, default_out):
     p.add_argument("--eval-iters", type=int, default=20, help="fixed batches per evaluation")
     p.add_argument("--pretrain-iters", type=int, default=2000, help="steps for the base model (cached)")
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--pretrain-batch-size", type=int, default=12,
+                   help="batch for the base model; separate from --batch-size, so a batch sweep shares one base")
     p.add_argument("--full-lr", type=float, default=DEFAULT_LR["full"])
     p.add_argument("--lora-lr", type=float, default=DEFAULT_LR["lora"])
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha, fixed across ranks as in the paper")
@@ -91,10 +93,10 @@ def load_setup(args):
                                 block_size=args.block_size)
     source = load_corpus(args.source, config.block_size)
     target = load_corpus(args.target, config.block_size)
-    base, _ = get_base_model(args.source, config, max_iters=args.pretrain_iters, batch_size=args.batch_size,
+    base, _ = get_base_model(args.source, config, max_iters=args.pretrain_iters, batch_size=args.pretrain_batch_size,
                              lr=args.pretrain_lr, seed=args.seed, device=device, cache_dir=args.cache,
                              force=False, progress=not args.no_progress)
-    base_key = settings_key(pretrain_settings(args.source, config, args.pretrain_iters, args.batch_size,
+    base_key = settings_key(pretrain_settings(args.source, config, args.pretrain_iters, args.pretrain_batch_size,
                                               args.pretrain_lr, args.seed, device))
     os.makedirs(args.out, exist_ok=True)
     return base, base_key, source, target, device
