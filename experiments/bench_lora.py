@@ -21,7 +21,6 @@ the cores hurt the many small adapter products more than the big ones).
 """
 import argparse
 import copy
-import json
 import os
 import statistics
 import tempfile
@@ -31,9 +30,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from experiments.memory import SavedActivations
 from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.train import write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
@@ -71,29 +72,10 @@ def forward_only(model, x):
 
 
 def saved_activation_bytes(model, x, y):
-    """Bytes of the distinct non-parameter tensors autograd saves for backward in one forward."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, loss = model(x, y)
-    del loss
-    return sum(saved.values())
-
-
-def write_json_atomic(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """Bytes autograd saves for backward in one training forward (experiments/memory.py)."""
+    with SavedActivations(model) as saved:
+        model(x, y)
+    return saved.bytes
 
 
 def main(argv=None):
@@ -185,7 +167,8 @@ def main(argv=None):
         "saved_activation_bytes": saved,
     }
     path = os.path.join(args.out, "bench_lora.json")
-    write_json_atomic(result, path)
+    os.makedirs(args.out, exist_ok=True)
+    write_json(result, path)
 
     print(f"\npreset {args.preset}, batch {args.batch_size}, r {args.r}, {args.steps} rounds, "
           f"{torch.get_num_threads()} threads; LoRA trains {counts.trainable:,} of {counts.total:,} "

@@ -47,6 +47,14 @@ def plot_loss_curves(records, path, title):
     return save(fig, path)
 
 
+def log2_axis(ax, values, xlabel):
+    """A log2 x axis labelled at exactly the values run (ranks or batch sizes)."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.set_xlabel(f"{xlabel} (log scale)")
+    ax.grid(alpha=0.3)
+
+
 def plot_memory_bars(ax, records):
     """Stacked bars of measured memory by part, with the CUDA allocator's peak when there is one."""
     names = [label(r) for r in records]
@@ -78,24 +86,18 @@ def plot_memory_vs_batch(rows, path, title):
         ax_m.plot(batches, totals[method], "o-", color=color, label=f"{name}: total")
         ax_m.plot(batches, [r[method]["activations"] / MB for r in rows], ":", color=color,
                   label=f"{name}: activations alone")
-    ax_m.set_xscale("log", base=2)
+    log2_axis(ax_m, batches, "batch size in sequences")
     ax_m.set_yscale("log")
-    ax_m.set_xticks(batches, [str(b) for b in batches])
-    ax_m.set_xlabel("batch size (sequences, log scale)")
     ax_m.set_ylabel("training memory (MB, log scale)")
     ax_m.set_title("memory grows with the batch: activations")
-    ax_m.grid(alpha=0.3)
     ax_m.legend(fontsize=8)
     ratio = [lo / fu for lo, fu in zip(totals["lora"], totals["full"])]
     ax_r.plot(batches, ratio, "o-", color="#C44E52")
     ax_r.axhline(0.25, color="gray", linestyle=":", label="the limit when weights dominate: 4 of 16 bytes per parameter")
-    ax_r.set_xscale("log", base=2)
-    ax_r.set_xticks(batches, [str(b) for b in batches])
+    log2_axis(ax_r, batches, "batch size in sequences")
     ax_r.set_ylim(0, 1.05)
-    ax_r.set_xlabel("batch size (sequences, log scale)")
     ax_r.set_ylabel("LoRA memory / full fine-tuning memory")
     ax_r.set_title("LoRA's saving shrinks as activations grow")
-    ax_r.grid(alpha=0.3)
     ax_r.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -139,11 +141,8 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
         if full is not None:
             ax.axhline(full[key], color="black", linestyle="--", label="full fine-tuning")
         ax.axhline(lora[0][f"base_{what}_loss"], color="gray", linestyle=":", label="base model (before)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ranks, [str(r) for r in ranks])
-        ax.set_xlabel("LoRA rank r (log scale)")
+        log2_axis(ax, ranks, "LoRA rank r")
         ax.set_ylabel("final validation loss (nats/byte)")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax_t.set_title(f"learned: {lora[0]['target_corpus']} (lower is better)")
     ax_s.set_title(f"forgotten: {lora[0]['source_corpus']} (lower is better)")
@@ -155,13 +154,10 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
     ax_p.plot(ranks, [r["trainable_params"] for r in lora], "o-", label="LoRA trainable parameters")
     if full is not None:
         ax_p.axhline(full["trainable_params"], color="black", linestyle="--", label="full fine-tuning")
-    ax_p.set_xscale("log", base=2)
+    log2_axis(ax_p, ranks, "LoRA rank r")
     ax_p.set_yscale("log")
-    ax_p.set_xticks(ranks, [str(r) for r in ranks])
-    ax_p.set_xlabel("LoRA rank r (log scale)")
     ax_p.set_ylabel("trainable parameters (log scale)")
     ax_p.set_title("trainable parameters grow linearly with r")
-    ax_p.grid(alpha=0.3)
     ax_p.legend(fontsize=8)
     records = lora + ([full] if full is not None else [])
     plot_memory_bars(ax_m, records)

@@ -151,3 +151,21 @@ def test_bad_flags_are_clear_errors(tmp_path, corpora, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
             rank_sweep.main([*TOY, *corpora, "--device", "cuda", "--out", str(tmp_path / "x")])
+
+
+def test_bench_lora_writes_its_ratios(tmp_path):
+    from experiments import bench_lora
+
+    bench_lora.main(["--preset", "tiny", "--batch-size", "2", "--steps", "1", "--forward-rounds", "1",
+                     "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_lora.json").read_text())
+    assert set(result["ratios"]) == {
+        "lora_step / full_step", "lora_step / floor_step", "straightforward_lora_step / full_step",
+        "floor_step / full_step", "lora_forward_unmerged / base_forward", "lora_forward_merged / base_forward",
+        "adapter_file / full_checkpoint", "lora_saved_activations / straightforward"}
+    assert 0 < result["ratios"]["adapter_file / full_checkpoint"] < 1
+    # The fast path saves no more for backward than the straightforward formula.
+    assert result["ratios"]["lora_saved_activations / straightforward"] <= 1.0
+    # Freezing W0 means its input need not be saved: the floor keeps less than full fine-tuning.
+    saved = result["saved_activation_bytes"]
+    assert saved["floor"] < saved["full"]
