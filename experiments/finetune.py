@@ -75,21 +75,35 @@ def measure_step_memory(model, spec, data, batch_size, seed, device, weight_deca
 
 
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
-                 eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True):
+                 eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True,
+                 keep_adapter=False, final_eval=None):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
     spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"}.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
+    keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
+        record["adapter_path"], for experiments that look inside the adapters.
+    final_eval: (name, fn) where fn(trained model) -> dict of JSON numbers stored as
+        record["final_eval"]; the name is part of the cache key, so change it when fn changes.
     """
     check_spec(spec)
     settings = {"base": base_key, "spec": spec, "target": target.name, "source": source.name, "steps": steps,
                 "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
                 "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
-    path = os.path.join(cache_dir, "runs", f"{settings_key(settings)}.json")
+    if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
+        settings["final_eval"] = final_eval[0]
+    key = settings_key(settings)
+    path = os.path.join(cache_dir, "runs", f"{key}.json")
+    adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
+    want_adapter = keep_adapter and spec["method"] == "lora"
     if os.path.exists(path) and not force:
         with open(path) as f:
-            return json.load(f)
+            record = json.load(f)
+        if not want_adapter or os.path.exists(adapter_path):
+            if want_adapter:
+                record["adapter_path"] = adapter_path
+            return record
 
     torch.manual_seed(seed)
     model = prepare_model(base, spec)
@@ -143,6 +157,12 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         "saved_bytes": saved_bytes(model, spec),
         "memory": memory,
     }
+    if final_eval is not None:
+        record["final_eval"] = final_eval[1](model)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if spec["method"] == "lora":  # cheap (the adapter is tiny), and a later experiment may need it
+        minilora.save_adapter(model, adapter_path)
     write_json(record, path)
+    if want_adapter:
+        record["adapter_path"] = adapter_path
     return record

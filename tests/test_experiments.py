@@ -74,7 +74,8 @@ def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
         assert is_png(out / name)
     assert "| LoRA r=2 |" in (out / "results.md").read_text()
     cached = sorted(os.listdir(tmp_path / "cache" / "runs"))
-    assert len(cached) == 3
+    assert len([f for f in cached if f.endswith(".json")]) == 3
+    assert len([f for f in cached if f.endswith(".adapter.pt")]) == 2  # each LoRA run keeps its adapter
     mtimes = [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
     rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])  # a finished run is not redone
     assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
