@@ -167,13 +167,17 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
     return save(fig, path_costs)
 
 
-def write_markdown(path, heading, title, records):
-    """OUT/results.md: a heading, the setup, and the table; written atomically. Returns the table."""
-    table = markdown_table(records)
+def write_report(path, heading, title, table):
+    """OUT/results.md: a heading, the setup, and a table; written atomically. Returns the table."""
     with open(path + ".tmp", "w") as f:
         f.write(f"# {heading}\n\n{title}\n\n{table}")
     os.replace(path + ".tmp", path)
     return table
+
+
+def write_markdown(path, heading, title, records):
+    """OUT/results.md with the standard table of run records. Returns the table."""
+    return write_report(path, heading, title, markdown_table(records))
 
 
 def markdown_table(records):

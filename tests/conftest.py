@@ -16,3 +16,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    """Flags for two small local corpora, quick to load and different enough to learn and forget,
+    and a cache of their own: what the experiments' end-to-end tests run on."""
+    code = tmp_path / "code.txt"
+    code.write_text("def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 200)
+    prose = tmp_path / "prose.txt"
+    prose.write_text("The quick brown fox jumps over the lazy dog. A statement ends with a period.\n" * 150)
+    return ["--source", str(code), "--target", str(prose), "--cache", str(tmp_path / "cache")]

@@ -28,16 +28,6 @@ def is_png(path):
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-@pytest.fixture
-def corpora(tmp_path):
-    """Two small local corpora: quick to load, and different enough to learn and forget."""
-    code = tmp_path / "code.txt"
-    code.write_text("def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 200)
-    prose = tmp_path / "prose.txt"
-    prose.write_text("The quick brown fox jumps over the lazy dog. A statement ends with a period.\n" * 150)
-    return ["--source", str(code), "--target", str(prose), "--cache", str(tmp_path / "cache")]
-
-
 def test_full_vs_lora_end_to_end(tmp_path, corpora):
     out = tmp_path / "fvl"
     full_vs_lora.main([*TOY, *corpora, "--out", str(out)])

@@ -1,0 +1,135 @@
+"""The reproduction experiments (issue: one experiment per LoRA claim) end to end at toy size,
+and the small pieces of arithmetic their verdicts rest on."""
+import json
+import math
+
+import pytest
+
+from experiments import batch_size, learn_forget, lr_sweep, variants, which_weights
+from experiments.lr_sweep import best_lr
+from experiments.learn_forget import source_loss_at
+from experiments.seeds import seed_list, separated, spread
+from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
+from minilora import apply_lora, count_parameters
+from nanogpt import GPT, config_from_preset
+from tests.test_experiments import TOY, is_png
+
+
+def tiny_gpt():
+    return GPT(config_from_preset("tiny"))
+
+
+@pytest.mark.parametrize("budget", [2_048, 8_192, 20_000, 100_000])
+def test_budget_matcher_is_within_one_rank_step_and_counts_match_the_model(budget):
+    model = tiny_gpt()
+    for name, targets in TARGET_SETS.items():
+        r = rank_for_budget(model, targets, budget)
+        step = params_per_rank(model, targets)
+        assert r >= 1
+        assert abs(r * step - budget) <= step or r == 1, (name, r, step, budget)
+        if r > 1:  # no other rank comes closer
+            assert abs(r * step - budget) <= min(abs((r - 1) * step - budget), abs((r + 1) * step - budget))
+        adapted = apply_lora(tiny_gpt(), targets, r=r, alpha=16)
+        assert count_parameters(adapted).trainable == r * step
+
+
+def test_budget_matcher_on_the_tiny_gpt_matches_the_papers_pattern():
+    # Budget = r=8 on q alone (4 layers x 8 x (128 + 128)); the paper's Table 5: 8 on one type,
+    # 4 on two, 2 on four; the MLP's matrices are wider (128 <-> 512), so they get less.
+    model = tiny_gpt()
+    budget = 8 * params_per_rank(model, ["q_proj"])
+    assert budget == 8_192
+    ranks = {name: rank_for_budget(model, t, budget) for name, t in TARGET_SETS.items()}
+    assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "q,v": 4, "q,k,v,o": 2, "up,down": 2, "all": 1}
+
+
+def test_best_lr_finds_the_vertex_of_a_parabola_in_log_rate():
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    losses = [(math.log10(lr) + 2.5) ** 2 for lr in lrs]  # minimum at 10**-2.5
+    lr, at_edge = best_lr(lrs, losses)
+    assert not at_edge and lr == pytest.approx(10 ** -2.5, rel=1e-9)
+    assert best_lr(lrs, [1.0, 2.0, 3.0, 4.0]) == (1e-4, True)  # the minimum at the grid's edge is flagged
+    assert best_lr(lrs, [3.0, 2.0, 1.0, float("nan")]) == (1e-2, True)  # a diverged neighbour: no parabola
+
+
+def test_source_loss_at_interpolates_along_the_trajectory():
+    history = [{"target_loss": 2.0, "source_loss": 1.0}, {"target_loss": 1.6, "source_loss": 1.4},
+               {"target_loss": 1.2, "source_loss": 2.2}]
+    assert source_loss_at(history, 1.8) == pytest.approx(1.2)
+    assert source_loss_at(history, 1.3) == pytest.approx(2.0)
+    assert source_loss_at(history, 1.1) is None  # never got that low
+
+
+def test_seed_spreads():
+    assert seed_list(5, 3) == [5, 6, 7]
+    with pytest.raises(ValueError, match="--seeds must be at least 1; got 0"):
+        seed_list(5, 0)
+    a, b, c = spread([1.0, 1.2]), spread([1.3, 1.4]), spread([1.1, 1.35])
+    assert a["mean"] == pytest.approx(1.1) and (a["min"], a["max"]) == (1.0, 1.2)
+    assert separated(a, b) and not separated(a, c) and not separated(b, c)
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def test_which_weights_end_to_end(tmp_path, corpora):
+    out = tmp_path / "ww"
+    which_weights.main([*TOY, *corpora, "--seeds", "2", "--out", str(out)])
+    summary = read(out / "which_weights.json")
+    assert [row["set"] for row in summary["rows"]] == list(TARGET_SETS)
+    for row in summary["rows"]:
+        assert len(row["target_loss"]["values"]) == 2
+        assert abs(row["trainable_params"] - summary["budget"]) <= row["trainable_params"] / row["r"]
+    assert len(read(out / "records.json")) == 2 * (len(TARGET_SETS) + 1)  # two seeds, plus full
+    assert is_png(out / "which_weights.png")
+    assert "| q,v |" in (out / "results.md").read_text()
+
+
+def test_lr_sweep_end_to_end(tmp_path, corpora):
+    out = tmp_path / "lr"
+    lr_sweep.main([*TOY, *corpora, "--lrs", "1e-3,1e-2,1e-1", "--ranks", "1,2", "--out", str(out)])
+    curves = read(out / "lr_sweep.json")
+    assert [c["name"] for c in curves] == ["full fine-tuning", "LoRA r=1", "LoRA r=2"]
+    assert curves[0]["ratio_to_full"] == 1.0
+    for c in curves:
+        assert len(c["losses"]) == 3 and 1e-3 <= c["best_lr"] <= 1e-1
+    assert is_png(out / "lr_sweep.png")
+    with pytest.raises(SystemExit):
+        lr_sweep.main([*TOY, *corpora, "--lrs", "1e-3,abc", "--out", str(out)])
+
+
+def test_learn_forget_end_to_end(tmp_path, corpora):
+    out = tmp_path / "lf"
+    learn_forget.main([*TOY, *corpora, "--ranks", "1,4", "--seeds", "2", "--out", str(out)])
+    rows = read(out / "learn_forget.json")["rows"]
+    assert [row["name"] for row in rows] == ["full fine-tuning", "LoRA r=1", "LoRA r=4"]
+    assert all(len(row["source_loss"]["values"]) == 2 for row in rows)
+    assert is_png(out / "learn_forget.png")
+
+
+def test_batch_size_end_to_end_at_equal_tokens(tmp_path, corpora):
+    out = tmp_path / "bs"
+    batch_size.main([*TOY, *corpora, "--batch-sizes", "2,8", "--sequences", "32", "--seeds", "1", "--out", str(out)])
+    records = read(out / "records.json")
+    assert [(r["method"], r["batch_size"], r["steps"]) for r in records] == [
+        ("full", 2, 16), ("lora", 2, 16), ("full", 8, 4), ("lora", 8, 4)]
+    assert {r["steps"] * r["batch_size"] for r in records} == {32}  # the same sequences seen by every run
+    rows = read(out / "batch_size.json")["rows"]
+    assert rows[0]["gap"]["mean"] == pytest.approx(records[1]["final_target_loss"] - records[0]["final_target_loss"])
+    assert is_png(out / "batch_size.png")
+
+
+def test_variants_end_to_end(tmp_path, corpora):
+    out = tmp_path / "var"
+    variants.main([*TOY, *corpora, "--r", "2", "--high-r", "4", "--seeds", "1", "--out", str(out)])
+    rows = read(out / "variants.json")["rows"]
+    assert [row["name"] for row in rows] == ["LoRA r=2", "rsLoRA r=2", "LoRA+ r=2", "DoRA r=2", "PiSSA r=2",
+                                             "LoRA r=4", "rsLoRA r=4", "full fine-tuning"]
+    by_name = {row["name"]: row for row in rows}
+    # Same rank, same parameters, except DoRA's magnitude vector (one per output feature).
+    assert by_name["rsLoRA r=2"]["trainable_params"] == by_name["LoRA r=2"]["trainable_params"]
+    assert by_name["DoRA r=2"]["trainable_params"] > by_name["LoRA r=2"]["trainable_params"]
+    records = read(out / "records.json")
+    assert [r["variant"] for r in records[:5]] == ["lora", "rslora", "loraplus", "dora", "pissa"]
+    assert is_png(out / "variants.png")
