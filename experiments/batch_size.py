@@ -16,8 +16,8 @@ import os
 import matplotlib.pyplot as plt
 
 from experiments.common import load_setup, make_parser, parse_targets, positive_ints, run_kwargs
-from experiments.plots import log2_axis, save, write_report
-from experiments.seeds import run_seeds, seed_list, separated, spread
+from experiments.plots import finish, log2_axis, write_report
+from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from nanogpt.train import write_json
 
 
@@ -43,9 +43,7 @@ def plot_batch_size(rows, path, title):
     ax_g.set_ylabel("loss gap, LoRA minus full (nats/byte)")
     ax_g.set_title("does LoRA fall further behind as the batch grows?")
     ax_g.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def main(argv=None):
@@ -88,13 +86,12 @@ def main(argv=None):
              f"LoRA r={args.r}, {len(seeds)} seeds, {device}")
     plot_batch_size(rows, os.path.join(args.out, "batch_size.png"), title)
 
-    lines = ["| batch | steps | full: target loss (min-max) | LoRA: target loss (min-max) | LoRA - full (min-max) | "
+    lines = ["| batch | steps | full: target loss mean (min to max) | LoRA: target loss mean (min to max) | LoRA - full mean (min to max) | "
              "gap differs from the smallest batch's |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         f, lo, g = row["full"], row["lora"], row["gap"]
-        lines.append(f"| {row['batch_size']} | {row['steps']} | {f['mean']:.3f} ({f['min']:.3f}-{f['max']:.3f}) | "
-                     f"{lo['mean']:.3f} ({lo['min']:.3f}-{lo['max']:.3f}) | {g['mean']:+.3f} "
-                     f"({g['min']:+.3f} to {g['max']:+.3f}) | "
+        lines.append(f"| {row['batch_size']} | {row['steps']} | {show(f)} | "
+                     f"{show(lo)} | {show(g, signed=True)} | "
                      f"{'-' if row is rows[0] else ('yes' if row['gap_separated_from_smallest_batch'] else 'no')} |")
     table = write_report(os.path.join(args.out, "results.md"), "Batch size", title, "\n".join(lines) + "\n")
     print(table)

@@ -17,8 +17,8 @@ import os
 import matplotlib.pyplot as plt
 
 from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
-from experiments.plots import save, write_report
-from experiments.seeds import run_seeds, seed_list, spread
+from experiments.plots import finish, write_report
+from experiments.seeds import run_seeds, seed_list, show, spread
 from nanogpt.train import write_json
 
 
@@ -52,9 +52,7 @@ def plot_learn_forget(groups, path, title):
     ax.set_title("lines: path over training (first seed); dots: final point of each seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def main(argv=None):
@@ -95,15 +93,15 @@ def main(argv=None):
 
     base_t, base_s = records[0]["base_target_loss"], records[0]["base_source_loss"]
     lines = [f"Base model: target {base_t:.3f}, source {base_s:.3f} (nats/byte).\n",
-             "| method | target loss (mean, min-max) | learned (base - final) | source loss (mean, min-max) | "
+             "| method | target loss mean (min to max) | learned (base - final) | source loss mean (min to max) | "
              "forgot (final - base) | full's source loss at the same target loss |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         t, s = row["target_loss"], row["source_loss"]
         m = row.get("full_source_loss_at_same_target")
         matched = "-" if row is rows[0] else (f"{m['mean']:.3f}" if m else "full never got that far")
-        lines.append(f"| {row['name']} | {t['mean']:.3f} ({t['min']:.3f}-{t['max']:.3f}) | {base_t - t['mean']:.3f} | "
-                     f"{s['mean']:.3f} ({s['min']:.3f}-{s['max']:.3f}) | {s['mean'] - base_s:.3f} | {matched} |")
+        lines.append(f"| {row['name']} | {show(t)} | {base_t - t['mean']:.3f} | "
+                     f"{show(s)} | {s['mean'] - base_s:.3f} | {matched} |")
     table = write_report(os.path.join(args.out, "results.md"), "Learning vs forgetting", title, "\n".join(lines) + "\n")
     print(table)
     print(f"wrote {args.out}/records.json, learn_forget.json, learn_forget.png, results.md")

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
 from experiments.finetune import run_finetune
-from experiments.plots import save, write_report
+from experiments.plots import finish, write_report
 from nanogpt.train import write_json
 
 
@@ -67,9 +67,7 @@ def plot_lr_sweep(curves, base_target, path, title):
     ax.set_title("U-curves: final loss against learning rate (lower is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def main(argv=None):

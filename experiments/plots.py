@@ -26,6 +26,13 @@ def save(fig, path):
     return path
 
 
+def finish(fig, title, path):
+    """The figure's overall title, a tight layout, and the atomic save."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def plot_loss_curves(records, path, title):
     """Validation loss on the target corpus (learning) and the source corpus (forgetting)."""
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -42,9 +49,7 @@ def plot_loss_curves(records, path, title):
         ax.set_ylabel("validation loss (nats/byte)")
         ax.grid(alpha=0.3)
     ax_s.legend(fontsize=8, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def log2_axis(ax, values, xlabel):
@@ -99,9 +104,7 @@ def plot_memory_vs_batch(rows, path, title):
     ax_r.set_ylabel("LoRA memory / full fine-tuning memory")
     ax_r.set_title("LoRA's saving shrinks as activations grow")
     ax_r.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def plot_costs(records, path, title):
@@ -127,9 +130,7 @@ def plot_costs(records, path, title):
     ax_c.set_title("what must be saved: checkpoint vs adapter")
     for ax in (ax_t, ax_c):
         ax.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def plot_rank_sweep(lora, full, path_loss, path_costs, title):
@@ -146,9 +147,7 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
         ax.legend(fontsize=8)
     ax_t.set_title(f"learned: {lora[0]['target_corpus']} (lower is better)")
     ax_s.set_title(f"forgotten: {lora[0]['source_corpus']} (lower is better)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path_loss)
+    finish(fig, title, path_loss)
 
     fig, (ax_p, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax_p.plot(ranks, [r["trainable_params"] for r in lora], "o-", label="LoRA trainable parameters")
@@ -162,9 +161,7 @@ def plot_rank_sweep(lora, full, path_loss, path_costs, title):
     records = lora + ([full] if full is not None else [])
     plot_memory_bars(ax_m, records)
     ax_m.set_title("training memory by part (measured)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path_costs)
+    return finish(fig, title, path_costs)
 
 
 def write_report(path, heading, title, table):

@@ -29,3 +29,9 @@ def spread(values):
 def separated(a, b):
     """True when two spreads do not overlap: the only differences our verdicts call real."""
     return a["max"] < b["min"] or b["max"] < a["min"]
+
+
+def show(s, signed=False):
+    """A spread as text for tables: 'mean (min to max)'."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(s['mean'])} ({f.format(s['min'])} to {f.format(s['max'])})"

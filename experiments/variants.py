@@ -17,8 +17,8 @@ import os
 import matplotlib.pyplot as plt
 
 from experiments.common import load_setup, make_parser, parse_targets, run_kwargs
-from experiments.plots import save, write_report
-from experiments.seeds import run_seeds, seed_list, separated, spread
+from experiments.plots import finish, write_report
+from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from nanogpt.train import write_json
 
 VARIANT_NAMES = {"lora": "LoRA", "rslora": "rsLoRA", "loraplus": "LoRA+", "dora": "DoRA", "pissa": "PiSSA"}
@@ -58,9 +58,7 @@ def plot_variants(groups, path, title):
     ax_f.set_ylabel("final validation loss on target (nats/byte)")
     ax_f.set_title("final loss: bar = mean, dots = seeds")
     ax_f.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def main(argv=None):
@@ -109,15 +107,15 @@ def main(argv=None):
              f"lr {args.lora_lr:g}, {len(seeds)} seeds, {device}")
     plot_variants(groups, os.path.join(args.out, "variants.png"), title)
 
-    lines = [f"| run | trainable params | target loss at step {early} (min-max) | final target loss (min-max) | "
+    lines = [f"| run | trainable params | target loss at step {early} mean (min to max) | final target loss mean (min to max) | "
              "final source loss | beyond the seed spread of LoRA r=" + str(args.r) + ": early / final | median step (ms) |",
              "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     for row in rows:
         e, f = row["early_target_loss"], row["final_target_loss"]
         apart = "-" if row is plain else " / ".join("yes" if row[k] else "no" for k in
                                                      ("early_separated_from_lora", "final_separated_from_lora"))
-        lines.append(f"| {row['name']} | {row['trainable_params']:,} | {e['mean']:.3f} ({e['min']:.3f}-{e['max']:.3f}) | "
-                     f"{f['mean']:.3f} ({f['min']:.3f}-{f['max']:.3f}) | {row['final_source_loss']['mean']:.3f} | "
+        lines.append(f"| {row['name']} | {row['trainable_params']:,} | {show(e)} | "
+                     f"{show(f)} | {row['final_source_loss']['mean']:.3f} | "
                      f"{apart} | {row['median_step_ms']:.1f} |")
     table = write_report(os.path.join(args.out, "results.md"), "LoRA variants", title, "\n".join(lines) + "\n")
     print(table)

@@ -16,8 +16,8 @@ import os
 import matplotlib.pyplot as plt
 
 from experiments.common import load_setup, make_parser, run_kwargs
-from experiments.plots import save, write_report
-from experiments.seeds import run_seeds, seed_list, separated, spread
+from experiments.plots import finish, write_report
+from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from minilora import find_targets
 from nanogpt.train import write_json
 
@@ -63,9 +63,7 @@ def plot_which_weights(rows, full, base_target, path, title):
     ax.set_title("same parameter budget, different places (lower is better)")
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def main(argv=None):
@@ -108,17 +106,15 @@ def main(argv=None):
              f"budget {budget:,} params, {len(seeds)} seeds, {device}")
     plot_which_weights(rows, full, records[0]["base_target_loss"], os.path.join(args.out, "which_weights.png"), title)
 
-    lines = ["| adapted | r | trainable params | target loss (mean, min-max) | source loss (mean) | "
+    lines = ["| adapted | r | trainable params | target loss: mean (min to max) | source loss (mean) | "
              "apart from the best beyond the seed spread |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         t = row["target_loss"]
-        lines.append(f"| {row['set']} | {row['r']} | {row['trainable_params']:,} | {t['mean']:.3f} "
-                     f"({t['min']:.3f}-{t['max']:.3f}) | {row['source_loss']['mean']:.3f} | "
+        lines.append(f"| {row['set']} | {row['r']} | {row['trainable_params']:,} | {show(t)} | {row['source_loss']['mean']:.3f} | "
                      f"{'best' if row is best else ('yes' if row['separated_from_best'] else 'no')} |")
     if full:
         full_source = spread([x["final_source_loss"] for x in full_runs])["mean"]
-        lines.append(f"| full fine-tuning | - | {full_runs[0]['trainable_params']:,} | {full['mean']:.3f} "
-                     f"({full['min']:.3f}-{full['max']:.3f}) | {full_source:.3f} | - |")
+        lines.append(f"| full fine-tuning | - | {full_runs[0]['trainable_params']:,} | {show(full)} | {full_source:.3f} | - |")
     table = write_report(os.path.join(args.out, "results.md"), "Which weights to adapt", title, "\n".join(lines) + "\n")
     print(table)
     print(f"wrote {args.out}/records.json, which_weights.json, which_weights.png, results.md")
