@@ -72,7 +72,9 @@ def plot_lr_sweep(curves, base_target, path, title):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/lr_sweep")
-    p.add_argument("--lrs", type=parse_lrs, default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+    # Quarter-decade steps around the bottoms (3e-4 to 1.8e-2): the first grid, in half decades
+    # from 1e-4 to 3e-2, put the bottom of every curve between two points a factor 3 apart.
+    p.add_argument("--lrs", type=parse_lrs, default=[3e-4, 1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2, 1.8e-2],
                    help="comma-separated learning rates, used for every method")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 8, 64], help="LoRA ranks, e.g. 1,8,64")
     args = p.parse_args(argv)
