@@ -9,7 +9,9 @@ Claims, each from its paper:
   so r=64 beats r=8 by more than it does with plain LoRA.
 - DoRA (Liu et al. 2024) and PiSSA (Meng et al. 2024): close part of the gap to full fine-tuning.
 Every variant trains at the same rank, alpha and learning rate (--lora-lr); the papers tune each,
-so a variant that wants another rate is at a disadvantage here, and the write-up says so.
+so a variant that wants another rate is at a disadvantage here, and the write-up says so. LoRA+
+also runs at a lower base rate (--loraplus-lr), since at --lora-lr its B trains 16x faster than
+the rate tuned for plain LoRA.
 Writes OUT/records.json, OUT/variants.json, OUT/variants.png, OUT/results.md.
 """
 import os
@@ -66,6 +68,8 @@ def main(argv=None):
     p.set_defaults(eval_interval=50)  # finer curves: "converges faster" is a claim about early steps
     p.add_argument("--r", type=int, default=8, help="the rank every variant trains at")
     p.add_argument("--high-r", type=int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
+    p.add_argument("--loraplus-lr", type=float, default=1e-3,
+                   help="LoRA+ also at this lower base rate (A's; B's is 16x), 0 to skip")
     p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per variant")
     p.add_argument("--early-step", type=int, help="step at which 'converges faster' is judged (default: a sixth of the run)")
     args = p.parse_args(argv)
@@ -81,6 +85,9 @@ def main(argv=None):
                 "lr": args.lora_lr}
 
     plan = [(f"{VARIANT_NAMES[v]} r={args.r}", lora_spec(v, args.r), False) for v in VARIANT_NAMES]
+    if args.loraplus_lr:  # at --lora-lr, B's rate is 16x a rate tuned for plain LoRA: also try a lower one
+        plan.insert(3, (f"LoRA+ r={args.r}, lr {args.loraplus_lr:g}",
+                        {**lora_spec("loraplus", args.r), "lr": args.loraplus_lr}, False))
     if args.high_r:
         plan += [(f"{VARIANT_NAMES[v]} r={args.high_r}", lora_spec(v, args.high_r), True) for v in ("lora", "rslora")]
     plan.append(("full fine-tuning", {"method": "full", "lr": args.full_lr}, False))

@@ -122,14 +122,16 @@ def test_batch_size_end_to_end_at_equal_tokens(tmp_path, corpora):
 
 def test_variants_end_to_end(tmp_path, corpora):
     out = tmp_path / "var"
-    variants.main([*TOY, *corpora, "--r", "2", "--high-r", "4", "--seeds", "1", "--out", str(out)])
+    variants.main([*TOY, *corpora, "--r", "2", "--high-r", "4", "--seeds", "1", "--loraplus-lr", "1e-3",
+                   "--out", str(out)])
     rows = read(out / "variants.json")["rows"]
-    assert [row["name"] for row in rows] == ["LoRA r=2", "rsLoRA r=2", "LoRA+ r=2", "DoRA r=2", "PiSSA r=2",
-                                             "LoRA r=4", "rsLoRA r=4", "full fine-tuning"]
+    assert [row["name"] for row in rows] == ["LoRA r=2", "rsLoRA r=2", "LoRA+ r=2", "LoRA+ r=2, lr 0.001", "DoRA r=2",
+                                             "PiSSA r=2", "LoRA r=4", "rsLoRA r=4", "full fine-tuning"]
     by_name = {row["name"]: row for row in rows}
     # Same rank, same parameters, except DoRA's magnitude vector (one per output feature).
     assert by_name["rsLoRA r=2"]["trainable_params"] == by_name["LoRA r=2"]["trainable_params"]
     assert by_name["DoRA r=2"]["trainable_params"] > by_name["LoRA r=2"]["trainable_params"]
     records = read(out / "records.json")
-    assert [r["variant"] for r in records[:5]] == ["lora", "rslora", "loraplus", "dora", "pissa"]
+    assert [r["variant"] for r in records[:6]] == ["lora", "rslora", "loraplus", "loraplus", "dora", "pissa"]
+    assert [r["lr"] for r in records[2:4]] == [3e-3, 1e-3]
     assert is_png(out / "variants.png")
