@@ -86,17 +86,23 @@ def test_which_weights_end_to_end(tmp_path, corpora):
     assert "| q,v |" in (out / "results.md").read_text()
 
 
-def test_lr_sweep_end_to_end(tmp_path, corpora):
+def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
     out = tmp_path / "lr"
-    lr_sweep.main([*TOY, *corpora, "--lrs", "1e-3,1e-2,1e-1", "--ranks", "1,2", "--out", str(out)])
+    lr_sweep.main([*TOY, *corpora, "--full-lrs", "1e-3,1e-2,1e-1", "--lora-lrs", "3e-3,3e-2,3e-1", "--ranks", "1,2",
+                   "--out", str(out)])
     curves = read(out / "lr_sweep.json")
     assert [c["name"] for c in curves] == ["full fine-tuning", "LoRA r=1", "LoRA r=2"]
     assert curves[0]["ratio_to_full"] == 1.0
+    assert curves[0]["lrs"] == [1e-3, 1e-2, 1e-1] and curves[1]["lrs"] == curves[2]["lrs"] == [3e-3, 3e-2, 3e-1]
     for c in curves:
-        assert len(c["losses"]) == 3 and 1e-3 <= c["best_lr"] <= 1e-1
+        assert len(c["losses"]) == 3 and c["lrs"][0] <= c["best_lr"] <= c["lrs"][-1]
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
+    cells = [c.strip() for c in row.split("|")[2:8]]  # one column per rate, 1e-3 to 3e-1
+    assert [c != "" for c in cells] == [False, True, False, True, False, True]  # LoRA ran only at its own rates
     assert is_png(out / "lr_sweep.png")
     with pytest.raises(SystemExit):
-        lr_sweep.main([*TOY, *corpora, "--lrs", "1e-3,abc", "--out", str(out)])
+        lr_sweep.main([*TOY, *corpora, "--lora-lrs", "1e-3,abc,1e-2", "--out", str(out)])
+    assert "--lora-lrs must be comma-separated positive numbers" in capsys.readouterr().err
 
 
 def test_learn_forget_end_to_end(tmp_path, corpora):
