@@ -8,24 +8,7 @@ import torch
 from experiments import subspace
 from experiments.subspace import (amplification, delta_weight, random_similarity, right_singular_basis,
                                   subspace_similarity)
-
-TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
-       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
-
-
-def is_png(path):
-    data = path.read_bytes()
-    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-
-
-@pytest.fixture
-def corpora(tmp_path):
-    """Two small local corpora: quick to load, and different enough to learn and forget."""
-    code = tmp_path / "code.txt"
-    code.write_text("def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 200)
-    prose = tmp_path / "prose.txt"
-    prose.write_text("The quick brown fox jumps over the lazy dog. A statement ends with a period.\n" * 150)
-    return ["--source", str(code), "--target", str(prose), "--cache", str(tmp_path / "cache")]
+from tests.test_experiments import TOY, is_png
 
 
 def test_right_singular_basis_is_orthonormal_and_spans_the_rows():
