@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, positive_ints, run_kwargs
 from experiments.facts import facts_corpus, make_facts, recall
 from experiments.finetune import run_finetune
-from experiments.plots import label, log2_axis, save
+from experiments.plots import finish, label, log2_axis, write_report
 from nanogpt.train import write_json
 
 FINAL_EVAL = "recall-v1"  # part of the run cache key: change it when facts.recall changes
@@ -94,9 +94,7 @@ def plot_capacity(rows, path, title):
     for ax in (ax_l, ax_r):
         log2_axis(ax, ns, "number of facts N")
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def plot_bits(rows, estimates, path, title):
@@ -124,9 +122,7 @@ def plot_bits(rows, estimates, path, title):
     ax_p.set_ylabel("max over N of bits / trainable parameter")
     ax_p.set_title("capacity estimate (literature: ~2 bits/param at convergence)")
     ax_p.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 def capacity_estimates(rows):
@@ -179,8 +175,7 @@ def main(argv=None):
     plot_capacity(rows, os.path.join(args.out, "capacity.png"), title)
     plot_bits(rows, estimates, os.path.join(args.out, "bits_per_param.png"), title)
     table = markdown(rows, estimates)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"# Capacity\n\n{title}\n\n{table}")
+    write_report(os.path.join(args.out, "results.md"), "Capacity", title, table)
     print(table)
     print(f"wrote {args.out}/records.json, capacity.json, capacity.png, bits_per_param.png, results.md")
 

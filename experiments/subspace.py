@@ -21,7 +21,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 
 from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
 from experiments.finetune import prepare_model, run_finetune
-from experiments.plots import save
+from experiments.plots import finish, save, write_report
 from minilora.adapter_file import read_adapter_file
 from minilora.model_ops import lora_layers
 from nanogpt.train import write_json
@@ -238,9 +238,7 @@ def plot_amplification(amp, keys, path, title):
     ax.set_title("amplification factor (paper, GPT-3 W_q: 21.5 at r=4, 1.9 at r=64)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return finish(fig, title, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,13 +359,12 @@ def main(argv=None):
                        f"does delta W amplify W0's strong directions? (Hu et al. 2021, Sec. 7.3)\n{title}")
 
     table = markdown(sim, amp, amp_keys, args.ranks, seeds)
-    with open(os.path.join(args.out, "results.md.tmp"), "w") as f:
-        f.write(f"# What the rank buys: subspace similarity and amplification\n\n{title}\n\n"
-                f"Per layer type, mean over blocks. phi(i, j) in [0, 1]; random = its expectation for a random "
-                f"subspace, max(i, j)/d. The control column compares the two A's at initialisation: both runs "
-                f"start from seed {seeds[0]}, so in the first adapted module the r={r_high} A's first {r_low} rows "
-                f"equal the r={r_low} A at init; elsewhere the starts are unrelated.\n\n{table}")
-    os.replace(os.path.join(args.out, "results.md.tmp"), os.path.join(args.out, "results.md"))
+    how_to_read = (f"Per layer type, mean over blocks. phi(i, j) in [0, 1]; random = its expectation for a random "
+                   f"subspace, max(i, j)/d. The control column compares the two A's at initialisation: both runs "
+                   f"start from seed {seeds[0]}, so in the first adapted module the r={r_high} A's first {r_low} rows "
+                   f"equal the r={r_low} A at init; elsewhere the starts are unrelated.\n\n")
+    write_report(os.path.join(args.out, "results.md"), "What the rank buys: subspace similarity and amplification",
+                 title, how_to_read + table)
     print(table)
     print(f"wrote {args.out}/records.json, subspace.json, similarity_heatmaps.png, amplification.png, results.md")
 
