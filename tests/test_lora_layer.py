@@ -35,10 +35,22 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def test_starts_exactly_equal_to_base():
-    layer = make_layer(random_B=False)
-    x = torch.randn(3, 5, 16)
-    assert torch.equal(layer(x), layer.base(x))
+# The fast path takes a different route when the output is narrower than the input, as wide
+# as it, or wider (fast_path.py), and splits the token sum in backward when the token count
+# allows: every shape below goes through each route, with 15 tokens (no split) and 20.
+SHAPES = [(16, 24), (24, 16), (16, 16)]
+TOKENS = [(3, 5), (4, 5)]
+
+
+@pytest.mark.parametrize("in_features,out_features", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_starts_exactly_equal_to_base(in_features, out_features, bias):
+    layer = make_layer(in_features, out_features, bias=bias, random_B=False)
+    if bias:
+        nn.init.normal_(layer.base.bias)
+    for lead in TOKENS:
+        x = torch.randn(*lead, in_features)
+        assert torch.equal(layer(x), layer.base(x))
 
 
 def test_shapes_init_and_scaling():
@@ -60,18 +72,35 @@ def test_gradients_reach_only_A_and_B():
     assert not layer.base.weight.requires_grad
 
 
+@pytest.mark.parametrize("in_features,out_features", SHAPES)
+@pytest.mark.parametrize("lead", TOKENS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_fast_path_matches_formula_fp32(bias, dropout):
-    layer = make_layer(bias=bias, dropout=dropout).train()
+def test_fast_path_matches_formula_fp32(in_features, out_features, lead, bias, dropout):
+    layer = make_layer(in_features, out_features, bias=bias, dropout=dropout).train()
     if bias:
         layer.base.bias.requires_grad_(True)
-    x = torch.randn(3, 5, 16, requires_grad=True)
-    grad_y = torch.randn(3, 5, 24)
+    x = torch.randn(*lead, in_features, requires_grad=True)
+    grad_y = torch.randn(*lead, out_features)
     fast = run_with_grads(layer, x, layer, grad_y)
     ref = run_with_grads(layer.reference_forward, x, layer, grad_y)
+    assert len(fast) == len(ref) == (5 if bias else 4)  # y and the grads of x, A, B (and b)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_output_takes_in_place_ops():
+    # The output is a tensor of its own, not a view of a wider product: in-place ops after
+    # the layer (nn.ReLU(inplace=True)) must work and give the right gradients.
+    for in_features, out_features in SHAPES:
+        layer = make_layer(in_features, out_features)
+        x = torch.randn(4, 5, in_features, requires_grad=True)
+        torch.relu_(layer(x)).sum().backward()
+        grads = [x.grad.clone(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone()]
+        x.grad = layer.lora_A.grad = layer.lora_B.grad = None
+        torch.relu(layer.reference_forward(x)).sum().backward()
+        for a, b in zip(grads, [x.grad, layer.lora_A.grad, layer.lora_B.grad]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_dropout_acts_on_the_adapter_input_only():
@@ -86,19 +115,25 @@ def test_dropout_acts_on_the_adapter_input_only():
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_path_skips_input_grad_when_not_needed():
-    layer = make_layer()
-    x = torch.randn(4, 16)  # does not require grad
-    layer(x).sum().backward()
-    assert layer.lora_A.grad is not None
+@pytest.mark.parametrize("in_features,out_features", SHAPES)
+def test_fast_path_skips_input_grad_when_not_needed(in_features, out_features):
+    layer = make_layer(in_features, out_features)
+    x = torch.randn(4, 5, in_features)  # does not require grad
+    grad_y = torch.randn(4, 5, out_features)
+    (layer(x) * grad_y).sum().backward()
+    fast = [layer.lora_A.grad.clone(), layer.lora_B.grad.clone()]
+    layer.lora_A.grad = layer.lora_B.grad = None
+    (layer.reference_forward(x) * grad_y).sum().backward()
+    torch.testing.assert_close(fast, [layer.lora_A.grad, layer.lora_B.grad], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("in_features,out_features", SHAPES)
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_fast_path_matches_formula_bf16(dropout):
-    layer = make_layer(dropout=dropout).to(torch.bfloat16).train()
+def test_fast_path_matches_formula_bf16(in_features, out_features, dropout):
+    layer = make_layer(in_features, out_features, dropout=dropout).to(torch.bfloat16).train()
     layer.base.bias.requires_grad_(True)
-    x = torch.randn(3, 5, 16, dtype=torch.bfloat16, requires_grad=True)
-    grad_y = torch.randn(3, 5, 24)
+    x = torch.randn(4, 5, in_features, dtype=torch.bfloat16, requires_grad=True)
+    grad_y = torch.randn(4, 5, out_features)
     fast = run_with_grads(layer, x, layer, grad_y)
     ref = run_with_grads(layer.reference_forward, x, layer, grad_y)
     assert fast[0].dtype == torch.bfloat16
