@@ -1,6 +1,6 @@
 """Is a LoRA training step actually cheaper than full fine-tuning? Measured side by side.
 
-    python -m experiments.bench_lora [--preset small] [--batch-size 16] [--r 8] [--steps 8] [--out DIR]
+    python -m experiments.bench_lora [--preset small] [--batch-size 16] [--r 8] [--steps 15] [--out DIR]
                                      [--threads N]
 
 One process times, on copies of one base GPT with the same random batch and the same AdamW:
@@ -10,8 +10,11 @@ One process times, on copies of one base GPT with the same random batch and the 
            must for LoRA, whose adapters sit in every block) and the optimizer has something to do
     lora   minilora: r on q, k, v, o, up, down of every block, the fused fast path (fast_path.py)
     ref    the same LoRA computed the straightforward way, base(x) + (x @ A.T @ B.T) * s
-Each round times one optimizer step of each variant, in an order rotated every round; the
-report is the median over rounds, after a warm-up round. It also times eval forwards
+Each round times one optimizer step of each variant, in an order rotated every round, after a
+warm-up round. A ratio is the median over rounds of the two variants' ratio within a round:
+the machine's speed drifts over a run (other tenants, memory state), and a ratio taken within
+one round cancels that drift where a ratio of two medians would not. The quartiles of the
+per-round ratios go with it, as its spread. It also times eval forwards
 (no_grad): unmerged LoRA and merged LoRA against the base model; it compares the adapter
 file's size with a full checkpoint's; and it sums the bytes autograd saves for backward in
 one training forward (activation memory). Ratios go to stdout and to DIR/bench_lora.json.
@@ -71,6 +74,16 @@ def forward_only(model, x):
     model(x)
 
 
+def paired_ratio(times_a, times_b):
+    """Median and quartiles over rounds of times_a[i] / times_b[i] (two variants timed in the
+    same round): (median, first quartile, third quartile)."""
+    per_round = [a / b for a, b in zip(times_a, times_b)]
+    if len(per_round) == 1:
+        return per_round[0], per_round[0], per_round[0]
+    q1, q2, q3 = statistics.quantiles(per_round, n=4)
+    return q2, q1, q3
+
+
 def saved_activation_bytes(model, x, y):
     """Bytes autograd saves for backward in one training forward (experiments/memory.py)."""
     with SavedActivations(model) as saved:
@@ -84,8 +97,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of each variant per round)")
-    parser.add_argument("--forward-rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=15, help="timed rounds (one step of each variant per round)")
+    parser.add_argument("--forward-rounds", type=int, default=10)
     parser.add_argument("--out", default="results/bench_lora")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -136,16 +149,18 @@ def main(argv=None):
 
     saved = {name: saved_activation_bytes(models[name], x, y) for name in ("full", "floor", "lora", "ref")}
 
-    ratios = {
-        "lora_step / full_step": step["lora"] / step["full"],
-        "lora_step / floor_step": step["lora"] / step["floor"],
-        "straightforward_lora_step / full_step": step["ref"] / step["full"],
-        "floor_step / full_step": step["floor"] / step["full"],
-        "lora_forward_unmerged / base_forward": fwd["unmerged"] / fwd["base"],
-        "lora_forward_merged / base_forward": fwd["merged"] / fwd["base"],
-        "adapter_file / full_checkpoint": adapter_bytes / full_bytes,
-        "lora_saved_activations / straightforward": saved["lora"] / saved["ref"],
+    timed_pairs = {
+        "lora_step / full_step": (times["lora"], times["full"]),
+        "lora_step / floor_step": (times["lora"], times["floor"]),
+        "straightforward_lora_step / full_step": (times["ref"], times["full"]),
+        "floor_step / full_step": (times["floor"], times["full"]),
+        "lora_forward_unmerged / base_forward": (fwd_times["unmerged"], fwd_times["base"]),
+        "lora_forward_merged / base_forward": (fwd_times["merged"], fwd_times["base"]),
     }
+    spread = {key: paired_ratio(a, b) for key, (a, b) in timed_pairs.items()}
+    ratios = {key: median for key, (median, _, _) in spread.items()}
+    ratios["adapter_file / full_checkpoint"] = adapter_bytes / full_bytes
+    ratios["lora_saved_activations / straightforward"] = saved["lora"] / saved["ref"]
     counts = count_parameters(models["lora"])
     result = {
         "args": vars(args),
@@ -160,6 +175,7 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "trainable_parameters": {"lora": counts.trainable, "total": counts.total, "percent": counts.percent},
         "ratios": ratios,
+        "ratio_quartiles": {key: [q1, q3] for key, (_, q1, q3) in spread.items()},
         "step_seconds_median": step,
         "step_seconds_all": times,
         "forward_seconds_median": fwd,
@@ -175,7 +191,8 @@ def main(argv=None):
           f"parameters ({counts.percent:.2f}%)")
     print("median step: " + ", ".join(f"{n} {s:.3f}s" for n, s in step.items()))
     for key, value in ratios.items():
-        extra = f"   ({1 / value:.2f}x faster)" if key.endswith("/ full_step") else ""
+        extra = f"  quartiles {spread[key][1]:.3f}-{spread[key][2]:.3f}" if key in spread else ""
+        extra += f"   ({1 / value:.2f}x faster)" if key.endswith("/ full_step") else ""
         print(f"  {key:42s} {value:7.3f}{extra}")
     print("saved activations (MB): " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in saved.items()))
     print(f"wrote {path}")

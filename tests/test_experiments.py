@@ -144,6 +144,18 @@ def test_bad_flags_are_clear_errors(tmp_path, corpora, capsys):
             rank_sweep.main([*TOY, *corpora, "--device", "cuda", "--out", str(tmp_path / "x")])
 
 
+def test_bench_ratio_is_taken_within_each_round():
+    from experiments.bench_lora import paired_ratio
+
+    # The machine slows down 3x over the run; within each round lora takes half of full's time.
+    full = [1.0, 1.5, 2.0, 3.0, 3.0]
+    lora = [0.5, 0.75, 1.0, 1.5, 1.5]
+    assert paired_ratio(lora, full) == (0.5, 0.5, 0.5)
+    # Spread: per-round ratios 1..5 have median 3 and quartiles 1.5 and 4.5.
+    assert paired_ratio([1, 2, 3, 4, 5], [1, 1, 1, 1, 1]) == (3, 1.5, 4.5)
+    assert paired_ratio([2.0], [4.0]) == (0.5, 0.5, 0.5)
+
+
 def test_bench_lora_writes_its_ratios(tmp_path):
     from experiments import bench_lora
 
@@ -154,6 +166,8 @@ def test_bench_lora_writes_its_ratios(tmp_path):
         "lora_step / full_step", "lora_step / floor_step", "straightforward_lora_step / full_step",
         "floor_step / full_step", "lora_forward_unmerged / base_forward", "lora_forward_merged / base_forward",
         "adapter_file / full_checkpoint", "lora_saved_activations / straightforward"}
+    for key, (q1, q3) in result["ratio_quartiles"].items():
+        assert q1 <= result["ratios"][key] <= q3
     assert 0 < result["ratios"]["adapter_file / full_checkpoint"] < 1
     # The fast path saves no more for backward than the straightforward formula.
     assert result["ratios"]["lora_saved_activations / straightforward"] <= 1.0
