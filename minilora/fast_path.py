@@ -21,6 +21,9 @@ BLAS runs at a fraction of its speed on big ones, are kept to the unavoidable on
                          dL/dB = s g^T (x A^T)                 (out, r)
                          dL/db = sum over rows of g            (out,)
 
+Both folds copy W0 for the step, so they are taken only when the tokens outnumber W0's rows
+and columns; with fewer (generating a token at a time), the thin products are cheaper.
+
 Why two routes each way: a folded product leaves its wanted part as a strided view of a wider
 tensor (N, out + r), and that view must then be copied (forward: the output must be a tensor
 of its own, so that in-place ops after the layer work) or is read strided by whoever comes
@@ -50,6 +53,13 @@ def _token_matmul(a, b, chunks=4):
     return torch.bmm(a_chunks, b_chunks).sum(0)  # (r, C)
 
 
+def _fold_pays(n_tokens, weight):
+    """A fold copies W0 (out, in) to spare a thin product over an (N, in) or (N, out) tensor:
+    worth it only with at least as many tokens as W0 has rows and columns (not, for example,
+    when generating one token at a time with the adapter unmerged)."""
+    return n_tokens >= max(weight.shape)
+
+
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, x_lora):
@@ -57,8 +67,8 @@ class LoRALinearFunction(torch.autograd.Function):
         # x_lora (N, in) = dropout(x), or None when the adapter sees x itself
         out_features, in_features = weight.shape
         sA = lora_A * scaling  # (r, in): s scales A, the smallest tensor
-        if x_lora is None and out_features <= in_features:
-            weight_sA = torch.cat([weight, sA])  # (out + r, in)
+        if x_lora is None and out_features <= in_features and _fold_pays(x.shape[0], weight):
+            weight_sA = torch.cat([weight, sA])  # (out + r, in): a copy of W0 for this step
             if bias is None:
                 xW_xA = x @ weight_sA.t()  # (N, out + r) = [x W0^T | x sA^T]
             else:  # the bias goes in as nn.Linear adds it, so that y equals the base layer's at B = 0
@@ -86,8 +96,8 @@ class LoRALinearFunction(torch.autograd.Function):
         grad_y = grad_y.contiguous()  # (N, out): one copy here rather than one inside each matmul
         sB = lora_B * ctx.scaling  # (out, r)
         grad_x = grad_weight = grad_bias = grad_A = grad_B = grad_x_lora = None
-        if ctx.needs_input_grad[0] and in_features <= out_features:
-            gW_gB = grad_y @ torch.cat([weight, sB], 1)  # (N, in + r) = [g W0 | g sB]
+        if ctx.needs_input_grad[0] and in_features <= out_features and _fold_pays(grad_y.shape[0], weight):
+            gW_gB = grad_y @ torch.cat([weight, sB], 1)  # (N, in + r) = [g W0 | g sB]; copies W0
             grad_x, gsB = gW_gB[:, :in_features], gW_gB[:, in_features:]  # views: (N, in), (N, r)
         else:  # a wide dL/dx would be left strided, and whoever reads it next pays for that
             gsB = grad_y @ sB  # (N, r)
