@@ -1,8 +1,9 @@
 """The pretrained base model every fine-tuning experiment starts from, made once and reused.
 
 The checkpoint lives in CACHE/base-<key>/ckpt.pt, where <key> is a hash of everything that
-decides its weights (corpus, preset and overrides, steps, batch, learning rate, seed, device
-type). A sweep, or a second experiment with the same settings, never pretrains twice.
+decides its weights (the corpus's bytes, by their SHA-256, not its name; preset and overrides,
+steps, batch, learning rate, seed, device type). A sweep, or a second experiment with the same
+settings, never pretrains twice, and an edited corpus file never reuses an old model.
 """
 import hashlib
 import json
@@ -22,27 +23,30 @@ def settings_key(settings):
 
 
 def pretrain_settings(corpus, config, max_iters, batch_size, lr, seed, device):
+    """What decides the base model's weights; corpus is a nanogpt.data.Corpus, keyed by content."""
     return {
-        "corpus": corpus, "config": config.__dict__, "max_iters": max_iters, "batch_size": batch_size,
+        "corpus_sha256": corpus.sha256, "config": config.__dict__, "max_iters": max_iters, "batch_size": batch_size,
         "lr": lr, "seed": seed, "device": str(device).split(":")[0],
     }
 
 
 def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, cache_dir, force=False,
                    progress=True):
-    """(base GPT on `device`, path of its checkpoint), pretraining it first if not cached."""
+    """(base GPT on `device`, path of its checkpoint), pretraining it first if not cached.
+    corpus: a nanogpt.data.Corpus (its bytes decide the cache key), or a corpus name or path."""
+    if isinstance(corpus, str):
+        corpus = load_corpus(corpus, config.block_size)
     settings = pretrain_settings(corpus, config, max_iters, batch_size, lr, seed, device)
     out_dir = os.path.join(cache_dir, f"base-{settings_key(settings)}")
     ckpt = os.path.join(out_dir, "ckpt.pt")
     done_marker = os.path.join(out_dir, "settings.json")  # written last: only a finished run has it
     if force or not os.path.exists(done_marker):
-        print(f"pretraining the base model on {corpus} ({max_iters} steps) -> {out_dir}")
-        data = load_corpus(corpus, config.block_size)
+        print(f"pretraining the base model on {corpus.name} ({max_iters} steps) -> {out_dir}")
         torch.manual_seed(seed)
         model = GPT(config)
-        train(model, data.train, {"train": data.train, "val": data.val}, max_iters=max_iters,
+        train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, max_iters=max_iters,
               batch_size=batch_size, lr=lr, eval_interval=max(1, max_iters // 4), device=device, seed=seed,
-              out_dir=out_dir, corpus_name=corpus, progress=progress)
-        write_json(settings, done_marker)
+              out_dir=out_dir, corpus_name=corpus.name, progress=progress)
+        write_json({**settings, "corpus_name": corpus.name}, done_marker)
     model, _ = load_model(ckpt, map_location=device)
     return model, ckpt

@@ -93,10 +93,10 @@ def load_setup(args):
                                 block_size=args.block_size)
     source = load_corpus(args.source, config.block_size)
     target = load_corpus(args.target, config.block_size)
-    base, _ = get_base_model(args.source, config, max_iters=args.pretrain_iters, batch_size=args.pretrain_batch_size,
+    base, _ = get_base_model(source, config, max_iters=args.pretrain_iters, batch_size=args.pretrain_batch_size,
                              lr=args.pretrain_lr, seed=args.seed, device=device, cache_dir=args.cache,
                              force=False, progress=not args.no_progress)
-    base_key = settings_key(pretrain_settings(args.source, config, args.pretrain_iters, args.pretrain_batch_size,
+    base_key = settings_key(pretrain_settings(source, config, args.pretrain_iters, args.pretrain_batch_size,
                                               args.pretrain_lr, args.seed, device))
     os.makedirs(args.out, exist_ok=True)
     return base, base_key, source, target, device

@@ -45,7 +45,7 @@ def facts_corpus(facts, block_size, seed, copies=8):
     Shuffling each copy makes the line order unpredictable, so the next key after a line cannot be
     memorized and all the model can store is key -> value. More copies are added if needed so the
     text is longer than one training window. val is the same text: memorization is evaluated on
-    what was trained. The name holds a hash of the text, so the run cache never mixes datasets.
+    what was trained. The name and sha256 hold hashes of the text, so the run cache never mixes datasets.
     """
     rng = random.Random(seed)
     lines = [f"{key}:{value}\n" for key, value in facts]
@@ -58,7 +58,8 @@ def facts_corpus(facts, block_size, seed, copies=8):
     text = "".join(parts)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     tokens = encode(text)  # (copies * one_copy,) uint8
-    return Corpus(name=f"facts-n{len(facts)}-seed{seed}-{digest}", train=tokens, val=tokens)
+    return Corpus(name=f"facts-n{len(facts)}-seed{seed}-{digest}", train=tokens, val=tokens,
+                  sha256=hashlib.sha256(text.encode()).hexdigest())
 
 
 @torch.no_grad()

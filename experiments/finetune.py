@@ -2,7 +2,8 @@
 
 Every experiment is a list of these runs over one shared setup: a base model pretrained on the
 source corpus (what can be forgotten) and fine-tuned on the target corpus (what is learned).
-A finished run is cached as CACHE/runs/<key>.json and not recomputed unless forced.
+A finished run is cached as CACHE/runs/<key>.json and not recomputed unless forced. The key
+holds the corpora by the SHA-256 of their bytes, so an edited corpus file is a new run.
 """
 import copy
 import json
@@ -88,7 +89,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         record["final_eval"]; the name is part of the cache key, so change it when fn changes.
     """
     check_spec(spec)
-    settings = {"base": base_key, "spec": spec, "target": target.name, "source": source.name, "steps": steps,
+    settings = {"base": base_key, "spec": spec, "target": target.sha256, "source": source.sha256, "steps": steps,
                 "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
                 "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
     if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
@@ -142,6 +143,8 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         "device": str(device),
         "target_corpus": target.name,
         "source_corpus": source.name,
+        "target_sha256": target.sha256,  # which bytes the run saw
+        "source_sha256": source.sha256,
         "trainable_params": trainable,
         "total_params": total,
         "train_loss": result["step_losses"],

@@ -1,6 +1,6 @@
 """Corpora, the train/validation split, and batches.
 
-Every corpus is byte-level text (see tokenizer.py). Two are embedded in every Python install, so
+Every corpus is a sequence of bytes, read as stored (see tokenizer.py). Two are embedded in every Python install, so
 the project runs offline with no download:
 
   python-code   the standard library's own top-level .py sources (about 4.7 MB of code)
@@ -9,15 +9,16 @@ the project runs offline with no download:
 Also: any text file given by path, and `shakespeare` (tiny-Shakespeare, 1 MB), downloaded once
 into a cache folder.
 """
+import hashlib
 import os
 import sysconfig
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from nanogpt.tokenizer import encode
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CORPUS_NAMES = ("python-code", "python-docs", "shakespeare")
@@ -28,32 +29,32 @@ def default_cache_dir():
     return os.environ.get("NANOGPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "nanogpt"))
 
 
-def python_code_text():
-    """The stdlib's top-level .py files, in sorted order, so every run sees the same text."""
+def python_code_bytes():
+    """The stdlib's top-level .py files, in sorted order, so every run sees the same bytes."""
     stdlib = sysconfig.get_paths()["stdlib"]
     names = sorted(n for n in os.listdir(stdlib) if n.endswith(".py"))
     parts = []
     for name in names:
-        with open(os.path.join(stdlib, name), encoding="utf-8", errors="replace") as f:
-            parts.append(f"# file: {name}\n{f.read()}\n")
-    return "".join(parts)
+        with open(os.path.join(stdlib, name), "rb") as f:
+            parts.append(f"# file: {name}\n".encode() + f.read() + b"\n")
+    return b"".join(parts)
 
 
-def python_docs_text():
+def python_docs_bytes():
     """The prose of the Python docs' topics (what `help("if")` prints), sorted by topic name."""
     from pydoc_data.topics import topics
 
-    return "".join(f"{topics[key].strip()}\n\n" for key in sorted(topics))
+    return "".join(f"{topics[key].strip()}\n\n" for key in sorted(topics)).encode("utf-8")
 
 
-def shakespeare_text(cache_dir=None):
+def shakespeare_bytes(cache_dir=None):
     """tiny-Shakespeare, downloaded once into cache_dir; offline, a clear error says what to do."""
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, "shakespeare.txt")
     if not os.path.exists(path):
         try:
             with urllib.request.urlopen(SHAKESPEARE_URL, timeout=20) as response:
-                text = response.read().decode("utf-8")
+                data = response.read()
         except (urllib.error.URLError, OSError) as e:
             raise RuntimeError(
                 f"could not download the shakespeare corpus from {SHAKESPEARE_URL} ({e}). "
@@ -61,28 +62,48 @@ def shakespeare_text(cache_dir=None):
                 f"(--corpus path/to/input.txt), or use an embedded corpus: python-code, python-docs."
             ) from e
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)  # a half-written download never looks like a finished one
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         return f.read()
 
 
-def load_text(name_or_path, cache_dir=None):
-    """The text of a named corpus, or of a text file given by path."""
+def load_bytes(name_or_path, cache_dir=None):
+    """The bytes of a named corpus, or of a file given by path, exactly as stored.
+
+    The tokens are bytes, so any file can be read as it is: text in any encoding, even binary
+    data. Nothing is decoded or replaced, so what the model trains on is the file itself (a file
+    that is not valid UTF-8 gets a warning, since samples are shown decoded as UTF-8)."""
     if name_or_path == "python-code":
-        return python_code_text()
+        return python_code_bytes()
     if name_or_path == "python-docs":
-        return python_docs_text()
+        return python_docs_bytes()
     if name_or_path == "shakespeare":
-        return shakespeare_text(cache_dir)
+        return shakespeare_bytes(cache_dir)
     if os.path.isfile(name_or_path):
-        with open(name_or_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        with open(name_or_path, "rb") as f:
+            data = f.read()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            warnings.warn(f"corpus {name_or_path!r} is not valid UTF-8 (first bad byte at offset {e.start}); "
+                          f"training on its raw bytes as they are. Printed samples show such bytes as U+FFFD",
+                          stacklevel=2)
+        return data
     raise ValueError(
         f"unknown corpus {name_or_path!r}: not one of {list(CORPUS_NAMES)} and not an existing file"
     )
+
+
+def load_text(name_or_path, cache_dir=None):
+    """A corpus as text, for reading it (bytes that are not UTF-8 shown as U+FFFD)."""
+    return load_bytes(name_or_path, cache_dir).decode("utf-8", errors="replace")
+
+
+def shakespeare_text(cache_dir=None):
+    return shakespeare_bytes(cache_dir).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -90,6 +111,7 @@ class Corpus:
     name: str
     train: torch.Tensor  # (N_train,) uint8 byte tokens
     val: torch.Tensor  # (N_val,) uint8 byte tokens
+    sha256: str  # of all the corpus's bytes: what caches are keyed by, and what records name
 
 
 def load_corpus(name_or_path, block_size, cache_dir=None):
@@ -98,7 +120,8 @@ def load_corpus(name_or_path, block_size, cache_dir=None):
     A contiguous split (not a random one) keeps validation text unseen: no training window
     overlaps it. Both parts must hold at least one block plus its next-token target.
     """
-    tokens = encode(load_text(name_or_path, cache_dir))  # (N,)
+    data = load_bytes(name_or_path, cache_dir)
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)  # (N,)
     n_val = int(len(tokens) * VAL_FRACTION)
     train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
     need = block_size + 1
@@ -108,7 +131,7 @@ def load_corpus(name_or_path, block_size, cache_dir=None):
             f"{len(val)} bytes, but block_size={block_size} needs at least {need} bytes in each split "
             f"(so at least {need * 10} bytes in all); use a longer text or a smaller --block-size"
         )
-    return Corpus(name=name_or_path, train=train, val=val)
+    return Corpus(name=name_or_path, train=train, val=val, sha256=hashlib.sha256(data).hexdigest())
 
 
 def get_batch(data, batch_size, block_size, generator=None, device="cpu"):

@@ -1,4 +1,5 @@
 """The experiments end to end at toy size, and the memory accounting they rest on."""
+import hashlib
 import json
 import os
 
@@ -17,7 +18,7 @@ TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16"
        "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
 RECORD_KEYS = {
     "method", "variant", "r", "alpha", "targets", "lr", "steps", "batch_size", "block_size", "seed", "device",
-    "target_corpus", "source_corpus", "trainable_params", "total_params", "train_loss", "history",
+    "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
     "base_target_loss", "base_source_loss", "final_target_loss", "final_source_loss", "wall_time_s",
     "median_step_s", "tokens_per_s", "saved_bytes", "memory",
 }
@@ -70,6 +71,29 @@ def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])  # a finished run is not redone
     assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
     assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("base-")]) == 1
+
+
+def test_cache_is_keyed_by_corpus_content_not_name(tmp_path, corpora):
+    """Editing a corpus file in place must not bring back the old results (issue: keyed by path)."""
+    out = tmp_path / "fvl"
+    args = [*TOY, *corpora, "--methods", "lora", "--memory-batches", "1", "--out", str(out)]
+    full_vs_lora.main(args)
+    first = json.loads((out / "records.json").read_text())[0]
+    target = corpora[corpora.index("--target") + 1]
+    assert first["target_sha256"] == hashlib.sha256(open(target, "rb").read()).hexdigest()
+    with open(target, "a") as f:
+        f.write("An edited corpus teaches something else entirely. " * 40)
+    full_vs_lora.main(args)
+    second = json.loads((out / "records.json").read_text())[0]
+    assert second["target_sha256"] != first["target_sha256"]
+    assert second["final_target_loss"] != first["final_target_loss"]  # trained again, on the new bytes
+    runs = [f for f in os.listdir(tmp_path / "cache" / "runs") if f.endswith(".json")]
+    assert len(runs) == 2
+    source = corpora[corpora.index("--source") + 1]
+    with open(source, "a") as f:
+        f.write("x = 1\n" * 300)
+    full_vs_lora.main(args)  # a new source corpus: a new base model too
+    assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("base-")]) == 2
 
 
 def toy_model():

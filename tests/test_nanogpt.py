@@ -1,4 +1,5 @@
 """The GPT, its data, training, sampling and checkpoints: a specification that runs."""
+import hashlib
 import json
 import math
 import os
@@ -139,6 +140,17 @@ def test_text_file_corpus_and_too_short_corpus(tmp_path):
     short.write_text("too short")
     with pytest.raises(ValueError, match=r"too short: 9 bytes .* block_size=16 needs at least 17 bytes"):
         load_corpus(str(short), 16)
+
+
+def test_a_file_corpus_is_read_as_its_bytes_even_when_not_utf8(tmp_path):
+    """Byte-level tokens: a Latin-1 or binary file trains on its exact bytes, nothing replaced."""
+    data = ("caf\u00e9 na\u00efve " * 40).encode("latin-1") + bytes(range(256))
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(data)
+    with pytest.warns(UserWarning, match=r"not valid UTF-8 .*raw bytes"):
+        corpus = load_corpus(str(path), 16)
+    assert bytes(torch.cat([corpus.train, corpus.val]).tolist()) == data
+    assert corpus.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_unknown_corpus_names_the_choices():
