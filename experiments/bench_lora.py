@@ -52,7 +52,7 @@ def make_variants(base, r, alpha):
     lora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
     ref = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
     for _, layer in lora_layers(ref):
-        layer.forward = layer.reference_forward  # the straightforward formula, plain autograd
+        layer.fused = False  # the straightforward formula, plain autograd
     return {"full": full, "floor": floor, "lora": lora, "ref": ref}
 
 

@@ -12,9 +12,10 @@ over-corrects: with Adam, high ranks then learn slower; rsLoRA's s = alpha / sqr
 adapter.py, fixes that). Dropout, if any, acts on the adapter's input only:
 h = W0 x + b + s B A dropout(x).
 
-Training computes s B (A x) through the rank-r space (fast_path.py) and never forms the
-(out, in) product B A. For deployment, merge() folds delta W into W0, after which forward is
-exactly the base layer's: no added latency. unmerge() takes it out again.
+forward() shows the formula; by default it computes it through fast_path.py, the same numbers
+with fewer passes over memory (`layer.fused = False` runs the formula as written). Neither ever
+forms the (out, in) product B A while training. For deployment, merge() folds delta W into W0,
+after which forward is exactly the base layer's: no added latency. unmerge() takes it out again.
 
 Several named adapters can sit on one layer (see multi_adapter.py); forward uses the active
 one, and layer.lora_A / layer.lora_B / layer.scaling are the active adapter's.
@@ -67,26 +68,28 @@ class LoRALinear(LoRALayer):
         adapter = self.get_adapter(name)
         return adapter.scaling * (adapter.lora_B @ adapter.lora_A)  # (out, in)
 
+    # The speed trick, switchable: True computes forward() through fast_path.py, False through
+    # the formula as written. Both give the same numbers (tests/test_lora_layer.py checks it).
+    fused = True
+
     def forward(self, x):
+        """h = W0 x + b + (alpha / r) B A dropout(x), for x of shape (..., in)."""
         adapter = self._forward_adapter()
         if adapter is None:
             return self.base(x)  # nothing active, or merged: the base layer itself
-        # Dropout on the adapter's input only; None = the adapter sees x itself.
-        x_lora = adapter.dropout(x) if adapter.dropout.p > 0 and self.training else None
         if adapter.dora:
-            return dora_linear(x, self.base.weight, self.base.bias, adapter, x_lora)
-        return lora_linear(x, self.base.weight, self.base.bias, adapter.lora_A, adapter.lora_B,
-                           adapter.scaling, x_lora)
+            return dora_linear(x, self.base.weight, self.base.bias, adapter, self._dropped(x, adapter))
+        if self.fused:
+            # The same formula as one autograd Function, scaled in the rank-r space and without a
+            # full-size elementwise pass: faster, and no more memory (fast_path.py).
+            return lora_linear(x, self.base.weight, self.base.bias, adapter.lora_A, adapter.lora_B,
+                               adapter.scaling, self._dropped(x, adapter))
+        # LoRA as the paper writes it, in row-vector form (x is (..., in), A (r, in), B (out, r)):
+        return self.base(x) + (adapter.dropout(x) @ adapter.lora_A.T @ adapter.lora_B.T) * adapter.scaling
 
-    def reference_forward(self, x):
-        """The formula as written, with plain autograd: base(x) + s * B A dropout(x).
-        Slower (full-size multiply and add in forward and backward); tests check forward()
-        against it, and the benchmark times it as the straightforward implementation."""
-        adapter = self.get_adapter()
-        if adapter.dora or self.merged:
-            raise RuntimeError("reference_forward is for an unmerged plain-LoRA adapter")
-        dropped = adapter.dropout(x)  # (..., in)
-        return self.base(x) + (dropped @ adapter.lora_A.t() @ adapter.lora_B.t()) * adapter.scaling
+    def _dropped(self, x, adapter):
+        """dropout(x) for the fused paths, or None when dropout is off and the adapter sees x itself."""
+        return adapter.dropout(x) if adapter.dropout.p > 0 and self.training else None
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

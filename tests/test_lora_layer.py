@@ -8,8 +8,6 @@ import torch.nn as nn
 from minilora import LoRAEmbedding, LoRALinear
 
 
-
-
 def make_layer(in_features=16, out_features=24, r=4, alpha=8, bias=True, dropout=0.0, random_B=True, seed=0):
     torch.manual_seed(seed)
     layer = LoRALinear(nn.Linear(in_features, out_features, bias=bias), r=r, alpha=alpha, dropout=dropout)
@@ -29,6 +27,29 @@ def run_with_grads(fn, x, layer, grad_y, seed=123):
     y = fn(x)
     (y.float() * grad_y).sum().backward()
     return [y.detach()] + [p.grad.clone() for p in params]
+
+
+def formula(layer):
+    """layer's forward with the fused path off: the formula as written, with plain autograd."""
+    def run(x):
+        layer.fused = False
+        try:
+            return layer(x)
+        finally:
+            layer.fused = True
+    return run
+
+
+def test_forward_shows_the_formula_and_the_fused_branch_is_the_default():
+    layer = make_layer()
+    assert layer.fused is True
+    x = torch.randn(4, 16)
+    y_formula = formula(layer)(x)
+    assert y_formula.grad_fn.name() == "AddBackward0"  # base(x) + (...) * s, as written
+    y_fused = layer(x)  # a view of the Function's (N, out) output
+    assert "LoRALinearFunction" in y_fused.grad_fn.next_functions[0][0].name()
+    expected = layer.base(x) + (x @ layer.lora_A.T @ layer.lora_B.T) * layer.scaling
+    torch.testing.assert_close(y_formula, expected, rtol=0, atol=0)
 
 
 def relative_error(a, b):
@@ -84,7 +105,7 @@ def test_fast_path_matches_formula_fp32(in_features, out_features, lead, bias, d
     x = torch.randn(*lead, in_features, requires_grad=True)
     grad_y = torch.randn(*lead, out_features)
     fast = run_with_grads(layer, x, layer, grad_y)
-    ref = run_with_grads(layer.reference_forward, x, layer, grad_y)
+    ref = run_with_grads(formula(layer), x, layer, grad_y)
     assert len(fast) == len(ref) == (5 if bias else 4)  # y and the grads of x, A, B (and b)
     for a, b in zip(fast, ref):  # fp32 rounding: the two sum the same products in other orders
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -99,7 +120,7 @@ def test_fast_path_output_takes_in_place_ops():
         torch.relu_(layer(x)).sum().backward()
         grads = [x.grad.clone(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone()]
         x.grad = layer.lora_A.grad = layer.lora_B.grad = None
-        torch.relu(layer.reference_forward(x)).sum().backward()
+        torch.relu(formula(layer)(x)).sum().backward()
         for a, b in zip(grads, [x.grad, layer.lora_A.grad, layer.lora_B.grad]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -124,7 +145,7 @@ def test_fast_path_skips_input_grad_when_not_needed(in_features, out_features):
     (layer(x) * grad_y).sum().backward()
     fast = [layer.lora_A.grad.clone(), layer.lora_B.grad.clone()]
     layer.lora_A.grad = layer.lora_B.grad = None
-    (layer.reference_forward(x) * grad_y).sum().backward()
+    (formula(layer)(x) * grad_y).sum().backward()
     torch.testing.assert_close(fast, [layer.lora_A.grad, layer.lora_B.grad], atol=1e-5, rtol=1e-5)
 
 
@@ -136,7 +157,7 @@ def test_fast_path_matches_formula_bf16(in_features, out_features, dropout):
     x = torch.randn(4, 8, in_features, dtype=torch.bfloat16, requires_grad=True)
     grad_y = torch.randn(4, 8, out_features)
     fast = run_with_grads(layer, x, layer, grad_y)
-    ref = run_with_grads(layer.reference_forward, x, layer, grad_y)
+    ref = run_with_grads(formula(layer), x, layer, grad_y)
     assert fast[0].dtype == torch.bfloat16
     for a, b in zip(fast, ref):
         assert relative_error(a, b) < 3e-2
@@ -146,10 +167,10 @@ def test_fast_path_under_autocast_bf16():
     layer = make_layer().train()
     x = torch.randn(3, 5, 16, requires_grad=True)
     grad_y = torch.randn(3, 5, 24)
-    full_precision = run_with_grads(layer.reference_forward, x, layer, grad_y)
+    full_precision = run_with_grads(formula(layer), x, layer, grad_y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast = run_with_grads(layer, x, layer, grad_y)
-        ref = run_with_grads(layer.reference_forward, x, layer, grad_y)
+        ref = run_with_grads(formula(layer), x, layer, grad_y)
     assert fast[0].dtype == torch.bfloat16
     assert layer.lora_A.grad.dtype == torch.float32  # fp32 parameters get fp32 grads
     for a, b, c in zip(fast, ref, full_precision):
