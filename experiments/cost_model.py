@@ -210,7 +210,8 @@ def step_walk(shape, method, r, targets, batch_size, seq_len, dtype="fp32", auto
     autocast (bf16 on CUDA, parameters fp32): every linear casts an fp32 input to a bf16 copy of
     its own (q, k, v three copies) and saves it, and saves a bf16 copy of its weight (2 in out)
     when its input needs a gradient; a LoRA linear saves bf16 copies of x, W0 (none for 4-bit
-    W0), A and B. Read from the code, not measured here (this was built without a GPU).
+    W0), A and B. Checked to the byte under CPU autocast (tests/test_scale.py); CUDA's attention
+    kernels may save a few more bytes per layer (random-number state), not checked here.
 
     FLOPs (a multiply-add is 2): a linear's forward, input gradient and weight gradient are
     2 N in out each; attention's two products are 2 N T C each, halved by the causal mask
@@ -220,7 +221,6 @@ def step_walk(shape, method, r, targets, batch_size, seq_len, dtype="fp32", auto
     C, H, V, nh = shape.n_embd, shape.hidden, shape.vocab_size, shape.n_head
     N = batch_size * seq_len
     b = 2 if autocast else DTYPE_BYTES[dtype]  # the compute dtype of matmul outputs
-    x_cast = autocast  # residual stream and norm outputs stay fp32 under autocast; linears cast copies
     stats_per_norm = 8 * N if shape.norm == "layernorm" else 4 * N
     resid_b = 4 if autocast else b  # the residual stream (and norms) are fp32 under autocast
     chosen = set(check_targets(shape, targets)) if method in ADAPTER_METHODS else set()
@@ -251,10 +251,10 @@ def step_walk(shape, method, r, targets, batch_size, seq_len, dtype="fp32", auto
             flops["weight_grads"] += 2 * N * n_in * n_out
         if adapted:
             flops["adapter_forward"] += 2 * N * r * (n_in + n_out)
-            flops["adapter"] += 2 * N * r * (n_in + n_out) + 2 * N * r * (n_in + n_out) * 2
+            flops["adapter"] += 6 * N * r * (n_in + n_out)  # forward's two products, backward's four
             if not x_grad:
                 flops["adapter"] -= 2 * N * r * n_in  # (g B) A goes into dL/dx: not needed
-        copy = x_cast and x_fp32  # under autocast an fp32 input is cast to a bf16 copy per layer
+        copy = autocast and x_fp32  # under autocast an fp32 input is cast to a bf16 copy per layer
         if full or adapted:  # x kept: for dW (full) or dA (LoRA)
             if copy:
                 saved += 2 * N * n_in
@@ -336,7 +336,8 @@ def predict(shape, method="full", r=8, targets="all-linear", batch_size=1, seq_l
         files      checkpoint: the full model's tensors (P_base * bytes); adapter: A and B only
                    (r (in + out) * bytes per adapted linear; 0 without adapters). Payloads: a
                    torch.save file adds about 270 bytes per tensor of zip and pickle around them
-        flops      forward, input_grads, weight_grads, adapter (step_walk), optimizer
+        flops      forward, input_grads, weight_grads, adapter (step_walk; adapter_forward is
+                   the forward part of adapter), optimizer
                    (~12 per trainable parameter for AdamW), dequantize (QLoRA: each 4-bit W0 is
                    dequantized in forward and again in backward, 2 FLOPs per value each time),
                    matmul (the first four: what the FLOP model of step time uses), total

@@ -25,7 +25,7 @@ PARTS = tuple(PART_LABELS)
 VARIANT_LABELS = {"full": "full fine-tuning", "lora": "LoRA r=8, six linears", "lora-qv": "LoRA r=4, q and v",
                   "floor": "floor (all weights frozen)", "qlora": "QLoRA r=8, NF4 base"}
 VARIANT_COLORS = {"full": "black", "lora": "#4C72B0", "lora-qv": "#55A868", "floor": "#8C8C8C", "qlora": "#C44E52"}
-BUSY = 0.25  # load average per core above which the write-up warns that timings are unreliable
+BUSY = 0.5  # load average per core before the run above which the write-up warns that timings are unreliable
 
 # GPT-3's shapes (Brown et al. 2020, Table 2.1; the 1.3B and 13B widths rounded to whole heads),
 # for the predicted curves beyond what we measure. Byte vocabulary, as the measured models.
@@ -38,9 +38,10 @@ LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 
 def curve_shapes(block_size):
-    """(name, Shape) from the tiny GPT up to GPT-3 175B, byte vocabulary, block_size positions."""
+    """(name, Shape) from the tiny GPT up to GPT-3 175B, byte vocabulary, block_size positions (GPT-3
+    760M rather than gpt2-large, which is about as big but deeper and narrower)."""
     shapes = [(name, cost_model.shape_of(config_from_preset(name, block_size=block_size)))
-              for name in ("tiny", "small", "gpt2-small", "gpt2-medium", "gpt2-large")]
+              for name in ("tiny", "small", "gpt2-small", "gpt2-medium")]
     shapes += [(name, Shape(n_layer, n_head, width, 256, block_size)) for name, n_layer, n_head, width in GPT3_FAMILY]
     return sorted(shapes, key=lambda item: sum(cost_model.parameter_counts(item[1])[0].values()))
 
@@ -105,7 +106,7 @@ def plot_memory_ratio(data, path):
             ax.scatter(*zip(*measured), color=VARIANT_COLORS[name], marker="o" if style == "-" else "s", s=30,
                        label=f"{VARIANT_LABELS[name]}, batch {batch}: measured")
     ax.axhline(0.25, color="black", linewidth=0.8, linestyle=(0, (1, 3)))
-    ax.text(x_curve[0], 0.26, "4 of 16 bytes per parameter", fontsize=8, va="bottom")
+    ax.text(x_curve[0], 0.24, "the limit: 4 of 16 bytes per parameter", fontsize=8, va="top")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("model parameters (log scale; past GPT-2 medium: predicted, GPT-3 shapes)")
@@ -157,8 +158,15 @@ def plot_file_sizes(data, path, extrapolation):
         if files[0] is None:
             continue
         label = "full checkpoint" if name == "full" else f"adapter: {VARIANT_LABELS[name]}"
-        ax.scatter(params, [f["measured"] for f in files], color=VARIANT_COLORS[name], s=28, label=f"{label} (measured)")
-        ax.plot(params, [f["predicted_payload"] for f in files], color=VARIANT_COLORS[name], linewidth=1)
+        ax.scatter(params, [f["measured"] for f in files], color=VARIANT_COLORS[name], s=36 if name != "qlora" else 20,
+                   marker="o" if name != "qlora" else "x", label=f"{label} (measured)", zorder=3)
+        spec = data["variants"][name]
+        kind = "checkpoint" if name == "full" else "adapter"
+        shapes = curve_shapes(data["settings"]["block_size"])
+        curve = [predict(shape, spec["method"], spec["r"] or 8, spec["targets"] or "all-linear", seq_len=8)
+                 for _, shape in shapes]
+        ax.plot([c["total_params"] - (c["trainable_params"] if name != "full" else 0) for c in curve],
+                [c["files"][kind] for c in curve], ":", color=VARIANT_COLORS[name], linewidth=1)
     gpt3 = {row["key"]: row for row in extrapolation["rows"]}
     n = extrapolation["gpt3_params"]
     for key, color in (("gpt3_checkpoint", "black"), ("gpt3_adapter", VARIANT_COLORS["lora-qv"])):
@@ -169,7 +177,8 @@ def plot_file_sizes(data, path, extrapolation):
     ax.set_yscale("log")
     ax.set_xlabel("model parameters (log scale)")
     ax.set_ylabel("file size (bytes, log scale)")
-    ax.set_title("What must be saved: the whole model against the adapter (lines: predicted payload)")
+    ax.set_title("What must be saved: the whole model against the adapter\n"
+                 "(dotted: predicted payload, fp32, our shapes up to GPT-3 175B's)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -185,7 +194,7 @@ def plot_where_lora_pays(data, path):
     spec = cost_model_spec(data, "lora")
     ratio = np.array([[predicted_ratio(s, spec, int(b), block) for _, s in shapes] for b in batches])
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    mesh = ax.pcolormesh(x, batches, ratio, shading="nearest", cmap="viridis_r", vmin=0.25, vmax=1.0)
+    mesh = ax.pcolormesh(x, batches, ratio, shading="gouraud", cmap="viridis_r", vmin=0.25, vmax=1.0)
     contours = ax.contour(x, batches, ratio, levels=[0.3, 0.5, 0.7, 0.9], colors="white", linewidths=0.8)
     ax.clabel(contours, fmt="%.1f", fontsize=8)
     fig.colorbar(mesh, ax=ax, label="LoRA memory / full fine-tuning memory (predicted)")
@@ -209,14 +218,20 @@ def plot_extrapolation(extrapolation, path):
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.5))
     y = np.arange(len(rows))
     ax.barh(y + 0.2, [r["paper"] for r in rows], height=0.38, color="#DDDDDD", edgecolor="black", label="paper")
-    ax.barh(y - 0.2, [r["ours"] for r in rows], height=0.38, color="#4C72B0", label="cost model (states; activations in the table)")
+    ours = [r["ours"] for r in rows]
+    ax.barh(y - 0.2, ours, height=0.38, color="#4C72B0", label="cost model")
+    activations = [next((v for k, v in (r.get("also") or {}).items() if k.startswith("activations, one")), 0)
+                   for r in rows]
+    ax.barh(y - 0.2, activations, left=ours, height=0.38, color="white", edgecolor="#4C72B0", hatch="///",
+            label="+ activations of one sequence (not in the papers' numbers)")
     ax.set_yticks(y, [r["claim"] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.set_xlim(min(min(ours), min(r["paper"] for r in rows)) / 3, None)
     ax.set_xlabel("bytes (log scale)")
-    ax.set_title("GPT-3 175B (LoRA) and a 65B LLaMA (QLoRA): the papers against the cost model")
+    ax.set_title("GPT-3 175B (LoRA) and LLaMA 65B (QLoRA): papers against the cost model", fontsize=10)
     ax.grid(alpha=0.3, axis="x", which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.15), ncol=3)
     fig.tight_layout()
     return save(fig, path)
 
@@ -327,7 +342,7 @@ def write_markdown(data, extrapolation, figures):
     names = list(data["variants"])
     cores = data["cpu_count"] or 1
     load = data.get("load_average") or {}
-    busy = max(load.get("start") or 0, load.get("end") or 0) / cores
+    busy = (load.get("start") or 0) / cores  # at the end the run's own threads are in it
     exact, worst = validation(data)
     lines = ["# How LoRA's savings grow with the model", ""]
     lines += [f"Made by `python -m experiments.scale` ({data['date']}, {data['device']}, torch {data['torch']}, "
@@ -338,11 +353,11 @@ def write_markdown(data, extrapolation, figures):
     if data.get("qlora_note"):
         lines += [f"*{data['qlora_note']}.*", ""]
     if busy > BUSY and data["device"] == "cpu":
-        lines += [f"**Draft: the machine was busy during this run (load average {load.get('start'):.1f} at the start "
-                  f"and {load.get('end'):.1f} at the end, on {cores} cores): the timing ratios below are not to be "
-                  "trusted; the memory, file and FLOP numbers do not depend on it.**", ""]
+        lines += [f"**Draft: the machine was busy when this run started (load average {load.get('start'):.1f} on "
+                  f"{cores} cores): the timing ratios below are not to be trusted; the memory, file and FLOP numbers "
+                  "do not depend on it.**", ""]
 
-    lines += ["## The savings, size by size", ""]
+    lines += [summary(data), "", "## The savings, size by size", ""]
     head = "| size | parameters | " + " | ".join(f"LoRA/full memory, batch {b}" for b in s["memory_batches"])
     head += " | adapter / checkpoint | LoRA step speed-up (quartiles) | FLOP model | floor speed-up |"
     lines += [head, "| --- " * (head.count("|") - 1) + "|"]
@@ -388,7 +403,20 @@ def write_markdown(data, extrapolation, figures):
               "temporary buffers (the logits' gradient, each layer's input gradient) come on top, while the "
               "activations are freed layer by layer as backward goes: the two pull in opposite directions.", ""]
 
-    lines += ["## Step time against the FLOP model", ""]
+    if "qlora" in names:
+        lines += ["QLoRA's peak holds more than its parts: each layer's W0 is dequantized for its products (in "
+                  "forward, and again in backward), and that full-precision copy, with the index and value "
+                  "tensors dequantization makes on the way, lives for the layer's products: one layer at a time, "
+                  "but at the peak.", ""]
+    lines += ["File sizes, measured / predicted payload (the tensors' bytes; torch.save adds about 270 bytes of zip "
+              "and pickle per tensor, and an adapter file its config):", "",
+              "| size | " + " | ".join(n for n in names if sizes[0]["variants"][n]["file"]) + " |",
+              "| --- " * (1 + sum(1 for n in names if sizes[0]["variants"][n]["file"])) + "|"]
+    for r in sizes:
+        files = [r["variants"][n]["file"] for n in names if r["variants"][n]["file"]]
+        lines.append(f"| `{r['preset']}` | " + " | ".join(f"{fmt_bytes(f['measured'])} / {fmt_bytes(f['predicted_payload'])}"
+                                                         for f in files) + " |")
+    lines += ["", "## Step time against the FLOP model", ""]
     lines += ["| size | variant | step / full: measured (quartiles) | FLOP model | forward / full | backward / full | "
               "optimizer / full | full's optimizer share |", "| --- " * 8 + "|"]
     for r in sizes:
@@ -415,17 +443,55 @@ def explain_time(data):
                  / (f_full["input_grads"] + f_full["weight_grads"]))
     full_times = v["full"]["step_seconds"]
     share = statistics.median(o / t for o, t in zip(full_times["optimizer"], full_times["step"]))
+    above = q["step"]["median"] > q["flop_model"]
     return (f"At `{r['preset']}` the FLOP model puts a LoRA step at {q['flop_model']:.3f} of full fine-tuning's "
             f"(matmul FLOPs only: the weight gradients it skips are a third of them), and it measured "
             f"{q['step']['median']:.3f}. By phase: forward {q['forward']['median']:.3f} (FLOP model {fwd_model:.3f}: "
             f"the adapter's products are {100 * (fwd_model - 1):.1f}% more), backward {q['backward']['median']:.3f} "
             f"(FLOP model {bwd_model:.3f}), optimizer step {q['optimizer']['median']:.3f}. The FLOP model leaves out "
-            f"what is not a matrix product: the optimizer step, which is {share:.1%} of full fine-tuning's step here "
-            "and which LoRA all but skips (AdamW reads and writes 16 bytes per trainable parameter); LayerNorm, "
-            "GELU, softmax and the loss, which LoRA runs as often as full fine-tuning; and the adapter's thin "
-            "rank-r products, which run at a fraction of the speed of the big ones. Where the measured ratio is "
-            "below the FLOP model, the skipped optimizer work outweighs the rest; where above, the thin products "
-            "and the element-wise work do.")
+            f"what is not a matrix product: the optimizer step, {share:.1%} of full fine-tuning's step here, which "
+            "LoRA all but skips (AdamW reads and writes 16 bytes per trainable parameter); LayerNorm, GELU, softmax "
+            "and the loss, which LoRA runs as often as full fine-tuning; and the adapter's thin rank-r products "
+            "and their Python overhead, which cost more time than their FLOPs say. Here the measured ratio is "
+            + ("above the FLOP model's: the adapter's thin products and the element-wise work outweigh the skipped "
+               "optimizer work." if above else
+               "below the FLOP model's: the skipped optimizer work outweighs the adapter's thin products and the "
+               "element-wise work."))
+
+
+def summary(data):
+    """The results in one paragraph: how each saving moved from the smallest size to the largest."""
+    sizes, s = data["sizes"], data["settings"]
+    first, last = sizes[0], sizes[-1]
+    name = lambda r: f"`{r['preset']}` ({r['variants']['full']['total_params'] / 1e6:.3g}M parameters)"
+    mem = lambda r, b: measured_total(r["variants"]["lora"], b) / measured_total(r["variants"]["full"], b)
+    b0, rest = s["memory_batches"][0], s["memory_batches"][1:]
+    gpt3 = dict(curve_shapes(s["block_size"]))["GPT-3 175B"]
+    limit = predicted_ratio(gpt3, cost_model_spec(data, "lora"), b0, s["block_size"])
+    files = lambda r: r["variants"]["full"]["file"]["measured"] / r["variants"]["lora"]["file"]["measured"]
+    speed = lambda r, key: 1 / r["ratios"][key]["step"]["median"]
+    def both(value, fmt, suffix="", long=False):
+        """'<first's value><suffix> on <first>' and, with more than one size, ' and <last's> on <last>'."""
+        label = name if long else (lambda r: f"`{r['preset']}`")
+        text = f"{fmt(value(first))}{suffix} on {label(first)}"
+        return text if first is last else text + f" and {fmt(value(last))} on {label(last)}"
+
+    percent, times = (lambda v: f"{v:.0%}"), (lambda v: f"{v:.2f}x")
+    text = (f"At batch {b0}, LoRA (r=8 on all six linears of every block) needs "
+            f"{both(lambda r: mem(r, b0), percent, ' of full fine-tuning' + chr(39) + 's memory', long=True)}. "
+            "The limit is "
+            f"25%, 4 bytes per frozen parameter against 16 per trained one; the cost model, validated on these "
+            f"sizes, gives {limit:.0%} for GPT-3 175B's shape at the same batch and sequence length. ")
+    for b in rest:
+        text += (f"LoRA does not shrink the activations, so a bigger batch pulls the share back up: at batch {b}, "
+                 f"{both(lambda r: mem(r, b), percent)}. ")
+    text += (f"The adapter file is {both(files, lambda v: f'1/{v:.0f}', ' of the full checkpoint')}: the adapter "
+             f"grows with the width, the model with its square. A LoRA step was "
+             f"{both(lambda r: speed(r, 'lora/full'), times, ' as fast as a full fine-tuning step')}")
+    if "floor/full" in last["ratios"]:
+        text += f"; the floor (every weight frozen, no adapter) {both(lambda r: speed(r, 'floor/full'), times)}"
+    return text + (f"; the FLOP model's ceiling is "
+                   f"{both(lambda r: 1 / r['ratios']['lora/full']['flop_model'], times)}.")
 
 
 def extrapolation_markdown(extrapolation):
@@ -452,17 +518,17 @@ def extrapolation_markdown(extrapolation):
     q = by["llama_qlora"]["also"]
     lines += ["", "Where ours and the papers' differ, and why:", "",
               f"- **1.2 TB for full fine-tuning.** The paper does not itemise it. 1.2 TB is "
-              f"{1.2 * TB / extrapolation['gpt3_params']:.1f} bytes per parameter: less than fp16 weights, gradients "
-              f"and Adam moments ({fmt_bytes(g_full['ours'])}), far less than mixed precision with fp32 master "
-              f"weights and moments ({fmt_bytes(g_full['also']['mixed precision, fp32 master weights and moments'])}). "
-              "Sharding the optimizer state or keeping it in lower precision would explain it; we cannot tell which.",
+              f"{1.2 * TB / extrapolation['gpt3_params']:.1f} bytes per parameter. fp16 weights, gradients and Adam "
+              f"moments come to {fmt_bytes(g_full['ours'])}, and mixed precision with fp32 master weights and moments "
+              f"to {fmt_bytes(g_full['also']['mixed precision, fp32 master weights and moments'])}; activations come "
+              f"on top ({fmt_bytes(act_full)} per 2048-token sequence). The paper does not say how its optimizer "
+              "state was kept (precision, offloading), so we cannot tell what makes up the difference.",
               f"- **350 GB for LoRA** is the fp16 weights alone ({fmt_bytes(g_lora['ours'])} with the adapter's state). "
               f"The activations are not in it: one 2048-token sequence saves {fmt_bytes(act_lora)} in our GPT "
-              f"(fused attention; {fmt_bytes(act_full)} for full fine-tuning), and "
-              f"{fmt_bytes(g_lora['also']['attention matrices if materialised (fp16), one sequence'])} more if the "
-              "attention matrices are materialised, as 2021 implementations did. With many sequences per step "
-              "spread over many GPUs, activation checkpointing, or per-GPU micro-batches of one, the paper's "
-              "figure is the part that does not shrink with the batch.",
+              f"(fused attention), and {fmt_bytes(g_lora['also']['attention matrices if materialised (fp16), one sequence'])} "
+              "more if the attention matrices are materialised, as 2021 implementations did. The paper gives "
+              "neither the batch nor whether activations were checkpointed, and its 350 GB counts only the part "
+              "that does not depend on them.",
               f"- **35 MB.** {by['gpt3_adapter']['also']['adapter parameters'] / 1e6:.2f}M adapter parameters in "
               f"fp16 are {fmt_bytes(by['gpt3_adapter']['ours'])} "
               f"({by['gpt3_adapter']['ours'] / MiB:.1f} MiB); the paper's 35 MB is that, rounded.",
