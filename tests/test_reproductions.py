@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from experiments import batch_size, learn_forget, lr_sweep, variants, which_weights
+from experiments import batch_size, learn_forget, lr_sweep, qlora, variants, which_weights
 from experiments.lr_sweep import best_lr
 from experiments.learn_forget import source_loss_at
 from experiments.seeds import seed_list, separated, spread
@@ -141,3 +141,47 @@ def test_variants_end_to_end(tmp_path, corpora):
     assert [r["variant"] for r in records[:6]] == ["lora", "rslora", "loraplus", "loraplus", "dora", "pissa"]
     assert [r["lr"] for r in records[2:4]] == [3e-3, 1e-3]
     assert is_png(out / "variants.png")
+
+
+def test_qlora_end_to_end(tmp_path, corpora, capsys):
+    out = tmp_path / "qlora"
+    qlora.main([*TOY, *corpora, "--seeds", "2", "--gaussian-values", "8192", "--out", str(out)])
+    records = read(out / "records.json")
+    assert [(r["method"], r["quantize"]) for r in records[::2]] == [
+        ("full", None), ("lora", None), ("lora", "nf4"), ("lora", "fp4"), ("lora", "int4")]
+    assert [r["seed"] for r in records[:2]] == [1337, 1338]
+    full, lora, nf4 = records[0], records[2], records[4]
+    assert nf4["lr"] == lora["lr"] != full["lr"]  # QLoRA trains at LoRA's rate
+    # The 4-bit base shrinks the weights; the adapter's gradients and optimizer state are LoRA's.
+    assert nf4["memory"]["params"] < lora["memory"]["params"]
+    assert (nf4["memory"]["grads"], nf4["memory"]["optimizer"]) == (lora["memory"]["grads"], lora["memory"]["optimizer"])
+    assert nf4["memory"]["params"] == nf4["memory"]["analytic"]["params"]
+    assert nf4["saved_bytes"] == lora["saved_bytes"]  # the same adapter file
+    summary = read(out / "qlora.json")
+    base = summary["base_losses_after_quantization"]
+    assert list(base) == ["fp32 (no quantization)", "NF4", "NF4 + double quantization", "FP4",
+                          "FP4 + double quantization", "Int4", "Int4 + double quantization"]
+    # A QLoRA run starts from the quantized base (B = 0) and an unloaded QLoRA model computes the same.
+    for record in records[4:]:
+        name = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4"}[record["quantize"]] + " + double quantization"
+        assert record["base_target_loss"] == pytest.approx(base[name]["target"], abs=1e-4)
+        final = record["final_eval"]
+        assert final["unloaded"]["target"] == pytest.approx(record["final_target_loss"], abs=1e-4)
+        assert set(final) == {"on_full_precision_base", "unloaded", "merged_into_4bit", "requantization"}
+        assert 0 <= final["requantization"]["unchanged"] <= 1
+    assert lora["base_target_loss"] == pytest.approx(base["fp32 (no quantization)"]["target"], abs=1e-6)
+    bits = summary["claim_3_double_quant_bits"]
+    assert bits["plain"] == 4.5 and bits["double_quant"] < 4.5 and bits["paper_saving"] == pytest.approx(0.373, abs=1e-3)
+    errors = summary["quantization_errors"]
+    assert set(errors) == {n for n, p in GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2,
+                                                                block_size=16)).named_parameters()
+                           if p.dim() == 2} | {"N(0, 1) data"}
+    claim = summary["claim_1_quantization_error"]
+    assert claim["model_weights"] == len(errors) - 1 and claim["nf4_lowest_on_gaussian"]
+    assert summary["claim_2_qlora_matches_lora"]["qlora_nf4"]["values"] == [r["final_target_loss"] for r in records[4:6]]
+    for name in ("levels.png", "quant_error.png", "memory.png"):
+        assert is_png(out / name)
+    assert "| QLoRA NF4 r=8 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        qlora.main([*TOY, *corpora, "--seeds", "0", "--out", str(out)])
+    assert "--seeds must be a positive integer like 3; got '0'" in capsys.readouterr().err
