@@ -239,8 +239,8 @@ def report(summary, errors, gaussian_name, quantized_targets):
             f"{m['activations'] / MB:.2f} | {row['saved_bytes'] / 1024:,.1f} | {row['median_step_ms']:.1f} |")
     lines += ["\n## What the QLoRA adapters become (target / source loss, mean over seeds)\n",
               "| run | as trained (4-bit base) | adapter on the full-precision base | unloaded: dequantize(W0) + delta W "
-              "| merged back into 4 bits | share of delta W lost in that merge |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              "| merged back into 4 bits | that merge's error / norm of delta W | share of delta W kept along itself |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary["rows"]:
         if "final_eval" not in row:
             continue
@@ -250,7 +250,7 @@ def report(summary, errors, gaussian_name, quantized_targets):
             return f"{fe[part]['target']['mean']:.3f} / {fe[part]['source']['mean']:.3f}"
         lines.append(f"| {row['name']} | {row['final_target_loss']['mean']:.3f} / {row['final_source_loss']['mean']:.3f} | "
                      f"{pair('on_full_precision_base')} | {pair('unloaded')} | {pair('merged_into_4bit')} | "
-                     f"{fe['requantization']['lost']['mean']:.3f} |")
+                     f"{fe['requantization']['lost']['mean']:.3f} | {fe['requantization']['kept']['mean']:.3f} |")
     lines += ["\n## The base model after quantization, before fine-tuning\n",
               "| base weights | target loss | source loss |", "| --- | ---: | ---: |"]
     for name, losses in summary["base_losses_after_quantization"].items():

@@ -22,9 +22,10 @@ buffer, not a parameter, so nothing can train it by accident.
 Merging. A full-precision weight can absorb delta W = s B A exactly (merge()); a 4-bit one
 cannot. Merging into 4 bits would mean requantizing W0_hat + delta W, where W0_hat already sits
 exactly on a level of its block: every entry of delta W smaller than half the gap to the next
-level (about 0.04 to 0.1 of the block's absmax for NF4) rounds back to where it was, and the
-larger ones jump a whole level. What fine-tuning learned is small next to those gaps, so most
-of it is lost (requantization_error() measures how much, experiments/qlora.py prints it).
+level (0.04 to 0.14 of the block's absmax for NF4) rounds back to where it was, and the larger
+ones jump a whole level. The smaller the update next to those gaps, the more of it is lost;
+requantization_error() measures how much, and experiments/qlora.py prints it, with the loss of
+the merged model, for trained adapters.
 So merge() refuses, and unload_lora(model) gives a plain full-precision nn.Linear holding
 dequantize(W0_4bit) + delta W, which computes exactly what the QLoRA layer computed.
 
