@@ -8,7 +8,7 @@ import pytest
 from experiments import batch_size, learn_forget, lr_sweep, qlora, variants, which_weights
 from experiments.lr_sweep import best_lr
 from experiments.learn_forget import source_loss_at
-from experiments.seeds import seed_list, separated, spread
+from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
 from minilora import apply_lora, count_parameters
 from nanogpt import GPT, config_from_preset
@@ -60,13 +60,31 @@ def test_source_loss_at_interpolates_along_the_trajectory():
     assert source_loss_at(history, 1.1) is None  # never got that low
 
 
-def test_seed_spreads():
+def test_seed_spreads_and_the_confidence_interval():
     assert seed_list(5, 3) == [5, 6, 7]
-    with pytest.raises(ValueError, match="--seeds must be at least 1; got 0"):
+    with pytest.raises(ValueError, match="--seeds must be a positive integer; got 0"):
         seed_list(5, 0)
-    a, b, c = spread([1.0, 1.2]), spread([1.3, 1.4]), spread([1.1, 1.35])
-    assert a["mean"] == pytest.approx(1.1) and (a["min"], a["max"]) == (1.0, 1.2)
-    assert separated(a, b) and not separated(a, c) and not separated(b, c)
+    a = spread([1.0, 1.2, 1.4])
+    assert a["mean"] == pytest.approx(1.2) and (a["min"], a["max"], a["n"]) == (1.0, 1.4, 3)
+    assert a["sd"] == pytest.approx(0.2)
+    assert a["ci"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))  # Student's t, 2 degrees of freedom
+    one = spread([2.0])
+    assert math.isnan(one["ci"]) and show(one) == "2.000"
+    assert show(a) == "1.200 ± 0.497"
+
+
+def test_a_paired_difference_is_called_only_when_its_interval_excludes_zero():
+    # Seed by seed, b is 0.010 to 0.012 above a: a small but consistent difference is called.
+    d = paired([1.500, 1.520, 1.490], [1.511, 1.530, 1.502])
+    assert d["mean"] == pytest.approx(0.011) and d["called"]
+    assert show_difference(d).endswith(" *")
+    # The same means with the difference's sign changing between seeds: not called.
+    d = paired([1.500, 1.520, 1.490], [1.530, 1.510, 1.503])
+    assert d["mean"] == pytest.approx(0.011) and not d["called"]
+    assert not show_difference(d).endswith("*")
+    assert not paired([1.0], [2.0])["called"]  # one seed: no interval, nothing called
+    with pytest.raises(ValueError, match="same seeds on both sides"):
+        paired([1.0, 2.0], [1.0])
 
 
 def read(path):
@@ -89,13 +107,22 @@ def test_which_weights_end_to_end(tmp_path, corpora):
 def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
     out = tmp_path / "lr"
     lr_sweep.main([*TOY, *corpora, "--full-lrs", "1e-3,1e-2,1e-1", "--lora-lrs", "3e-3,3e-2,3e-1", "--ranks", "1,2",
-                   "--out", str(out)])
-    curves = read(out / "lr_sweep.json")
+                   "--seeds", "2", "--workers", "2", "--out", str(out)])
+    summary = read(out / "lr_sweep.json")
+    curves = summary["curves"]
+    assert summary["seeds"] == [1337, 1338]
     assert [c["name"] for c in curves] == ["full fine-tuning", "LoRA r=1", "LoRA r=2"]
     assert curves[0]["ratio_to_full"] == 1.0
     assert curves[0]["lrs"] == [1e-3, 1e-2, 1e-1] and curves[1]["lrs"] == curves[2]["lrs"] == [3e-3, 3e-2, 3e-1]
-    for c in curves:
+    records = read(out / "records.json")
+    assert len(records) == 3 * 3 * 2  # three curves, three rates, two seeds, in that order
+    for k, c in enumerate(curves):
         assert len(c["losses"]) == 3 and c["lrs"][0] <= c["best_lr"] <= c["lrs"][-1]
+        assert len(c["best_lr_per_seed"]) == 2
+        for j, lr in enumerate(c["lrs"]):  # the curve is the seed mean of its own records
+            runs = records[6 * k + 2 * j: 6 * k + 2 * j + 2]
+            assert [r["lr"] for r in runs] == [lr, lr] and [r["seed"] for r in runs] == [1337, 1338]
+            assert c["losses"][j] == pytest.approx(sum(r["final_target_loss"] for r in runs) / 2)
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
     cells = [c.strip() for c in row.split("|")[2:8]]  # one column per rate, 1e-3 to 3e-1
     assert [c != "" for c in cells] == [False, True, False, True, False, True]  # LoRA ran only at its own rates
