@@ -7,7 +7,7 @@ Claims (Dettmers et al. 2023, arXiv:2305.14314):
 (1) NF4 has lower quantization error than FP4 and Int4 on normally distributed weights, and
     on this model's weights;
 (2) QLoRA with NF4 and double quantization matches 16-bit LoRA's fine-tuned quality (here fp32
-    LoRA), judged against the seed spread;
+    LoRA): the paired difference of final target losses, seed by seed, with its 95% interval;
 (3) double quantization saves about 0.37 bits per parameter (4.5 -> 4.127 bits).
 Runs, --seeds each (3 by default: the spread a difference must clear): full fine-tuning
 (--full-lr), LoRA r (--lora-lr), and QLoRA r (LoRA's rate) on NF4, FP4 and Int4 bases, all with
@@ -17,13 +17,15 @@ weight's) of each data type on every weight matrix of the base model and on N(0,
 memory by part; adapter size; and for each QLoRA run, its adapter loaded onto the
 full-precision base, the model unloaded to full precision (dequantize(W0) + delta W: the same
 function, a check), and the adapter merged back into 4 bits (what that loses, qlora.py).
-Step times come from runs taken one after another; experiments/bench_lora.py compares QLoRA
-and LoRA steps in alternating rounds.
+Step times are the runs' own medians (runs may train side by side in worker processes, see
+runs.py): a rough guide only; experiments/bench_lora.py compares QLoRA and LoRA steps in
+alternating rounds.
 Writes OUT/records.json, OUT/qlora.json, OUT/levels.png, OUT/quant_error.png, OUT/memory.png,
 OUT/results.md.
 """
 import argparse
 import copy
+import functools
 import os
 import statistics
 import tempfile
@@ -32,9 +34,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import minilora
-from experiments.common import load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
 from experiments.plots import MB, finish, plot_memory_bars, write_report
-from experiments.seeds import run_seeds, seed_list, separated, show, spread
+from experiments.runs import run_all
+from experiments.seeds import paired, seed_list, show, show_difference, spread
 from minilora.qlora import merge_into_4bit_, requantization_error
 from minilora.quantize import LEVELS, QUANT_TYPES, quantize_4bit
 from nanogpt.data import fixed_batches
@@ -94,30 +97,29 @@ def quantized_copy(base, targets, quant_type, double_quant=True):
     return model
 
 
-def qlora_final_eval(base, eval_batches, device):
-    """fn(trained QLoRA model) -> the losses of what can be made of its adapter (run_finetune's
-    final_eval): on the full-precision base (save_adapter, then load_adapter onto a copy of the
-    base), unloaded to full precision, and merged back into 4 bits; and requantization_error
-    averaged over the layers."""
-    def losses(model):
-        return {name: evaluate(model, batches, device) for name, batches in eval_batches.items()}
+def qlora_final_eval(base, eval_batches, device, model):
+    """The losses of what can be made of a trained QLoRA model's adapter (run_finetune's
+    final_eval, bound to base, eval_batches and device with functools.partial, which, unlike a
+    closure, can be sent to the worker processes): on the full-precision base (save_adapter, then
+    load_adapter onto a copy of the base), unloaded to full precision, and merged back into 4 bits;
+    and requantization_error averaged over the layers."""
+    def losses(m):
+        return {name: evaluate(m, batches, device) for name, batches in eval_batches.items()}
 
-    def run(model):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "adapter.pt")
-            minilora.save_adapter(model, path)
-            on_full_precision = minilora.load_adapter(copy.deepcopy(base), path)
-        merged = copy.deepcopy(model)
-        for _, layer in minilora.lora_layers(merged):
-            merge_into_4bit_(layer)
-        errors = [requantization_error(layer) for _, layer in minilora.lora_layers(model)]
-        return {
-            "on_full_precision_base": losses(on_full_precision),
-            "unloaded": losses(minilora.unload_lora(copy.deepcopy(model))),
-            "merged_into_4bit": losses(merged),
-            "requantization": {k: statistics.fmean(e[k] for e in errors) for k in errors[0]},
-        }
-    return run
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "adapter.pt")
+        minilora.save_adapter(model, path)
+        on_full_precision = minilora.load_adapter(copy.deepcopy(base), path)
+    merged = copy.deepcopy(model)
+    for _, layer in minilora.lora_layers(merged):
+        merge_into_4bit_(layer)
+    errors = [requantization_error(layer) for _, layer in minilora.lora_layers(model)]
+    return {
+        "on_full_precision_base": losses(on_full_precision),
+        "unloaded": losses(minilora.unload_lora(copy.deepcopy(model))),
+        "merged_into_4bit": losses(merged),
+        "requantization": {k: statistics.fmean(e[k] for e in errors) for k in errors[0]},
+    }
 
 
 def plot_levels(path, title, n_values=2 ** 16):
@@ -187,9 +189,11 @@ def summarize(groups, errors, gaussian_name, base_losses, bits):
                "final_target_loss": spread([r["final_target_loss"] for r in runs]),
                "final_source_loss": spread([r["final_source_loss"] for r in runs]),
                "memory": runs[0]["memory"], "saved_bytes": runs[0]["saved_bytes"], "median_step_ms": mean_ms(runs)}
-        if g is not lora:
-            row["target_separated_from_lora"] = separated(row["final_target_loss"],
-                                                          spread([r["final_target_loss"] for r in lora["runs"]]))
+        if g is not lora:  # minus LoRA, seed by seed (same seeds, same batches): called if its 95% CI excludes 0
+            row["target_minus_lora"] = paired([r["final_target_loss"] for r in lora["runs"]],
+                                              [r["final_target_loss"] for r in runs])
+            row["source_minus_lora"] = paired([r["final_source_loss"] for r in lora["runs"]],
+                                              [r["final_source_loss"] for r in runs])
         if "final_eval" in runs[0]:
             row["final_eval"] = {
                 part: {k: spread([r["final_eval"][part][k] for r in runs]) for k in runs[0]["final_eval"][part]}
@@ -212,8 +216,8 @@ def summarize(groups, errors, gaussian_name, base_losses, bits):
                                          for q in QUANT_TYPES}},
         "claim_2_qlora_matches_lora": {
             "lora": by_key["lora"]["final_target_loss"], "qlora_nf4": by_key["nf4"]["final_target_loss"],
-            "difference_of_means": by_key["nf4"]["final_target_loss"]["mean"] - by_key["lora"]["final_target_loss"]["mean"],
-            "separated": by_key["nf4"]["target_separated_from_lora"]},
+            "qlora_minus_lora": by_key["nf4"]["target_minus_lora"],
+            "lora_seed_sd": by_key["lora"]["final_target_loss"]["sd"]},
         "claim_3_double_quant_bits": {**bits, "saving": bits["plain"] - bits["double_quant"],
                                       "paper": PAPER_BITS, "paper_saving": PAPER_BITS["plain"] - PAPER_BITS["double_quant"]},
         "step_ms_qlora_nf4_over_lora": by_key["nf4"]["median_step_ms"] / by_key["lora"]["median_step_ms"],
@@ -225,16 +229,16 @@ def report(summary, errors, gaussian_name, quantized_targets):
     c1, c2, c3 = (summary[k] for k in ("claim_1_quantization_error", "claim_2_qlora_matches_lora",
                                        "claim_3_double_quant_bits"))
     lines = ["## Fine-tuning\n",
-             "| run | lr | trainable params | base loss target / source (after quantization) | final target loss "
-             "mean (min to max) | final source loss | beyond LoRA's seed spread | memory (MiB): weights / grads / "
+             "| run | lr | trainable params | base loss target / source (after quantization) | final target loss | "
+             "final source loss | target loss minus LoRA's (paired) | memory (MiB): weights / grads / "
              "optimizer / activations | adapter or checkpoint (KiB) | median step (ms) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for row in summary["rows"]:
         m = row["memory"]
-        apart = "yes" if row.get("target_separated_from_lora") else "-" if row["key"] == "lora" else "no"
+        apart = show_difference(row["target_minus_lora"], digits=4) if "target_minus_lora" in row else "-"
         lines.append(
             f"| {row['name']} | {row['lr']:g} | {row['trainable_params']:,} | {row['base_target_loss']:.3f} / "
-            f"{row['base_source_loss']:.3f} | {show(row['final_target_loss'])} | {row['final_source_loss']['mean']:.3f} | "
+            f"{row['base_source_loss']:.3f} | {show(row['final_target_loss'])} | {show(row['final_source_loss'])} | "
             f"{apart} | {m['params'] / MB:.2f} / {m['grads'] / MB:.2f} / {m['optimizer'] / MB:.2f} / "
             f"{m['activations'] / MB:.2f} | {row['saved_bytes'] / 1024:,.1f} | {row['median_step_ms']:.1f} |")
     lines += ["\n## What the QLoRA adapters become (target / source loss, mean over seeds)\n",
@@ -269,16 +273,18 @@ def report(summary, errors, gaussian_name, quantized_targets):
               f"NF4 has the lowest error on {c1['nf4_lowest_on_weights']} of "
               f"{c1['model_weights']} weight matrices, and {'the lowest' if c1['nf4_lowest_on_gaussian'] else 'not the lowest'} "
               f"on {gaussian_name}.",
-              f"\nQLoRA (NF4) against LoRA, final target loss: {show(c2['qlora_nf4'])} against {show(c2['lora'])}, "
-              f"difference of means {c2['difference_of_means']:+.4f}, "
-              f"{'beyond' if c2['separated'] else 'within'} the seed spread.",
+              f"\nQLoRA (NF4) against LoRA, final target loss: {show(c2['qlora_nf4'])} against {show(c2['lora'])}; "
+              f"paired difference {show_difference(c2['qlora_minus_lora'], digits=4)} "
+              f"({'called' if c2['qlora_minus_lora']['called'] else 'not called'}: "
+              f"{'its 95% interval excludes 0' if c2['qlora_minus_lora']['called'] else 'its 95% interval includes 0'}).",
+              "\nLosses in nats/byte, mean ± 95% CI over the seeds; differences seed by seed, * where called.",
               f"\nBits per value of the NF4 base, read from the tensors: {c3['plain']:.4f} without double quantization, "
               f"{c3['double_quant']:.4f} with it (saving {c3['saving']:.4f}); the paper's arithmetic: "
               f"{c3['paper']['plain']:.4f} and {c3['paper']['double_quant']:.4f} (saving {c3['paper_saving']:.4f}); "
               f"the difference is the fp32 mean of each tensor's block constants, and a last group of fewer than 256 "
               f"block constants where a tensor has one.",
-              f"\nMedian step, QLoRA (NF4) / LoRA: {summary['step_ms_qlora_nf4_over_lora']:.2f} (runs one after another; "
-              f"experiments/bench_lora.py alternates them)."]
+              f"\nMedian step, QLoRA (NF4) / LoRA: {summary['step_ms_qlora_nf4_over_lora']:.2f} (separate runs, a rough "
+              f"guide; experiments/bench_lora.py alternates the two in one process)."]
     return "\n".join(lines) + "\n"
 
 
@@ -317,20 +323,19 @@ def main(argv=None):
             base_losses[name] = {k: evaluate(model, b, device) for k, b in eval_batches.items()}
 
     lora = {"method": "lora", "variant": "lora", "r": args.r, "alpha": args.alpha, "targets": targets, "lr": args.lora_lr}
-    plan = [("full fine-tuning", "full", {"method": "full", "lr": args.full_lr}),
-            (f"LoRA r={args.r}", "lora", lora)]
-    plan += [(f"QLoRA {NAMES[q]} r={args.r}", q, {**lora, "quantize": q}) for q in QUANT_TYPES]
-    groups = []
-    final_eval = (FINAL_EVAL, qlora_final_eval(base, eval_batches, device))
-    for name, key, spec in plan:
-        print(f"fine-tuning: {name}, seeds {seeds}")
-        extra = {"final_eval": final_eval} if spec.get("quantize") else {}
-        groups.append({"name": name, "key": key,
-                       "runs": run_seeds(base, base_key, spec, target, source, seeds, **kwargs, **extra)})
+    contenders = [("full fine-tuning", "full", {"method": "full", "lr": args.full_lr}),
+                  (f"LoRA r={args.r}", "lora", lora)]
+    contenders += [(f"QLoRA {NAMES[q]} r={args.r}", q, {**lora, "quantize": q}) for q in QUANT_TYPES]
+    final_eval = (FINAL_EVAL, functools.partial(qlora_final_eval, base, eval_batches, device))
+    plan = [dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs, seed=s,
+                 **({"final_eval": final_eval} if spec.get("quantize") else {}))
+            for _, _, spec in contenders for s in seeds]
+    records = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="qlora")
+    groups = [{"name": name, "key": key, "runs": records[k * len(seeds):(k + 1) * len(seeds)]}
+              for k, (name, key, _) in enumerate(contenders)]
 
     summary = summarize(groups, errors, gaussian_name, base_losses, bits)
     summary.update(seeds=seeds, quantized_targets=sorted(quantized_targets), quantization_errors=errors)
-    records = [r for g in groups for r in g["runs"]]
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "qlora.json"))
     title = (f"QLoRA: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, r={args.r}, "
@@ -342,6 +347,7 @@ def main(argv=None):
     plot_memory(firsts, os.path.join(args.out, "memory.png"), title)
     table = write_report(os.path.join(args.out, "results.md"), "QLoRA", title,
                          report(summary, errors, gaussian_name, quantized_targets))
+    finish_experiment(args, argv)
     print(table)
     print(f"wrote {args.out}/records.json, qlora.json, levels.png, quant_error.png, memory.png, results.md")
 

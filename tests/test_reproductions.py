@@ -1,9 +1,11 @@
 """The reproduction experiments (issue: one experiment per LoRA claim) end to end at toy size,
 and the small pieces of arithmetic their verdicts rest on."""
+import copy
 import json
 import math
 
 import pytest
+import torch
 
 from experiments import batch_size, learn_forget, lr_sweep, qlora, variants, which_weights
 from experiments.lr_sweep import best_lr
@@ -172,7 +174,7 @@ def test_variants_end_to_end(tmp_path, corpora):
 
 def test_qlora_end_to_end(tmp_path, corpora, capsys):
     out = tmp_path / "qlora"
-    qlora.main([*TOY, *corpora, "--seeds", "2", "--gaussian-values", "8192", "--out", str(out)])
+    qlora.main([*TOY, *corpora, "--seeds", "2", "--gaussian-values", "8192", "--workers", "1", "--out", str(out)])
     records = read(out / "records.json")
     assert [(r["method"], r["quantize"]) for r in records[::2]] == [
         ("full", None), ("lora", None), ("lora", "nf4"), ("lora", "fp4"), ("lora", "int4")]
@@ -205,10 +207,29 @@ def test_qlora_end_to_end(tmp_path, corpora, capsys):
                            if p.dim() == 2} | {"N(0, 1) data"}
     claim = summary["claim_1_quantization_error"]
     assert claim["model_weights"] == len(errors) - 1 and claim["nf4_lowest_on_gaussian"]
-    assert summary["claim_2_qlora_matches_lora"]["qlora_nf4"]["values"] == [r["final_target_loss"] for r in records[4:6]]
+    claim = summary["claim_2_qlora_matches_lora"]
+    assert claim["qlora_nf4"]["values"] == [r["final_target_loss"] for r in records[4:6]]
+    assert claim["qlora_minus_lora"]["values"] == pytest.approx(
+        [q["final_target_loss"] - p["final_target_loss"] for p, q in zip(records[2:4], records[4:6])])
+    assert isinstance(claim["qlora_minus_lora"]["called"], bool)
+    assert (out / "run_info.json").exists()
     for name in ("levels.png", "quant_error.png", "memory.png"):
         assert is_png(out / name)
     assert "| QLoRA NF4 r=8 |" in (out / "results.md").read_text()
     with pytest.raises(SystemExit):
         qlora.main([*TOY, *corpora, "--seeds", "0", "--out", str(out)])
     assert "--seeds must be a positive integer like 3; got '0'" in capsys.readouterr().err
+
+
+def test_qlora_final_evaluation_can_be_sent_to_a_worker_process():
+    """run_all sends each run's arguments to a spawned process, so final_eval must pickle."""
+    import functools
+    import pickle
+
+    base = GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16))
+    batches = {"target": [(torch.zeros(2, 16, dtype=torch.long),) * 2], "source": [(torch.ones(2, 16, dtype=torch.long),) * 2]}
+    fn = pickle.loads(pickle.dumps(functools.partial(qlora.qlora_final_eval, base, batches, "cpu")))
+    model = apply_lora(copy.deepcopy(base), ["q_proj", "up_proj"], r=2, alpha=4, quantize="nf4")
+    result = fn(model)
+    assert result["unloaded"]["target"] == pytest.approx(result["on_full_precision_base"]["target"], abs=0.05)
+    assert set(result["requantization"]) == {"lost", "kept", "unchanged"}
