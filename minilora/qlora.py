@@ -175,6 +175,9 @@ def requantization_error(layer):
     quantized = layer.base.weight
     w0_hat = quantized.dequantize(torch.float32)  # (out, in)
     delta = layer.delta_weight().float()  # (out, in)
+    if not delta.any():
+        raise ValueError("the active adapter's delta W is zero (B = 0: not trained yet?), so there is "
+                         "nothing a merge could lose")
     requantized = QuantizedWeight(w0_hat + delta, quantized.quant_type, quantized.block_size,
                                   quantized.double_quant)
     merged = requantized.dequantize(torch.float32)

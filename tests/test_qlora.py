@@ -291,6 +291,8 @@ def test_merging_into_4_bits_is_refused_and_what_it_would_lose_is_measured():
     layer = model.blocks[0].mlp.up_proj
     with pytest.raises(RuntimeError, match="cannot merge into a 'nf4' base"):
         layer.merge()
+    with pytest.raises(ValueError, match="delta W is zero"):
+        requantization_error(layer)
     with torch.no_grad():  # a small update, as fine-tuning makes: most of it rounds away
         layer.lora_B.normal_(std=1e-3)
     small = requantization_error(layer)
