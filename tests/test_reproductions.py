@@ -93,13 +93,20 @@ def read(path):
 
 def test_which_weights_end_to_end(tmp_path, corpora):
     out = tmp_path / "ww"
-    which_weights.main([*TOY, *corpora, "--seeds", "2", "--out", str(out)])
+    which_weights.main([*TOY, *corpora, "--seeds", "2", "--workers", "1", "--out", str(out)])
     summary = read(out / "which_weights.json")
     assert [row["set"] for row in summary["rows"]] == list(TARGET_SETS)
-    for row in summary["rows"]:
+    records = read(out / "records.json")
+    assert len(records) == 2 * (len(TARGET_SETS) + 1)  # two seeds per set at its tuned rate, plus full
+    for k, row in enumerate(summary["rows"]):
         assert len(row["target_loss"]["values"]) == 2
         assert abs(row["trainable_params"] - summary["budget"]) <= row["trainable_params"] / row["r"]
-    assert len(read(out / "records.json")) == 2 * (len(TARGET_SETS) + 1)  # two seeds, plus full
+        tuning = row["tuning"]  # the chosen rate is the tried rate with the lowest first-seed loss
+        assert len(tuning["lrs"]) >= 3 and row["lr"] == tuning["lrs"][tuning["losses"].index(min(tuning["losses"]))]
+        runs = records[2 * k: 2 * k + 2]
+        assert [r["lr"] for r in runs] == [row["lr"]] * 2 and [r["seed"] for r in runs] == [1337, 1338]
+        assert runs[0]["final_target_loss"] == min(tuning["losses"])  # the first seed's run is the tuning run
+    assert [c["winner"] for c in summary["comparisons"]] == ["q,v", "q,v", "q,k,v,o", "up,down", "all"]
     assert is_png(out / "which_weights.png")
     assert "| q,v |" in (out / "results.md").read_text()
 
