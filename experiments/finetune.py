@@ -51,8 +51,8 @@ def prepare_model(base, spec):
 
 
 def make_optimizer(model, spec, weight_decay):
-    if spec.get("variant") == "loraplus":
-        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=LORAPLUS_RATIO,
+    if spec.get("variant") == "loraplus":  # spec["ratio"]: B's rate over A's (default: the paper's 16)
+        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=spec.get("ratio", LORAPLUS_RATIO),
                                                 weight_decay=weight_decay)
         for g in groups:  # train() schedules each group's lr as its lr_ratio times the schedule
             g["lr_ratio"] = g["lr"] / spec["lr"]
@@ -97,9 +97,9 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                  keep_adapter=False, final_eval=None, cached_only=False):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
-    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant",
-        and "quantize": "nf4"|"fp4"|"int4" for QLoRA (a 4-bit base; left out otherwise, so that the
-        cache keys of earlier runs stay valid)}.
+    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
+        (and for LoRA+ optionally "ratio", B's rate over A's; for QLoRA "quantize": "nf4"|"fp4"|"int4",
+        a 4-bit base, left out otherwise so that the cache keys of earlier runs stay valid)}.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in

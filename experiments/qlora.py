@@ -35,7 +35,7 @@ import torch
 
 import minilora
 from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
-from experiments.plots import MB, finish, plot_memory_bars, write_report
+from experiments.plots import MIB, finish, plot_memory_bars, write_report
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from minilora.qlora import merge_into_4bit_, requantization_error
@@ -239,8 +239,8 @@ def report(summary, errors, gaussian_name, quantized_targets):
         lines.append(
             f"| {row['name']} | {row['lr']:g} | {row['trainable_params']:,} | {row['base_target_loss']:.3f} / "
             f"{row['base_source_loss']:.3f} | {show(row['final_target_loss'])} | {show(row['final_source_loss'])} | "
-            f"{apart} | {m['params'] / MB:.2f} / {m['grads'] / MB:.2f} / {m['optimizer'] / MB:.2f} / "
-            f"{m['activations'] / MB:.2f} | {row['saved_bytes'] / 1024:,.1f} | {row['median_step_ms']:.1f} |")
+            f"{apart} | {m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / {m['optimizer'] / MIB:.2f} / "
+            f"{m['activations'] / MIB:.2f} | {row['saved_bytes'] / 1024:,.1f} | {row['median_step_ms']:.1f} |")
     lines += ["\n## What the QLoRA adapters become (target / source loss, mean over seeds)\n",
               "| run | as trained (4-bit base) | adapter on the full-precision base | unloaded: dequantize(W0) + delta W "
               "| merged back into 4 bits | that merge's error / norm of delta W | share of delta W kept along itself |",

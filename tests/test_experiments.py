@@ -15,7 +15,8 @@ from nanogpt import GPT, config_from_preset
 from nanogpt.device import autocast
 
 TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
-       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
+       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress",
+       "--workers", "1"]
 RECORD_KEYS = {
     "method", "variant", "r", "alpha", "targets", "lr", "steps", "batch_size", "block_size", "seed", "device",
     "quantize", "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
