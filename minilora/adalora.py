@@ -152,7 +152,8 @@ class AdaLoRALinear(LoRALayer):
             lambda_Q = adapter.lora_E.unsqueeze(1) * adapter.lora_A  # (r, in): diag(lambda) Q
             return lora_linear(x, self.base.weight, self.base.bias, lambda_Q, adapter.lora_B, adapter.scaling, x_lora)
         # The formula as written, in row-vector form: (x Q^T) (..., r), times lambda, then P^T.
-        return self.base(x) + ((adapter.dropout(x) @ adapter.lora_A.T) * adapter.lora_E) @ adapter.lora_B.T * adapter.scaling
+        x_Q = adapter.dropout(x) @ adapter.lora_A.T  # (..., r)
+        return self.base(x) + (x_Q * adapter.lora_E) @ adapter.lora_B.T * adapter.scaling
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -188,8 +189,9 @@ def apply_adalora(model, targets, init_r, target_r, alpha, dropout=0.0, *, bias=
 
 def adalora_adapters(model):
     """[(layer name, adapter)] for every layer whose active adapter is an AdaLoRA one, in module order."""
-    return [(name, layer.adapters[layer.active_adapter]) for name, layer in lora_layers(model)
-            if layer.active_adapter in layer.adapters and isinstance(layer.adapters[layer.active_adapter], AdaLoRAAdapter)]
+    found = [(name, layer.adapters[layer.active_adapter]) for name, layer in lora_layers(model)
+             if layer.active_adapter in layer.adapters]
+    return [(name, adapter) for name, adapter in found if isinstance(adapter, AdaLoRAAdapter)]
 
 
 def orthogonal_regularizer(model, gamma):

@@ -158,7 +158,8 @@ def load_adapter(model, path, adapter_name=None):
         problems += [f"{k}: file {config[k]!r}, model {model_config[k]!r}"
                      for k in MUST_MATCH if config[k] != model_config[k]]
         if config.get("adalora", False) != model_config.get("adalora", False):
-            problems.append(f"adalora: file {config.get('adalora', False)!r}, model {model_config.get('adalora', False)!r}")
+            problems.append(f"adalora: file {config.get('adalora', False)!r}, "
+                            f"model {model_config.get('adalora', False)!r}")
     ranks = config.get("ranks", {}) if config.get("adalora") else {}
     expected = {}
     for t in config["targets"]:
@@ -166,7 +167,8 @@ def load_adapter(model, path, adapter_name=None):
         if module is not None and not isinstance(module, (nn.Linear, nn.Embedding, LoRALayer)):
             problems.append(f"{t!r} is a {type(module).__name__}, not an nn.Linear or nn.Embedding")
         elif config.get("adalora") and not (isinstance(ranks.get(t), int) and 0 <= ranks[t] <= config["r"]):
-            problems.append(f"{t!r}: rank {ranks.get(t)!r} in the file; an AdaLoRA layer keeps 0..{config['r']} triplets")
+            problems.append(f"{t!r}: rank {ranks.get(t)!r} in the file; an AdaLoRA layer keeps "
+                            f"0..{config['r']} triplets")
         elif module is not None:
             expected.update({f"{t}.{k}": s for k, s in
                              _expected_shapes(module, config["r"], config["dora"], ranks.get(t)).items()})

@@ -93,8 +93,9 @@ class RankAllocator:
         self.t_final = _check_int("t_final", t_final, 0)
         self.delta_t = _check_int("delta_t", delta_t, 1)
         if self.t_init + self.t_final >= self.total_steps:
-            raise ValueError(f"t_init + t_final = {self.t_init} + {self.t_final} = {self.t_init + self.t_final} must be "
-                             f"less than total_steps={self.total_steps}: the budget needs steps in between to fall")
+            raise ValueError(f"t_init + t_final = {self.t_init} + {self.t_final} = {self.t_init + self.t_final} "
+                             f"must be less than total_steps={self.total_steps}: the budget needs steps in between "
+                             f"to fall")
         self.beta1 = _check_beta("beta1", beta1)
         self.beta2 = _check_beta("beta2", beta2)
         self.initial_budget = sum(adapter.r for _, adapter in self.adapters)  # b0 = n * init_r
