@@ -9,20 +9,8 @@ from minilora import (AdaLoRALinear, RankAllocator, add_weighted_adapter, apply_
                       budget_schedule, count_parameters, load_adapter, lora_layers, lora_summary, merge_lora,
                       orthogonal_regularizer, read_adapter_file, save_adapter, unload_lora, unmerge_lora)
 from minilora.adalora import adalora_adapters
-from nanogpt.model import GPT
-from nanogpt.presets import config_from_preset
 from nanogpt.train import train
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-
-
-def tiny_gpt(seed=0):
-    torch.manual_seed(seed)
-    return GPT(config_from_preset("tiny", n_layer=2, n_embd=32, n_head=2, block_size=16))
-
-
-def tokens(seed=1):
-    return torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(seed))
+from tests.test_lora_variants import TARGETS, tiny_gpt, tokens
 
 
 def adapted(init_r=6, target_r=3, seed=0):

@@ -12,11 +12,13 @@ from tests.test_experiments import TOY, is_png
 
 def test_adalora_experiment_end_to_end(tmp_path, corpora):
     out = tmp_path / "adalora"
-    adalora.main([*TOY, *corpora, "--seeds", "2", "--out", str(out)])
+    adalora.main([*TOY, *corpora, "--seeds", "2", "--no-pruning-control", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
-    assert len(records) == 3 * 3 * 2  # contenders x rates x seeds
-    ada = [r for r in records if r["variant"] == "adalora"]
-    assert len(ada) == 6
+    assert len(records) == 4 * 3 * 2  # contenders x rates x seeds
+    ada = [r for r in records if r["variant"] == "adalora" and r["adalora"]["budget"][-1] == 8 * 6]
+    control = [r for r in records if r["variant"] == "adalora" and r["adalora"]["budget"][-1] == 12 * 6]
+    assert len(ada) == 6 and len(control) == 6
+    assert all(sum(r["adalora"]["final_ranks"].values()) == 12 * 6 for r in control)  # nothing pruned
     matrices = {(32, 32): 4, (32, 128): 1, (128, 32): 1}  # one block: q, k, v, o; up; down
     for r in ada:
         info = r["adalora"]
@@ -28,9 +30,11 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
         assert info["final_params"] == sum(k * (sum(sizes[n]) + 1) for n, k in info["final_ranks"].items())
         assert r["trainable_params"] == 12 * sum(c * (i + o + 1) for (i, o), c in matrices.items())
     summary = json.loads((out / "adalora.json").read_text())
-    assert [c["name"] for c in summary["contenders"]] == ["AdaLoRA 12->8", "LoRA r=8", "LoRA r=12"]
+    assert [c["name"] for c in summary["contenders"]] == ["AdaLoRA 12->8", "LoRA r=8", "LoRA r=12",
+                                                          "AdaLoRA 12->12 (no pruning)"]
+    assert [s["lrs"] for s in summary["sweep"]] == [[0.003, 0.01, 0.03], [0.001, 0.003, 0.01],
+                                                    [0.001, 0.003, 0.01], [0.003, 0.01, 0.03]]
     for sweep in summary["sweep"]:
-        assert sweep["lrs"] == [0.001, 0.003, 0.01]  # around the default --lora-lr 3e-3
         assert sweep["best_lr"] == sweep["lrs"][int(np.argmin(sweep["mean_final_target_loss"]))]
     allocation = summary["allocation"]
     assert np.array(allocation["final_ranks_per_seed"]).shape == (2, 1, 6)
@@ -44,7 +48,7 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     adapter_files = sorted((tmp_path / "cache" / "runs").glob("*.adapter.pt"))
     saved = [read_adapter_file(p) for p in adapter_files]
     pruned = [s for s in saved if s["config"].get("adalora")]
-    assert len(pruned) == 6 and all(sum(s["config"]["ranks"].values()) == 48 for s in pruned)
+    assert sorted(sum(s["config"]["ranks"].values()) for s in pruned) == [48] * 6 + [72] * 6
 
 
 @pytest.mark.parametrize("flags, message", [
