@@ -11,17 +11,18 @@ Claims (Zhang et al. 2023, "AdaLoRA", arXiv:2303.10512), on DeBERTaV3 and BART t
     JSON). LoRA r=12, AdaLoRA's starting rank, shows what the larger rank alone would give.
 (2) the budget goes mostly to the MLP matrices and to the top layers: read off the final rank of
     every adapted matrix (layers x matrix type), against the uniform shares (MLP: 2 of 6 types; top
-    half of the layers: 1/2), seed by seed.
-Each contender trains at its own learning rate: a small sweep, every rate over all --seeds, the
-best by mean final docs loss; the comparison then reads those runs (no extra runs). LoRA sweeps
---lrs (default --lora-lr / 3, x1, x10/3), AdaLoRA --adalora-lrs (default --lora-lr x1, x10/3, x10):
-with Adam each lambda_i moves about lr per step whatever the matrix's width, while LoRA's B A grows
-about sqrt(width) times faster, so AdaLoRA wants a higher rate (a one-seed check at the default
-setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2 / 1e-1). A best rate at the edge of its
-grid is flagged in the JSON and the table. Differences count only beyond the seed spread.
+    half of the layers: 1/2).
+Each contender trains at its own rate (tuning.py: the first seed on the quarter-decade grid around
+a guess, widened at an edge, then the other seeds at the chosen rate). LoRA's guess is --lora-lr;
+AdaLoRA's one grid step higher: with Adam each lambda_i moves about lr per step whatever the
+matrix's width, while LoRA's B A grows about sqrt(width) times faster, so AdaLoRA wants a higher
+rate (a one-seed check at the default setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2
+/ 1e-1). --no-pruning-control adds AdaLoRA 12->12, the SVD form with nothing pruned, to tell the
+pruning from the parameterisation. Differences are paired over seeds and called only when their
+95% interval excludes zero (seeds.py).
 
 Writes OUT/records.json, OUT/adalora.json (the summary), OUT/budget.png, OUT/final_ranks.png,
-OUT/loss_curves.png and OUT/results.md.
+OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.
 """
 import argparse
 import itertools
@@ -32,19 +33,14 @@ import statistics
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import load_setup, make_parser, parse_targets, run_kwargs
-from experiments.lr_sweep import parse_lrs
+from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
 from experiments.plots import finish, write_report
-from experiments.seeds import run_seeds, seed_list, separated, show, spread
+from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.tuning import LR_GRID, grid_index, grid_neighbours, tune
 from nanogpt.train import write_json
 
 MATRIX_TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 MLP_TYPES = ("up_proj", "down_proj")
-
-
-def default_lrs(lr, factors=(1 / 3, 1, 10 / 3)):
-    """A small grid of rates around lr: by default lr / 3, lr, lr x 10/3 (1e-3, 3e-3, 1e-2 at 3e-3)."""
-    return [float(f"{lr * f:.3g}") for f in factors]
 
 
 def nonnegative_int(text):
@@ -113,33 +109,34 @@ def seed_agreement(grids):
             "fraction_same_in_every_seed": float(same.mean())}
 
 
-def side_of(values, uniform):
-    """'above' / 'below' when every seed is on that side of the uniform share, else 'mixed'
-    ('n/a' when the share cannot differ from uniform, as the top half of a one-layer model)."""
+def share_against_uniform(values, uniform):
+    """The seeds' shares minus the uniform share: a spread whose 95% interval says the side
+    ("called": it excludes zero). None when the share cannot differ from uniform (one layer)."""
     if uniform in (0.0, 1.0):
-        return "n/a"
-    if all(v > uniform for v in values):
-        return "above"
-    if all(v < uniform for v in values):
-        return "below"
-    return "mixed"
+        return None
+    d = spread([v - uniform for v in values])
+    d["called"] = bool(d["n"] > 1 and abs(d["mean"]) > d["ci"])
+    return d
 
 
-def claim1_verdict(adalora, lora_same_budget):
-    """From the two final docs-loss spreads: reproduced only when AdaLoRA is lower beyond the seed spread."""
-    if separated(adalora, lora_same_budget):
-        better = adalora["mean"] < lora_same_budget["mean"]
-        return "reproduced" if better else "not reproduced: uniform LoRA is better"
-    return "no difference beyond the seed spread (not at this scale)"
+def claim1_verdict(difference):
+    """difference: paired(AdaLoRA, LoRA at the same budget), LoRA minus AdaLoRA per seed; > 0: AdaLoRA lower."""
+    if not difference["called"]:
+        return "not reproduced", "no difference called between AdaLoRA and LoRA at the same final rank"
+    if difference["mean"] > 0:
+        return "reproduced", "AdaLoRA's final docs loss is lower"
+    return "not reproduced", "uniform LoRA's final docs loss is lower"
 
 
-def claim2_verdict(mlp_side, top_side):
-    found = [what for what, side in (("the MLP matrices", mlp_side), ("the top layers", top_side)) if side == "above"]
+def claim2_verdict(mlp, top):
+    """mlp, top: share_against_uniform spreads (or None). More than uniform, called, for both: reproduced."""
+    found = [what for what, d in (("the MLP matrices", mlp), ("the top layers", top))
+             if d is not None and d["called"] and d["mean"] > 0]
     if len(found) == 2:
-        return "reproduced: more than their uniform share to the MLP matrices and to the top layers, in every seed"
+        return "reproduced", "more than their uniform share to the MLP matrices and to the top layers"
     if found:
-        return f"partly: more than the uniform share to {found[0]} in every seed, not to the other"
-    return "not reproduced at this scale"
+        return "partly", f"more than the uniform share to {found[0]} only"
+    return "not reproduced", "neither the MLP matrices nor the top layers get more than their uniform share"
 
 
 def mean_curve(runs, key):
@@ -228,13 +225,16 @@ def plot_final_ranks(grids, init_r, agreement, path, title):
     return finish(fig, title, path)
 
 
+def next_grid_rate(lr):
+    """The quarter-decade grid rate one step above lr (lr itself at the top of the grid)."""
+    return LR_GRID[min(grid_index(lr) + 1, len(LR_GRID) - 1)]
+
+
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/adalora")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per run (3+ to call a difference)")
-    p.add_argument("--lrs", type=lambda t: parse_lrs(t, "--lrs"),
-                   help="learning rates swept for each LoRA contender (default: --lora-lr / 3, x1, x10/3)")
-    p.add_argument("--adalora-lrs", type=lambda t: parse_lrs(t, "--adalora-lrs"),
-                   help="learning rates swept for AdaLoRA (default: --lora-lr x1, x10/3, x10)")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per contender (3+ to call a difference)")
+    p.add_argument("--adalora-lr", type=float,
+                   help="AdaLoRA's first guess for the rate tuner, on its grid (default: one step above --lora-lr)")
     p.add_argument("--init-r", type=int, default=12, help="AdaLoRA's initial rank per matrix")
     p.add_argument("--target-r", type=int, default=8,
                    help="AdaLoRA's final rank per matrix, on average; LoRA runs at this rank and at --init-r")
@@ -255,75 +255,80 @@ def main(argv=None):
     t_init = args.max_iters // 10 if args.t_init is None else args.t_init
     t_final = args.max_iters // 3 if args.t_final is None else args.t_final
     delta_t = max(1, args.max_iters // 60) if args.delta_t is None else args.delta_t
-    if t_init + t_final >= args.max_iters or delta_t < 1:  # checked before the base model is trained
+    # Checked here, before the base model is trained.
+    if t_init + t_final >= args.max_iters or delta_t < 1:
         p.error(f"--t-init + --t-final = {t_init} + {t_final} must be less than --max-iters={args.max_iters}, "
                 f"and --delta-t={delta_t} at least 1")
     if not 1 <= args.target_r <= args.init_r:
         p.error(f"--target-r={args.target_r} must be in 1..--init-r={args.init_r}")
-    lrs = args.lrs or default_lrs(args.lora_lr)
-    adalora_lrs = args.adalora_lrs or default_lrs(args.lora_lr, (1, 10 / 3, 10))
+    for flag, lr in (("--lora-lr", args.lora_lr), ("--adalora-lr", args.adalora_lr)):
+        if lr is not None and not any(abs(lr / g - 1) < 1e-9 for g in LR_GRID):
+            p.error(f"{flag}={lr:g} is not on the tuning grid {list(LR_GRID)}")
+    seeds = seed_list(args.seed, args.seeds)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
-    kwargs.pop("seed")
-    seeds = seed_list(args.seed, args.seeds)
     targets = parse_targets(args.targets)
+
+    def entry(spec):
+        return dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs)
 
     lora = {"method": "lora", "variant": "lora", "alpha": args.alpha, "targets": targets}
     adalora = {"method": "lora", "variant": "adalora", "r": args.init_r, "target_r": args.target_r, "alpha": args.alpha,
                "targets": targets, "t_init": t_init, "t_final": t_final, "delta_t": delta_t, "beta1": args.beta1,
                "beta2": args.beta2, "gamma": args.gamma}
-    plan = [(f"AdaLoRA {args.init_r}->{args.target_r}", adalora, adalora_lrs),
-            (f"LoRA r={args.target_r}", {**lora, "r": args.target_r}, lrs),
-            (f"LoRA r={args.init_r}", {**lora, "r": args.init_r}, lrs)]
+    lora_rates = grid_neighbours(args.lora_lr)
+    adalora_rates = grid_neighbours(args.adalora_lr or next_grid_rate(args.lora_lr))
+    contenders = {f"AdaLoRA {args.init_r}->{args.target_r}": (entry(adalora), adalora_rates),
+                  f"LoRA r={args.target_r}": (entry({**lora, "r": args.target_r}), lora_rates),
+                  f"LoRA r={args.init_r}": (entry({**lora, "r": args.init_r}), lora_rates)}
     if args.no_pruning_control:
-        plan.append((f"AdaLoRA {args.init_r}->{args.init_r} (no pruning)", {**adalora, "target_r": args.init_r},
-                     adalora_lrs))
-    n_runs = sum(len(rates) for _, _, rates in plan) * len(seeds)
-    print(f"{n_runs} runs: {len(plan)} contenders x their rates x {len(seeds)} seeds")
-    sweep, contenders, records = [], [], []
-    for name, spec, rates in plan:
-        by_lr = []
-        for lr in rates:
-            print(f"fine-tuning: {name}, lr {lr:g}, seeds {seeds}")
-            runs = run_seeds(base, base_key, {**spec, "lr": lr}, target, source, seeds, **kwargs)
-            records += runs
-            by_lr.append((lr, runs))
-        means = [statistics.fmean(r["final_target_loss"] for r in runs) for _, runs in by_lr]
-        best = min(range(len(rates)), key=means.__getitem__)
-        sweep.append({"name": name, "lrs": rates, "mean_final_target_loss": means, "best_lr": rates[best],
-                      "best_at_grid_edge": best in (0, len(rates) - 1)})
-        contenders.append({"name": name, "lr": rates[best], "runs": by_lr[best][1]})
+        contenders[f"AdaLoRA {args.init_r}->{args.init_r} (no pruning)"] = (
+            entry({**adalora, "target_r": args.init_r}), adalora_rates)
+    tuned = tune(contenders, seeds, workers=args.workers, progress=not args.no_progress)
+    names = list(tuned)
+    runs_of = {name: tuned[name]["records"] for name in names}
 
-    ada = contenders[0]
+    ada_name, same_name, larger_name = names[:3]
+    ada_runs = runs_of[ada_name]
     n_layer = base.config.n_layer
-    grids = [rank_grid(r["adalora"]["final_ranks"], n_layer) for r in ada["runs"]]
+    grids = [rank_grid(r["adalora"]["final_ranks"], n_layer) for r in ada_runs]
     n_matrices = int(np.sum(~np.isnan(grids[0])))
     per_seed = [shares(g) for g in grids]
     uniform = uniform_shares(grids[0])
     agreement = seed_agreement(grids)
     mlp_values = [s["mlp_share"] for s in per_seed]
     top_values = [s["top_half_share"] for s in per_seed]
+    mlp_vs_uniform = share_against_uniform(mlp_values, uniform["mlp_share"])
+    top_vs_uniform = share_against_uniform(top_values, uniform["top_half_share"])
     mean_grid = np.stack(grids).mean(axis=0)
     rows = []
-    for c in contenders:
-        runs = c["runs"]
-        row = {"name": c["name"], "lr": c["lr"], "trainable_params": runs[0]["trainable_params"],
-               "final_target_loss": spread([r["final_target_loss"] for r in runs]),
-               "final_source_loss": spread([r["final_source_loss"] for r in runs]),
-               "saved_bytes": spread([r["saved_bytes"] for r in runs])}
-        if "adalora" in runs[0]:  # what is left after pruning
-            row["final_params"] = spread([r["adalora"]["final_params"] for r in runs])
-        else:
-            row["final_params"] = spread([r["trainable_params"] for r in runs])
-        rows.append(row)
-    claim1 = claim1_verdict(rows[0]["final_target_loss"], rows[1]["final_target_loss"])
-    mlp_side, top_side = side_of(mlp_values, uniform["mlp_share"]), side_of(top_values, uniform["top_half_share"])
+    for name in names:
+        runs = runs_of[name]
+        kept = [r["adalora"]["final_params"] if "adalora" in r else r["trainable_params"] for r in runs]
+        rows.append({"name": name, "lr": tuned[name]["best_lr"], "trainable_params": runs[0]["trainable_params"],
+                     "final_params": spread(kept),
+                     "final_target_loss": spread([r["final_target_loss"] for r in runs]),
+                     "final_source_loss": spread([r["final_source_loss"] for r in runs]),
+                     "saved_bytes": spread([r["saved_bytes"] for r in runs]),
+                     "tuning": {k: tuned[name][k] for k in ("lrs", "losses", "best_lr", "at_grid_edge")}})
+
+    def versus(a, b):  # b minus a, seed by seed: > 0 when a's final docs loss is lower
+        return paired([r["final_target_loss"] for r in runs_of[a]], [r["final_target_loss"] for r in runs_of[b]])
+    comparisons = [{"question": f"{ada_name} beats {same_name} (same final rank)",
+                    "difference": versus(ada_name, same_name)},
+                   {"question": f"{ada_name} beats {larger_name}", "difference": versus(ada_name, larger_name)},
+                   {"question": f"{larger_name} beats {same_name}", "difference": versus(larger_name, same_name)}]
+    if args.no_pruning_control:
+        comparisons.append({"question": f"{ada_name} beats {names[3]} (what pruning costs or gains)",
+                            "difference": versus(ada_name, names[3])})
+    verdict1, detail1 = claim1_verdict(comparisons[0]["difference"])
+    verdict2, detail2 = claim2_verdict(mlp_vs_uniform, top_vs_uniform)
     summary = {
         "seeds": seeds,
         "settings": {k: adalora[k] for k in ("r", "target_r", "alpha", "t_init", "t_final", "delta_t", "beta1",
                                                "beta2", "gamma")} | {"targets": targets, "steps": args.max_iters},
-        "sweep": sweep,
         "contenders": rows,
+        "comparisons": comparisons,
         "allocation": {
             "layers": list(range(n_layer)), "matrix_types": MATRIX_TYPES,
             "final_ranks_per_seed": [[[None if np.isnan(v) else int(v) for v in row] for row in g] for g in grids],
@@ -331,53 +336,70 @@ def main(argv=None):
             "mean_rank_by_type": {t: float(np.nanmean(mean_grid[:, j])) for j, t in enumerate(MATRIX_TYPES)},
             "mean_rank_by_layer": [float(np.nanmean(row)) for row in mean_grid],
             "seed_agreement": agreement,
-            "mlp_share": spread(mlp_values), "mlp_share_uniform": uniform["mlp_share"], "mlp_side": mlp_side,
+            "mlp_share": spread(mlp_values), "mlp_share_uniform": uniform["mlp_share"],
+            "mlp_share_minus_uniform": mlp_vs_uniform,
             "top_half_share": spread(top_values), "top_half_share_uniform": uniform["top_half_share"],
-            "top_half_side": top_side,
+            "top_half_share_minus_uniform": top_vs_uniform,
         },
         "claims": {
             "1_equal_budget_beats_uniform_lora": {
-                "adalora": rows[0]["final_target_loss"], "lora_same_budget": rows[1]["final_target_loss"],
-                "lora_init_rank": rows[2]["final_target_loss"],
-                "separated": separated(rows[0]["final_target_loss"], rows[1]["final_target_loss"]),
-                "verdict": claim1},
-            "2_budget_to_mlp_and_top_layers": {"mlp_side": mlp_side, "top_half_side": top_side,
-                                               "verdict": claim2_verdict(mlp_side, top_side)},
+                "claim": "at an equal final rank budget AdaLoRA beats uniform LoRA", "verdict": verdict1,
+                "detail": detail1, "difference": comparisons[0]["difference"]},
+            "2_budget_to_mlp_and_top_layers": {
+                "claim": "the budget goes mostly to the MLP matrices and to the top layers", "verdict": verdict2,
+                "detail": detail2},
         },
     }
+    records = [r for name in names for r in runs_of[name]]
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "adalora.json"))
     title = (f"AdaLoRA vs LoRA: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, "
-             f"alpha {args.alpha:g}, {len(seeds)} seeds, {device}")
-    plot_loss_curves(contenders, os.path.join(args.out, "loss_curves.png"), title)
-    plot_budget(ada["runs"], n_matrices, args.target_r, args.init_r, (t_init, args.max_iters - t_final),
+             f"alpha {args.alpha:g}, each at its tuned rate, {len(seeds)} seeds, {device}")
+    plot_loss_curves([{"name": n, "lr": tuned[n]["best_lr"], "runs": runs_of[n]} for n in names],
+                     os.path.join(args.out, "loss_curves.png"), title)
+    plot_budget(ada_runs, n_matrices, args.target_r, args.init_r, (t_init, args.max_iters - t_final),
                 os.path.join(args.out, "budget.png"), title)
     plot_final_ranks(grids, args.init_r, agreement, os.path.join(args.out, "final_ranks.png"), title)
-
-    lines = ["| run | best lr | trainable params (training) | params kept at the end | final docs loss mean "
-             "(min to max) | final code loss mean (min to max) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for row in rows:
-        lines.append(f"| {row['name']} | {row['lr']:g} | {row['trainable_params']:,} | "
-                     f"{row['final_params']['mean']:,.0f} | {show(row['final_target_loss'])} | "
-                     f"{show(row['final_source_loss'])} |")
-    lines += ["", "Mean final docs loss at each rate (the best of each row is the one used above):", "",
-              "| run | mean final docs loss by rate |", "| --- | --- |"]
-    for s in sweep:
-        cells = ", ".join(f"{lr:g}: {m:.3f}" for lr, m in zip(s["lrs"], s["mean_final_target_loss"]))
-        lines.append(f"| {s['name']} | {cells}{' (best at the grid edge)' if s['best_at_grid_edge'] else ''} |")
-    lines += ["", f"Final ranks (kept triplets; rows = layers, columns {', '.join(MATRIX_TYPES)}), mean over seeds:", ""]
-    lines += ["| layer | " + " | ".join(MATRIX_TYPES) + " |", "| --- |" + " ---: |" * len(MATRIX_TYPES)]
-    for i in reversed(range(n_layer)):
-        lines.append(f"| {i} | " + " | ".join("" if np.isnan(v) else f"{v:.1f}" for v in mean_grid[i]) + " |")
-    lines += ["", f"MLP share of the kept triplets: {show(spread(mlp_values))} (uniform {uniform['mlp_share']:.3f}; "
-              f"{mlp_side}). Top half of the layers: {show(spread(top_values))} (uniform "
-              f"{uniform['top_half_share']:.3f}; {top_side}).",
-              f"Claim 1 (equal final budget beats uniform LoRA): {claim1}.",
-              f"Claim 2 (budget to the MLP and the top layers): {claim2_verdict(mlp_side, top_side)}."]
-    table = write_report(os.path.join(args.out, "results.md"), "AdaLoRA", title, "\n".join(lines) + "\n")
+    table = write_report(os.path.join(args.out, "results.md"), "AdaLoRA", title, results_table(summary))
+    finish_experiment(args, argv)
     print(table)
     print(f"wrote {args.out}/records.json, adalora.json, budget.png, final_ranks.png, loss_curves.png, results.md")
+
+
+def results_table(summary):
+    lines = ["| run | tuned rate (tried: final docs loss, first seed) | trainable params (training) | "
+             "params kept at the end | final docs loss | final code loss |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in summary["contenders"]:
+        t = row["tuning"]
+        tried = ", ".join(f"{lr:g}: {x:.3f}" for lr, x in zip(t["lrs"], t["losses"]))
+        edge = " (best at the grid edge)" if t["at_grid_edge"] else ""
+        lines.append(f"| {row['name']} | {row['lr']:g} ({tried}){edge} | {row['trainable_params']:,} | "
+                     f"{row['final_params']['mean']:,.0f} | {show(row['final_target_loss'])} | "
+                     f"{show(row['final_source_loss'])} |")
+    lines += ["", "| question | difference in final docs loss (the other minus the claimed winner), 95% CI; "
+                  "* = called |", "| --- | ---: |"]
+    lines += [f"| {c['question']} | {show_difference(c['difference'])} |" for c in summary["comparisons"]]
+    a = summary["allocation"]
+    lines += ["", "Final ranks (kept triplets), mean over seeds; rows are layers, the top layer first:", "",
+              "| layer | " + " | ".join(MATRIX_TYPES) + " |", "| --- |" + " ---: |" * len(MATRIX_TYPES)]
+    for i in reversed(a["layers"]):
+        lines.append(f"| {i} | " + " | ".join("" if v is None else f"{v:.1f}" for v in a["mean_final_rank"][i]) + " |")
+
+    def against(d):
+        return "not defined for one layer" if d is None else f"{show_difference(d)} against uniform"
+    agreement = a["seed_agreement"]
+    corr = agreement["mean_pairwise_correlation"]
+    lines += ["", f"- MLP share of the kept triplets: {show(a['mlp_share'])} (uniform {a['mlp_share_uniform']:.3f}; "
+                  f"{against(a['mlp_share_minus_uniform'])}).",
+              f"- Top half of the layers: {show(a['top_half_share'])} (uniform {a['top_half_share_uniform']:.3f}; "
+              f"{against(a['top_half_share_minus_uniform'])}).",
+              f"- Seed agreement of the rank maps: mean pairwise correlation "
+              f"{'n/a' if corr is None else f'{corr:.2f}'}, {100 * agreement['fraction_same_in_every_seed']:.0f}% "
+              f"of the matrices at the same rank in every seed."]
+    for i, claim in enumerate(summary["claims"].values(), 1):
+        lines.append(f"- Claim {i}, {claim['claim']}: **{claim['verdict']}**: {claim['detail']}.")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
