@@ -17,6 +17,7 @@ import torch
 import minilora
 from experiments.base_model import settings_key
 from experiments.memory import measure_training_memory
+from minilora.quantize import QUANT_TYPES
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
 from nanogpt.train import configure_optimizer, train, write_json
@@ -31,6 +32,8 @@ def check_spec(spec):
         raise ValueError(f"unknown method {spec['method']!r}; choose one of {list(METHODS)}")
     if spec["method"] == "lora" and spec.get("variant", "lora") not in VARIANTS:
         raise ValueError(f"unknown LoRA variant {spec['variant']!r}; choose one of {list(VARIANTS)}")
+    if spec.get("quantize") not in (None,) + QUANT_TYPES or (spec.get("quantize") and spec["method"] != "lora"):
+        raise ValueError(f"quantize {spec.get('quantize')!r}: a LoRA run's base in one of {list(QUANT_TYPES)}")
 
 
 def prepare_model(base, spec):
@@ -45,7 +48,8 @@ def prepare_model(base, spec):
         return minilora.apply_adalora(model, spec["targets"], init_r=spec["r"], target_r=spec["target_r"],
                                       alpha=spec["alpha"])
     minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=spec["alpha"],
-                        rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa")
+                        rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa",
+                        quantize=spec.get("quantize"))
     return model
 
 
@@ -107,9 +111,10 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
     spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
-        (and for LoRA+ optionally "ratio", B's rate over A's)}; variant "adalora" also needs
-        "target_r" and the adalora_hooks schedule keys, and its record gets "adalora": the budget
-        b(t) per step, every reallocation, and the final rank per layer.
+        (and for LoRA+ optionally "ratio", B's rate over A's; for QLoRA "quantize": "nf4"|"fp4"|"int4",
+        a 4-bit base, left out otherwise so that the cache keys of earlier runs stay valid)}; variant
+        "adalora" also needs "target_r" and the adalora_hooks schedule keys, and its record gets
+        "adalora": the budget b(t) per step, every reallocation, and the final rank per layer.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
@@ -162,6 +167,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     record = {
         "method": spec["method"],
         "variant": spec.get("variant") if spec["method"] == "lora" else None,
+        "quantize": spec.get("quantize"),
         "r": spec.get("r"),
         "alpha": spec.get("alpha"),
         "targets": spec.get("targets"),

@@ -14,6 +14,8 @@ def label(record):
         return "full fine-tuning"
     variant = record.get("variant") or "lora"
     name = "LoRA" if variant == "lora" else variant
+    if record.get("quantize"):  # QLoRA: LoRA on a 4-bit base
+        name = f"QLoRA ({record['quantize'].upper()})" if variant == "lora" else f"{name} ({record['quantize']})"
     return f"{name} r={record['r']}"
 
 
