@@ -31,6 +31,7 @@ in processes of their own).
 """
 import argparse
 import copy
+import ctypes
 import gc
 import inspect
 import json
@@ -142,9 +143,32 @@ def peak_in_fresh_process(preset, name, args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def work(preset, names, args):
+    """The progress bar's units for one size: a training step of its full model counts its millions
+    of parameters (the cost of a step grows about so); counting memory (a step and a forward per
+    --memory-batches) twice that, a peak (a fresh process, a model, two steps) three times."""
+    step = params_millions(preset, args.block_size)
+    return step * len(names) * ((args.rounds + 1) + 2 + (0 if args.no_peak else 3))
+
+
+def params_millions(preset, block_size):
+    return sum(cost_model.parameter_counts(cost_model.shape_of(config_from_preset(preset, block_size=block_size)))[0]
+               .values()) / 1e6
+
+
+def release_freed_memory():
+    """Give the memory of freed tensors back to the system (glibc's malloc_trim; nothing elsewhere),
+    so that what this process no longer uses is not counted against the peak-memory processes."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure_size(preset, names, args, device, bar):
     """Every measurement of one size: a dict for OUT/scale.json."""
     config = config_from_preset(preset, block_size=args.block_size)
+    unit = params_millions(preset, args.block_size)  # progress per training step
     torch.manual_seed(args.seed)
     base = GPT(config).to(device)
     frozen = copy.deepcopy(base).requires_grad_(False)
@@ -164,7 +188,7 @@ def measure_size(preset, names, args, device, bar):
                 for key, seconds in zip(("forward", "backward", "optimizer"), phases):
                     times[name][key].append(seconds)
                 times[name]["step"].append(sum(phases))
-            bar.update()
+            bar.update(unit)
 
     record = {"preset": preset, "config": asdict(config), "variants": {}}
     for name in names:
@@ -192,9 +216,10 @@ def measure_size(preset, names, args, device, bar):
             "activations_by_batch": activations, "file": file, "flops": predicted["flops"],
             "step_seconds": times[name],
         }
-        bar.update(1 + len(args.memory_batches))
+        bar.update(2 * unit)
     del models, optimizers, frozen
     gc.collect()
+    release_freed_memory()
 
     for name in names:
         bar.set_description(f"{preset}: peak memory of {name} (own process)")
@@ -203,8 +228,8 @@ def measure_size(preset, names, args, device, bar):
         else:
             peak = peak_in_fresh_process(preset, name, args)
             peak["predicted"] = predict(config, name, args.batch_size, device)["bytes"]["total"]
+            bar.update(3 * unit)
         record["variants"][name]["peak"] = peak
-        bar.update()
     record["ratios"] = step_ratios(record["variants"])
     return record
 
@@ -312,9 +337,9 @@ def main(argv=None):
 
     started = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine skews timings
-    per_size = (args.rounds + 1) * len(names) + len(names) * (1 + len(args.memory_batches)) + len(names)
     records = []
-    with tqdm(total=per_size * len(args.sizes), disable=args.no_progress, unit="task") as bar:
+    total = sum(work(preset, names, args) for preset in args.sizes)
+    with tqdm(total=total, disable=args.no_progress, bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
         for preset in args.sizes:
             records.append(measure_size(preset, names, args, device, bar))
     result = {

@@ -173,3 +173,20 @@ def test_unknown_targets_and_methods_are_clear_errors():
         cost_model.predict(shape, "adalora", seq_len=8)
     with pytest.raises(argparse.ArgumentTypeError):
         scale.sizes_flag("")
+
+
+def test_a_forward_only_activation_count_leaves_nothing_alive():
+    """SavedActivations without a backward pass (scale.py counts activations at several batches so)
+    must let the graph go: a saved output kept as it came would hold its own graph in a cycle."""
+    import gc
+
+    from experiments.bench_lora import saved_activation_bytes
+
+    model = GPT(TOY_SIZES[0])
+    x, y = (torch.randint(0, 256, (2, 32)) for _ in range(2))
+    saved_activation_bytes(model, x, y)  # warm-up: lazily made objects
+    gc.collect()
+    before = sum(type(o) is torch.Tensor for o in gc.get_objects())
+    assert saved_activation_bytes(model, x, y) > 0
+    gc.collect()
+    assert sum(type(o) is torch.Tensor for o in gc.get_objects()) == before
