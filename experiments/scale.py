@@ -2,7 +2,7 @@
 the cost model's prediction (experiments/cost_model.py).
 
     python -m experiments.scale [--sizes tiny,small,gpt2-small,gpt2-medium] [--block-size 128]
-                                [--batch-size 4] [--rounds 3] [--memory-batches 1,8] [--device cpu]
+                                [--batch-size 4] [--rounds 5] [--memory-batches 1,8] [--device cpu]
     python -m experiments.scale --report      # plots and docs/scale.md again, from OUT/scale.json
 
 Every model is at random initialisation: costs depend on shapes and dtypes, not on the values,
@@ -294,7 +294,7 @@ def make_parser():
                    help=f"which of {list(VARIANTS)} (default: all; qlora only when minilora has it)")
     p.add_argument("--block-size", type=positive_int, default=128, help="sequence length of every step")
     p.add_argument("--batch-size", type=positive_int, default=4, help="sequences per timed step")
-    p.add_argument("--rounds", type=positive_int, default=3,
+    p.add_argument("--rounds", type=positive_int, default=5,
                    help="timed rounds, one step of each variant per round, after a warm-up round")
     p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 8],
                    help="batch sizes at which the saved activations are also counted")

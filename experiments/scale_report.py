@@ -70,8 +70,10 @@ def plot_memory_by_part(data, path):
             measured = [max(s["variants"][name]["memory"]["measured"][part], 1) / MiB for s in sizes]
             predicted = [max(s["variants"][name]["memory"]["predicted"][part], 1) / MiB for s in sizes]
             ax.plot(params, predicted, color=PART_COLORS[{"weights": "params"}.get(part, part)], linewidth=1.2)
-            ax.scatter(params, measured, color=PART_COLORS[{"weights": "params"}.get(part, part)], s=28,
-                       label=f"{PART_LABELS[part]}")
+            color = PART_COLORS[{"weights": "params"}.get(part, part)]
+            hollow = part == "weights"  # full fine-tuning's gradients equal its weights: both must show
+            ax.scatter(params, measured, s=70 if hollow else 24, facecolor="none" if hollow else color,
+                       edgecolor=color, linewidth=1.5, label=f"{PART_LABELS[part]}", zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("model parameters (log scale)")
@@ -140,7 +142,8 @@ def plot_speedup(data, path):
     ax.set_ylim(0, max(1.8, ax.get_ylim()[1]))
     ax.set_xlabel("model parameters (log scale)")
     ax.set_ylabel("speed-up over full fine-tuning (x)")
-    ax.set_title(f"Training step speed-up against size ({data['device']}, {data['threads']} threads; "
+    threads = f"{data['threads']} thread" + ("s" if data["threads"] != 1 else "")
+    ax.set_title(f"Training step speed-up against size ({data['device']}, {threads}; "
                  f"bars: quartiles of same-round ratios)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -346,7 +349,7 @@ def write_markdown(data, extrapolation, figures):
     exact, worst = validation(data)
     lines = ["# How LoRA's savings grow with the model", ""]
     lines += [f"Made by `python -m experiments.scale` ({data['date']}, {data['device']}, torch {data['torch']}, "
-              f"{data['threads']} threads, {data['wall_time_s'] / 60:.1f} minutes). Sizes "
+              f"{data['threads']} torch threads, {data['wall_time_s'] / 60:.1f} minutes). Sizes "
               + ", ".join(f"`{r['preset']}` ({r['variants']['full']['total_params'] / 1e6:.3g}M)" for r in sizes)
               + f"; every step {s['batch_size']} x {s['block_size']} tokens. The models are at random initialisation "
               "(costs depend on shapes, not on values; GPT-2's shapes with our 256-byte vocabulary).", ""]
