@@ -7,10 +7,12 @@ holds the corpora by the SHA-256 of their bytes, so an edited corpus file is a n
 """
 import copy
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
+import warnings
 
 import torch
 
@@ -19,7 +21,7 @@ from experiments.base_model import settings_key
 from experiments.memory import measure_training_memory
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
-from nanogpt.train import configure_optimizer, train, write_json
+from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
 
 METHODS = ("full", "lora")
 VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa")
@@ -75,6 +77,23 @@ def measure_step_memory(model, spec, data, batch_size, seed, device, weight_deca
     return measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
 
 
+def read_cached_record(path):
+    """The cached record at path, or None when there is none or it cannot be read (a damaged
+    cache file is then recomputed, with a warning naming it)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if isinstance(record, dict) and "history" in record:
+            return record
+        problem = "it is not a run record"
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    warnings.warn(f"the cached run record {path!r} cannot be read ({problem}); running it again", stacklevel=3)
+    return None
+
+
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
                  eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True,
                  keep_adapter=False, final_eval=None):
@@ -98,13 +117,11 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     path = os.path.join(cache_dir, "runs", f"{key}.json")
     adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
     want_adapter = keep_adapter and spec["method"] == "lora"
-    if os.path.exists(path) and not force:
-        with open(path) as f:
-            record = json.load(f)
-        if not want_adapter or os.path.exists(adapter_path):
-            if want_adapter:
-                record["adapter_path"] = adapter_path
-            return record
+    record = None if force else read_cached_record(path)
+    if record is not None and (not want_adapter or os.path.exists(adapter_path)):
+        if want_adapter:
+            record["adapter_path"] = adapter_path
+        return record
 
     torch.manual_seed(seed)
     model = prepare_model(base, spec)
@@ -117,18 +134,30 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
-                   batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
-                   weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
-                   device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
-                   progress=progress)
+    diverged_at = None
+    try:
+        result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
+                       batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
+                       weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
+                       device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
+                       progress=progress)
+    except NonFiniteLossError as e:
+        # A diverged run is a result (a learning rate too high), kept as such: its final losses are
+        # NaN, which the experiments read as "worst", and the record says where it diverged.
+        print(f"run diverged: {e}")
+        result, diverged_at = e.result, e.step
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished runs are kept in {os.path.join(cache_dir, 'runs')}: the same command "
+              f"continues with the first unfinished run")
+        raise
     wall_time = time.perf_counter() - start
     if is_cuda:
         memory["cuda_peak"] = torch.cuda.max_memory_allocated()
 
     trainable, total, _ = minilora.count_parameters(model)
-    median_step = statistics.median(result["step_times"])
+    median_step = statistics.median(result["step_times"]) if result["step_times"] else math.nan
     history = result["history"]
+    final = history[-1] if diverged_at is None else {"target_loss": math.nan, "source_loss": math.nan}
     record = {
         "method": spec["method"],
         "variant": spec.get("variant") if spec["method"] == "lora" else None,
@@ -152,14 +181,16 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                     for h in history],
         "base_target_loss": history[0]["target_loss"],
         "base_source_loss": history[0]["source_loss"],
-        "final_target_loss": history[-1]["target_loss"],
-        "final_source_loss": history[-1]["source_loss"],
+        "final_target_loss": final["target_loss"],
+        "final_source_loss": final["source_loss"],
         "wall_time_s": wall_time,
         "median_step_s": median_step,
         "tokens_per_s": batch_size * block_size / median_step,
         "saved_bytes": saved_bytes(model, spec),
         "memory": memory,
     }
+    if diverged_at is not None:
+        record["diverged_at_step"] = diverged_at
     if final_eval is not None:
         record["final_eval"] = final_eval[1](model)
     os.makedirs(os.path.dirname(path), exist_ok=True)

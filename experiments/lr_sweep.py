@@ -17,7 +17,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
 from experiments.finetune import run_finetune
 from experiments.plots import finish, write_report
 from nanogpt.train import write_json
@@ -30,7 +30,7 @@ def parse_lrs(text, flag="--lrs"):
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(message) from None
-    if len(values) < 3 or any(not v > 0 for v in values):
+    if len(values) < 3 or any(not 0 < v < math.inf for v in values):
         raise argparse.ArgumentTypeError(message + " (at least three, to find a minimum)")
     return sorted(values)
 
@@ -82,6 +82,7 @@ def main(argv=None):
                    help="comma-separated learning rates for LoRA, the same at every rank")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 8, 64], help="LoRA ranks, e.g. 1,8,64")
     args = p.parse_args(argv)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

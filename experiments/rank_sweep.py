@@ -8,7 +8,7 @@ OUT/loss_curves.png and OUT/results.md.
 """
 import os
 
-from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
 from experiments.finetune import run_finetune
 from experiments.plots import plot_loss_curves, plot_rank_sweep, write_markdown
 from nanogpt.train import write_json
@@ -19,6 +19,7 @@ def main(argv=None):
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64], help="comma-separated, e.g. 1,2,4")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     args = p.parse_args(argv)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

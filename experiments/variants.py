@@ -18,7 +18,8 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import (check_runs, load_setup, make_parser,
+                                non_negative_int, parse_targets, positive_float, positive_int, run_kwargs)
 from experiments.plots import finish, write_report
 from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from nanogpt.train import write_json
@@ -65,16 +66,17 @@ def plot_variants(groups, path, title):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/variants")
-    p.add_argument("--r", type=int, default=8, help="the rank every variant trains at")
-    p.add_argument("--high-r", type=int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
-    p.add_argument("--loraplus-lr", type=float, default=1e-3,
+    p.add_argument("--r", type=positive_int, default=8, help="the rank every variant trains at")
+    p.add_argument("--high-r", type=non_negative_int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
+    p.add_argument("--loraplus-lr", type=positive_float, default=1e-3,
                    help="LoRA+ also at this lower base rate (A's; B's is 16x), 0 to skip")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per variant")
+    p.add_argument("--seeds", type=positive_int, default=2, help="fine-tuning seeds per variant")
     # The default --eval-interval (100) puts the first evaluation at the early step (a sixth of 600);
     # evaluating every 50 steps gave the same numbers (evaluation never changes training) but pushed
     # the default run past 15 minutes on 2 cores.
-    p.add_argument("--early-step", type=int, help="step at which 'converges faster' is judged (default: a sixth of the run)")
+    p.add_argument("--early-step", type=positive_int, help="step at which 'converges faster' is judged (default: a sixth of the run)")
     args = p.parse_args(argv)
+    check_runs(args, ranks=[args.r] + ([args.high_r] if args.high_r else []), variants=("lora", "dora", "pissa"))
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     kwargs.pop("seed")

@@ -15,7 +15,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, positive_int, run_kwargs
 from experiments.plots import finish, write_report
 from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from minilora import find_targets
@@ -68,10 +68,12 @@ def plot_which_weights(rows, full, base_target, path, title):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/which_weights")
-    p.add_argument("--budget", type=int, help="trainable parameters per run (default: r=8 on q_proj alone)")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per target set")
+    p.add_argument("--budget", type=positive_int, help="trainable parameters per run (default: r=8 on q_proj alone)")
+    p.add_argument("--seeds", type=positive_int, default=2, help="fine-tuning seeds per target set")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     args = p.parse_args(argv)
+    check_runs(args, runs=lambda model: [(t, rank_for_budget(model, t, args.budget or 8 * params_per_rank(model, TARGET_SETS["q"])))
+                                         for t in TARGET_SETS.values()])
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     kwargs.pop("seed")
