@@ -252,6 +252,8 @@ def train(
 def restore_training_state(checkpoint, model, optimizer, folder):
     """For --resume: load a checkpoint's weights, optimizer state and random-number state into
     model and optimizer. Returns (start_step, history, elapsed_s) to pass on to train()."""
+    if isinstance(checkpoint.get("step"), bool) or not isinstance(checkpoint.get("step"), int) or checkpoint["step"] < 0:
+        raise ValueError(f"the checkpoint in {folder!r} has no valid step ({checkpoint.get('step')!r}): it cannot be resumed")
     model.load_state_dict(checkpoint["model"])
     if checkpoint.get("optimizer"):
         optimizer.load_state_dict(checkpoint["optimizer"])
