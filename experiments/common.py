@@ -6,25 +6,34 @@ something to forget (code). Flag names match `nanogpt.train` where they mean the
 """
 import argparse
 import copy
+import math
+import os
 import sys
+import time
 
 import torch
 
 import minilora
+from experiments import runs
 from experiments.base_model import get_base_model, pretrain_settings, settings_key
 from experiments.finetune import METHODS
+from experiments.runs import default_workers
+from experiments.tuning import LR_GRID
 from nanogpt.data import load_corpus
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, comma_list, device, finite_float, fraction,  # noqa: F401
                            non_negative_float, non_negative_int, positive_float, positive_int, seed)
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
 from nanogpt.run_folder import check_writable_folder
+from nanogpt.train import write_json
 
-# Each method at its own learning rate, the best of a small sweep on the default setup (600 steps,
-# final loss on python-docs): full 1e-4 / 3e-4 / 1e-3 gave 1.564 / 1.470 / 1.401; LoRA r=8 at
-# 1e-3 / 3e-3 / 1e-2 gave 1.596 / 1.541 / 1.539 (1e-2 forgets more). LoRA wants a higher rate than full,
-# as "LoRA Without Regret" (Schulman et al. 2025) reports; here about 3x rather than its 10x.
-DEFAULT_LR = {"full": 1e-3, "lora": 3e-3}
+# Each method at its own learning rate: the best grid rate (lowest final docs loss, mean of three
+# seeds) of `python -m experiments.lr_sweep` on the default setup, for full fine-tuning and for
+# LoRA r=8 (results/lr_sweep/lr_sweep.json, section 1 of experiments/REPRODUCTIONS.md). LoRA
+# wants a higher rate than full fine-tuning, as "LoRA Without Regret" (Schulman et al. 2025)
+# reports, though here by about 3x rather than its 10x. Other contenders are tuned per
+# experiment around these (experiments/tuning.py).
+DEFAULT_LR = {"full": 1.8e-3, "lora": 5.6e-3}
 ALL_BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
@@ -84,6 +93,9 @@ def make_parser(description, default_out):
     p.add_argument("--force", action="store_true",
                    help="recompute runs even if cached (and rebuild a cached base model that cannot be read)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="fine-tuning runs trained side by side, one thread each (default: one per CPU core; "
+                        "1 on a GPU); a speed trick only: the records are the same")
     # model-size overrides, as in nanogpt.train
     p.add_argument("--n-layer", type=positive_int)
     p.add_argument("--n-head", type=positive_int)
@@ -108,15 +120,17 @@ def model_config(args):
                               block_size=args.block_size)
 
 
-def check_runs(args, ranks=(), runs=None, variants=("lora",)):
+def check_runs(args, ranks=(), planned=None, variants=("lora",), lr_on_grid=False):
     """Check every run an experiment plans, before the base model is pretrained: a bad rank,
     target, alpha, --out or --cache then stops the command at once instead of after minutes.
 
-    ranks: the LoRA ranks it trains on --targets. runs: for ranks that depend on the layer sizes,
-    a function of the (untrained) model returning more [(targets, r)] pairs. variants: those it
-    trains ("dora" and "pissa" add their own checks). Each planned adapter is applied, exactly as
-    the run will apply it, to a copy of the model on the meta device (no memory, no arithmetic).
-    Ends the command with a one-line error (stop) naming the run and what is wrong."""
+    ranks: the LoRA ranks it trains on --targets. planned: for ranks that depend on the layer
+    sizes, a function of the (untrained) model returning more [(targets, r)] pairs. variants:
+    those it trains ("dora" and "pissa" add their own checks). lr_on_grid: the experiment tunes
+    its rates starting at --lora-lr, which must then be a rate of the tuning grid.
+    Each planned adapter is applied, exactly as the run will apply it, to a copy of the model on
+    the meta device (no memory, no arithmetic). A problem ends the command with one line (stop)
+    naming the run and what is wrong."""
     try:
         config = model_config(args)
     except ValueError as e:
@@ -126,18 +140,22 @@ def check_runs(args, ranks=(), runs=None, variants=("lora",)):
         check_writable_folder(args.cache, "--cache")
     except CommandError as e:
         stop(str(e))
+    if lr_on_grid and not any(math.isclose(args.lora_lr, g, rel_tol=1e-9) for g in LR_GRID):
+        stop(f"--lora-lr {args.lora_lr:g} is where this experiment starts tuning each rate, so it must be a rate of "
+             f"the tuning grid: one of {[f'{g:g}' for g in LR_GRID]}")
     with torch.device("meta"):
         model = GPT(config)
     targets = parse_targets(args.targets)
-    planned = [(targets, r) for r in ranks] + (list(runs(model)) if runs is not None else [])
-    for t, r in planned or [(targets, 1)]:  # with no rank planned, the targets must still exist
+    pairs = [(targets, r) for r in ranks] + (list(planned(model)) if planned is not None else [])
+    for t, r in pairs or [(targets, 1)]:  # with no rank planned, the targets must still exist
         for variant in variants:
             try:
                 minilora.apply_lora(copy.deepcopy(model), t, r, args.alpha, dora=variant == "dora",
                                     pissa=variant == "pissa", rslora=variant == "rslora")
             except (ValueError, TypeError) as e:
+                where = t if isinstance(t, str) else ",".join(t)
                 stop(f"a planned run cannot be made (LoRA{'' if variant == 'lora' else ' ' + variant} r={r} on "
-                     f"--targets {args.targets!r}): {e}")
+                     f"{where!r}): {e}")
 
 
 def load_setup(args):
@@ -145,6 +163,7 @@ def load_setup(args):
 
     Everything is checked first (check_runs, the corpora), so a bad flag or file stops the
     command before the base model is pretrained."""
+    args.started = time.time()
     check_runs(args)
     device = args.device
     config = model_config(args)
@@ -161,7 +180,22 @@ def load_setup(args):
         stop(str(e))
     base_key = settings_key(pretrain_settings(source, config, args.pretrain_iters, args.pretrain_batch_size,
                                               args.pretrain_lr, args.seed, device))
+    if args.workers is None:
+        args.workers = default_workers(device)
+    args.setup_s = time.time() - args.started
+    runs.COUNTS.update(planned=0, trained=0)
     return base, base_key, source, target, device
+
+
+def finish_experiment(args, argv=None):
+    """OUT/run_info.json: how this experiment ran (command, wall time, how many of its runs were
+    trained now rather than read from the cache), for the run-time table of REPRODUCTIONS.md."""
+    info = {"command": " ".join(sys.argv[1:] if argv is None else argv), "wall_time_s": time.time() - args.started,
+            "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
+            "workers": args.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
+    write_json(info, os.path.join(args.out, "run_info.json"))
+    return info
 
 
 def run_kwargs(args, device):

@@ -49,8 +49,8 @@ def prepare_model(base, spec):
 
 
 def make_optimizer(model, spec, weight_decay):
-    if spec.get("variant") == "loraplus":
-        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=LORAPLUS_RATIO,
+    if spec.get("variant") == "loraplus":  # spec["ratio"]: B's rate over A's (default: the paper's 16)
+        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=spec.get("ratio", LORAPLUS_RATIO),
                                                 weight_decay=weight_decay)
         for g in groups:  # train() schedules each group's lr as its lr_ratio times the schedule
             g["lr_ratio"] = g["lr"] / spec["lr"]
@@ -94,26 +94,38 @@ def read_cached_record(path):
     return None
 
 
+def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, eval_interval=100,
+            eval_iters=20, weight_decay=0.0, final_eval=None, **_not_in_the_key):
+    """The cache key of a run: a hash of everything that decides its record (the corpora by the
+    SHA-256 of their bytes). Takes run_finetune's arguments; those that do not change the
+    record (cache_dir, force, progress, ...) are ignored."""
+    settings = {"base": base_key, "spec": spec, "target": target.sha256, "source": source.sha256, "steps": steps,
+                "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
+                "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
+    if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
+        settings["final_eval"] = final_eval[0]
+    return settings_key(settings)
+
+
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
                  eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True,
-                 keep_adapter=False, final_eval=None):
+                 keep_adapter=False, final_eval=None, cached_only=False):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
-    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"}.
+    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
+        (and for LoRA+ optionally "ratio", B's rate over A's)}.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
         record["adapter_path"], for experiments that look inside the adapters.
     final_eval: (name, fn) where fn(trained model) -> dict of JSON numbers stored as
         record["final_eval"]; the name is part of the cache key, so change it when fn changes.
+    cached_only: return the cached record, or None if this run has not been made (train nothing).
     """
     check_spec(spec)
-    settings = {"base": base_key, "spec": spec, "target": target.sha256, "source": source.sha256, "steps": steps,
-                "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
-                "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
-    if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
-        settings["final_eval"] = final_eval[0]
-    key = settings_key(settings)
+    key = run_key(base_key, spec, target, source, steps=steps, batch_size=batch_size, seed=seed, device=device,
+                  eval_interval=eval_interval, eval_iters=eval_iters, weight_decay=weight_decay,
+                  final_eval=final_eval)
     path = os.path.join(cache_dir, "runs", f"{key}.json")
     adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
     want_adapter = keep_adapter and spec["method"] == "lora"
@@ -122,6 +134,8 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         if want_adapter:
             record["adapter_path"] = adapter_path
         return record
+    if cached_only:
+        return None
 
     torch.manual_seed(seed)
     model = prepare_model(base, spec)
