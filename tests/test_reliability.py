@@ -460,3 +460,16 @@ def test_train_checks_its_numbers():
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"train\\(\\): {name} must be"):
             train(model, data, {"val": data}, max_iters=2, progress=False, **bad)
+
+
+def test_force_trains_each_run_once(tmp_path, corpora, monkeypatch):
+    import experiments.finetune as finetune_module
+
+    real, calls = finetune_module.train, []
+    monkeypatch.setattr(finetune_module, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = [*TOY, *corpora, "--out", str(tmp_path / "out"), "--ranks", "1,2", "--no-full", "--no-rslora",
+            "--workers", "1"]
+    rank_sweep.main(args)
+    assert len(calls) == 2
+    rank_sweep.main([*args, "--force"])
+    assert len(calls) == 4  # recomputed once each, not trained a second time when read back
