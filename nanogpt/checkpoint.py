@@ -12,22 +12,26 @@ import torch
 from nanogpt.model import GPT, GPTConfig
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: an interrupted save never leaves a broken file.
-    The temporary is removed if the save fails; one left by a killed process is named PATH.tmpPID,
-    and nanogpt.run_folder.clean_stale_temporaries removes it later."""
+def atomic_write(path, write):
+    """write(tmp) to a temporary file beside path, then rename it to path: an interrupted write
+    never leaves a broken file under path. The temporary is removed if writing fails; one left by a
+    killed process is named PATH.tmpPID, and nanogpt.run_folder.clean_stale_temporaries removes it."""
     if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path!r}: it is a folder; give a file path such as "
-                                f"{os.path.join(path, 'ckpt.pt')!r}")
+        raise IsADirectoryError(f"cannot write to {path!r}: it is a folder; give a file path inside it")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically (atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, corpus=None, **extra):

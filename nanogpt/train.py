@@ -17,7 +17,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanogpt.checkpoint import check_plain_gpt_weights, config_from_checkpoint, load_checkpoint, save_checkpoint
+from nanogpt.checkpoint import (atomic_write, check_plain_gpt_weights, config_from_checkpoint, load_checkpoint,
+                                save_checkpoint)
 from nanogpt.data import fixed_batches, get_batch, load_corpus
 from nanogpt.device import autocast
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
@@ -68,16 +69,11 @@ def evaluate(model, batches, device):
 
 
 def write_json(obj, path):
-    """JSON to a temporary file, then rename: readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    """JSON, atomically (atomic_write): readers never see half a file."""
+    def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write)
 
 
 class NonFiniteLossError(FloatingPointError):

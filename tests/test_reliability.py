@@ -447,6 +447,8 @@ def test_saving_to_a_folder_path_is_a_clear_error(tmp_path):
     model = toy_gpt()
     with pytest.raises(IsADirectoryError, match="it is a folder"):
         save_checkpoint(str(tmp_path), model)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        train_module.write_json({}, str(tmp_path))
     minilora.apply_lora(model, ["q_proj"], r=4, alpha=8)
     with pytest.raises(IsADirectoryError, match="it is a folder"):
         minilora.save_adapter(model, str(tmp_path))
