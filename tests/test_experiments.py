@@ -19,7 +19,7 @@ TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16"
        "--workers", "1"]
 RECORD_KEYS = {
     "method", "variant", "r", "alpha", "targets", "lr", "steps", "batch_size", "block_size", "seed", "device",
-    "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
+    "quantize", "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
     "base_target_loss", "base_source_loss", "final_target_loss", "final_source_loss", "wall_time_s",
     "median_step_s", "tokens_per_s", "saved_bytes", "memory",
 }
@@ -195,7 +195,8 @@ def test_bench_lora_writes_its_ratios(tmp_path):
     assert set(result["ratios"]) == {
         "lora_step / full_step", "lora_step / floor_step", "straightforward_lora_step / full_step",
         "floor_step / full_step", "lora_forward_unmerged / base_forward", "lora_forward_merged / base_forward",
-        "adapter_file / full_checkpoint", "lora_saved_activations / straightforward"}
+        "adapter_file / full_checkpoint", "lora_saved_activations / straightforward", "qlora_step / lora_step",
+        "qlora_saved_activations / lora", "qlora_dequantize_time / qlora_step (profile)"}
     for key, (q1, q3) in result["ratio_quartiles"].items():
         assert q1 <= result["ratios"][key] <= q3
     assert 0 < result["ratios"]["adapter_file / full_checkpoint"] < 1
@@ -204,3 +205,10 @@ def test_bench_lora_writes_its_ratios(tmp_path):
     # Freezing W0 means its input need not be saved: the floor keeps less than full fine-tuning.
     saved = result["saved_activation_bytes"]
     assert saved["floor"] < saved["full"]
+    # QLoRA keeps no dequantized W0 for backward: it saves exactly what LoRA saves.
+    assert result["ratios"]["qlora_saved_activations / lora"] == 1.0
+    assert 0 < result["ratios"]["qlora_dequantize_time / qlora_step (profile)"] < 1
+    # Each of the 4 x 6 adapted layers dequantizes in forward, and again in backward unless its
+    # input needs no gradient: block 0's q, k, v read the frozen embeddings through a frozen LayerNorm.
+    assert result["qlora_dequantize_calls_per_step"] == 24 + 24 - 3
+    assert result["qlora_weight_bytes"]["qlora"] < result["qlora_weight_bytes"]["lora"] / 3

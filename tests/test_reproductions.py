@@ -1,17 +1,19 @@
 """The reproduction experiments (issue: one experiment per LoRA claim) end to end at toy size,
 and the small pieces of arithmetic their verdicts rest on."""
+import copy
 import json
 import math
 
 import pytest
+import torch
 
-from experiments import batch_size, learn_forget, loraplus, lr_sweep, rank_targets, variants, which_weights
+from experiments import batch_size, learn_forget, loraplus, lr_sweep, qlora, rank_targets, variants, which_weights
 from experiments.loraplus import steps_to_reach
 from experiments.lr_sweep import best_lr
 from experiments.learn_forget import source_loss_at
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
-from minilora import apply_lora, count_parameters
+from minilora import apply_lora, count_parameters, lora_layers
 from nanogpt import GPT, config_from_preset
 from tests.test_experiments import TOY, is_png
 
@@ -185,6 +187,71 @@ def test_variants_end_to_end(tmp_path, corpora):
         "DoRA beats LoRA at r=2", "PiSSA beats LoRA at r=2"]
     assert all(i["largest_gap"] < 0.05 for i in summary["identity"])  # the same training, up to clipping
     assert is_png(out / "variants.png")
+
+
+def test_qlora_end_to_end(tmp_path, corpora, capsys):
+    out = tmp_path / "qlora"
+    qlora.main([*TOY, *corpora, "--seeds", "2", "--gaussian-values", "8192", "--workers", "1", "--out", str(out)])
+    records = read(out / "records.json")
+    assert [(r["method"], r["quantize"]) for r in records[::2]] == [
+        ("full", None), ("lora", None), ("lora", "nf4"), ("lora", "fp4"), ("lora", "int4")]
+    assert [r["seed"] for r in records[:2]] == [1337, 1338]
+    full, lora, nf4 = records[0], records[2], records[4]
+    assert nf4["lr"] == lora["lr"] != full["lr"]  # QLoRA trains at LoRA's rate
+    # The 4-bit base shrinks the weights; the adapter's gradients and optimizer state are LoRA's.
+    assert nf4["memory"]["params"] < lora["memory"]["params"]
+    assert (nf4["memory"]["grads"], nf4["memory"]["optimizer"]) == (lora["memory"]["grads"], lora["memory"]["optimizer"])
+    assert nf4["memory"]["params"] == nf4["memory"]["analytic"]["params"]
+    assert nf4["saved_bytes"] == lora["saved_bytes"]  # the same adapter file
+    summary = read(out / "qlora.json")
+    base = summary["base_losses_after_quantization"]
+    assert list(base) == ["fp32 (no quantization)", "NF4", "NF4 + double quantization", "FP4",
+                          "FP4 + double quantization", "Int4", "Int4 + double quantization"]
+    # A QLoRA run starts from the quantized base (B = 0) and an unloaded QLoRA model computes the same.
+    for record in records[4:]:
+        name = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4"}[record["quantize"]] + " + double quantization"
+        assert record["base_target_loss"] == pytest.approx(base[name]["target"], abs=1e-4)
+        final = record["final_eval"]
+        assert final["unloaded"]["target"] == pytest.approx(record["final_target_loss"], abs=1e-4)
+        assert set(final) == {"on_full_precision_base", "unloaded", "merged_into_4bit", "requantization"}
+        assert 0 <= final["requantization"]["unchanged"] <= 1
+    assert lora["base_target_loss"] == pytest.approx(base["fp32 (no quantization)"]["target"], abs=1e-6)
+    bits = summary["claim_3_double_quant_bits"]
+    assert bits["plain"] == 4.5 and bits["double_quant"] < 4.5 and bits["paper_saving"] == pytest.approx(0.373, abs=1e-3)
+    errors = summary["quantization_errors"]
+    assert set(errors) == {n for n, p in GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2,
+                                                                block_size=16)).named_parameters()
+                           if p.dim() == 2} | {"N(0, 1) data"}
+    claim = summary["claim_1_quantization_error"]
+    assert claim["model_weights"] == len(errors) - 1 and claim["nf4_lowest_on_gaussian"]
+    claim = summary["claim_2_qlora_matches_lora"]
+    assert claim["qlora_nf4"]["values"] == [r["final_target_loss"] for r in records[4:6]]
+    assert claim["qlora_minus_lora"]["values"] == pytest.approx(
+        [q["final_target_loss"] - p["final_target_loss"] for p, q in zip(records[2:4], records[4:6])])
+    assert isinstance(claim["qlora_minus_lora"]["called"], bool)
+    assert (out / "run_info.json").exists()
+    for name in ("levels.png", "quant_error.png", "memory.png"):
+        assert is_png(out / name)
+    assert "| QLoRA NF4 r=8 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        qlora.main([*TOY, *corpora, "--seeds", "0", "--out", str(out)])
+    assert "--seeds must be a positive integer like 3; got '0'" in capsys.readouterr().err
+
+
+def test_qlora_final_evaluation_can_be_sent_to_a_worker_process():
+    """run_all sends each run's arguments to a spawned process, so final_eval must pickle."""
+    import functools
+    import pickle
+
+    base = GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16))
+    batches = {"target": [(torch.zeros(2, 16, dtype=torch.long),) * 2], "source": [(torch.ones(2, 16, dtype=torch.long),) * 2]}
+    fn = pickle.loads(pickle.dumps(functools.partial(qlora.qlora_final_eval, base, batches, "cpu")))
+    model = apply_lora(copy.deepcopy(base), ["q_proj", "up_proj"], r=2, alpha=4, quantize="nf4")
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.01)  # as if trained: delta W != 0
+    result = fn(model)
+    assert result["unloaded"]["target"] == pytest.approx(result["on_full_precision_base"]["target"], abs=0.05)
+    assert set(result["requantization"]) == {"lost", "kept", "unchanged"}
 
 
 def test_loraplus_end_to_end(tmp_path, corpora):
