@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_ranks, parse_targets, positive_int, run_kwargs
 from experiments.finetune import prepare_model, run_finetune
 from experiments.plots import finish, save, write_report
 from minilora.adapter_file import read_adapter_file
@@ -273,13 +273,14 @@ def markdown(sim, amp, keys, ranks, seeds):
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/subspace")
     p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="a low and a high rank, e.g. 8,64")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds at the low rank (>= 2): --seed, --seed+1, ...")
+    p.add_argument("--seeds", type=positive_int, default=2, help="fine-tuning seeds at the low rank (>= 2): --seed, --seed+1, ...")
     args = p.parse_args(argv)
     if len(args.ranks) != 2 or args.ranks[0] >= args.ranks[1]:
         p.error(f"--ranks needs a low and a high rank like 8,64; got {args.ranks}")
     if args.seeds < 2:
         p.error("--seeds must be at least 2 (the seed-vs-seed comparison needs two runs)")
     r_low, r_high = args.ranks
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     del kwargs["seed"]  # each run names its own seed; the base model stays the one for args.seed

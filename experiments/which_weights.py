@@ -16,7 +16,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, run_kwargs
+from experiments.common import check_runs, finish_experiment, load_setup, make_parser, positive_int, run_kwargs
 from experiments.plots import finish, write_report
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
@@ -92,11 +92,13 @@ def comparisons(rows):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/which_weights")
-    p.add_argument("--budget", type=int, help="trainable parameters per run (default: r=8 on q_proj alone)")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per target set")
+    p.add_argument("--budget", type=positive_int, help="trainable parameters per run (default: r=8 on q_proj alone)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per target set")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, planned=lambda model: [(t, rank_for_budget(model, t, args.budget or 8 * params_per_rank(
+        model, TARGET_SETS["q"]))) for t in TARGET_SETS.values()], lr_on_grid=True)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     budget = args.budget or 8 * params_per_rank(base, TARGET_SETS["q"])
