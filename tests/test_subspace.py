@@ -193,6 +193,7 @@ def test_subspace_end_to_end(tmp_path, corpora):
     assert paper["modules"]["blocks.0.attn.v_proj"]["at_init_same_seed"]["span"]["max"] < 0.99
     assert q["amplification"]["2"]["amplification"]["n"] == 3 and q["amplification"]["4_top2"]["r"] == 2
     assert set(paper["claims"]) >= {"top_above_half", "rest_near_chance", "more_than_random", "factor_low_range"}
+    assert list(result["heatmaps"]) == ["q_proj, v_proj"]  # the plotted set
     assert len(result["heatmaps"]["q_proj, v_proj"]["blocks.0.attn.q_proj"]) == 2  # r_low rows
     for name in ("similarity_heatmaps.png", "similarity_per_module.png", "amplification.png"):
         assert is_png(out / name)
