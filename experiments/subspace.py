@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                positive_int, run_kwargs)
 from experiments.finetune import prepare_model
 from experiments.plots import finish, lr_text, save, write_report
 from experiments.runs import run_all
@@ -444,7 +445,7 @@ def how_to_read(ranks, n_pairs):
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/subspace")
     p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="a low and a high rank, e.g. 8,64")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per rank (>= 2): --seed, --seed+1, ...")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per rank (>= 2): --seed, --seed+1, ...")
     p.add_argument("--paper-targets", default=PAPER_TARGETS,
                    help="the paper's target set, run beside --targets ('' to skip it)")
     args = p.parse_args(argv)
@@ -459,6 +460,8 @@ def main(argv=None):
         if text.strip():
             targets = parse_targets(text)
             target_sets[", ".join(targets) if isinstance(targets, list) else targets] = targets
+    # Every planned adapter (both target sets) checked before the base model is made.
+    check_runs(args, planned=lambda model: [(t, r) for t in target_sets.values() for r in ranks])
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
 

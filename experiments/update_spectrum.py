@@ -32,8 +32,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from experiments.common import (ALL_BLOCK_LINEARS, finish_experiment, load_setup, make_parser, parse_ranks,
-                                parse_targets, run_kwargs)
+from experiments.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
+                                parse_ranks, parse_targets, positive_int, run_kwargs)
 from experiments.plots import finish, lr_text, write_report
 from experiments.runs import run_all
 from experiments.seeds import seed_list, show, spread
@@ -257,10 +257,11 @@ def module_table(modules, ranks):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/update_spectrum")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds: --seed, --seed+1, ...")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds: --seed, --seed+1, ...")
     p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="LoRA ranks to compare with, e.g. 8,64")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)
