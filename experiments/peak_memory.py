@@ -27,8 +27,9 @@ import sys
 import torch
 
 from experiments.bench_lora import train_step
-from experiments.scale import VARIANTS, device_flag, make_optimizer, make_variant, positive_int
-from nanogpt.device import autocast, resolve_device
+from experiments.scale import VARIANTS, make_optimizer, make_variant
+from nanogpt.device import autocast
+from nanogpt.flags import choice, device, positive_int, run_main, seed
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import PRESETS, config_from_preset
 
@@ -114,23 +115,22 @@ def measure(preset, variant, block_size, batch_size, steps, device, seed):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument("--preset", required=True, type=choice(PRESETS))
+    p.add_argument("--variant", required=True, type=choice(VARIANTS))
     p.add_argument("--block-size", type=positive_int, default=128)
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--steps", type=positive_int, default=2,
                    help="training steps (the second is the first with optimizer state and gradients at once)")
-    p.add_argument("--device", type=device_flag, default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    record = measure(args.preset, args.variant, args.block_size, args.batch_size, args.steps,
-                     resolve_device(args.device), args.seed)
+    record = measure(args.preset, args.variant, args.block_size, args.batch_size, args.steps, args.device, args.seed)
     print(json.dumps(record))
     return record
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

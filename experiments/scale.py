@@ -53,9 +53,11 @@ from experiments.bench_lora import make_floor, paired_ratio, saved_activation_by
 from experiments.common import ALL_BLOCK_LINEARS, DEFAULT_LR, parse_batch_sizes
 from experiments.finetune import saved_bytes
 from experiments.memory import measure_training_memory
-from nanogpt.device import DEVICE_CHOICES, autocast, resolve_device
+from nanogpt.device import autocast
+from nanogpt.flags import DEVICE_HELP, CommandError, choice, comma_list, device, positive_int, run_main, seed
 from nanogpt.model import GPT
-from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.presets import config_from_preset
+from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import configure_optimizer, write_json
 
 SIZES = ("tiny", "small", "gpt2-small", "gpt2-medium", "gpt2-large")
@@ -253,37 +255,15 @@ def step_ratios(variants):
 
 # -- flags ----------------------------------------------------------------------------------
 
-def sizes_flag(text):
-    sizes = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in sizes if s not in SIZES]
-    if bad or not sizes:
-        raise argparse.ArgumentTypeError(f"--sizes takes comma-separated names of {list(SIZES)}; got {text!r}")
-    return sizes
+sizes_flag = comma_list(choice(SIZES), "tiny,gpt2-small")
 
 
 def variants_flag(text):
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in VARIANTS]
-    if bad or "full" not in names or "lora" not in names:
-        raise argparse.ArgumentTypeError(f"--variants takes comma-separated names of {list(VARIANTS)}, full and "
-                                         f"lora among them (the ratios are LoRA's to full fine-tuning); got {text!r}")
+    names = comma_list(choice(VARIANTS), "full,lora,floor")(text)
+    if "full" not in names or "lora" not in names:
+        raise argparse.ArgumentTypeError(f"must name full and lora (the ratios are LoRA's to full fine-tuning) "
+                                         f"among {list(VARIANTS)}; got {text!r}")
     return names
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def device_flag(text):
-    if text.split(":")[0] not in DEVICE_CHOICES:
-        raise argparse.ArgumentTypeError(f"--device must be one of {list(DEVICE_CHOICES)}, got {text!r}")
-    return text
 
 
 def make_parser():
@@ -298,8 +278,8 @@ def make_parser():
                    help="timed rounds, one step of each variant per round, after a warm-up round")
     p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 8],
                    help="batch sizes at which the saved activations are also counted")
-    p.add_argument("--device", type=device_flag, default="cpu", help=f"one of {list(DEVICE_CHOICES)}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device, default="cpu", help=DEVICE_HELP)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--out", default="results/scale")
@@ -322,9 +302,11 @@ def main(argv=None):
     if os.path.exists(path) and not args.force:
         parser.error(f"{path} exists (a finished run); pass --force to overwrite it, or --out another folder")
     try:
-        device = resolve_device(args.device)
-    except (ValueError, RuntimeError) as e:
+        for folder, flag in ((args.out, "--out"), (os.path.dirname(os.path.abspath(args.docs)), "--docs")):
+            check_writable_folder(folder, flag)
+    except CommandError as e:
         parser.error(str(e))
+    device = args.device  # resolved by the flag's type
     names = args.variants or list(VARIANTS)
     note = None
     if not qlora_available():
@@ -364,4 +346,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -147,11 +147,12 @@ def test_peak_memory_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sizes", "tiny,huge"], "--sizes takes"),
-    (["--variants", "lora,floor"], "full and lora among them"),
+    (["--sizes", "tiny,huge"], "must be one of ['tiny'"),
+    (["--variants", "lora,floor"], "must name full and lora"),
     (["--memory-batches", "1,0"], "positive integers"),
-    (["--block-size", "-4"], "positive integer"),
-    (["--device", "tpu"], "--device must be one of"),
+    (["--block-size", "-4"], "must be an integer >= 1"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--seed", "-1"], "must be an integer in 0.."),
 ])
 def test_bad_flags_are_rejected_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit):
@@ -171,7 +172,7 @@ def test_unknown_targets_and_methods_are_clear_errors():
         cost_model.predict(shape, "lora", targets=["gate_proj"], seq_len=8)
     with pytest.raises(ValueError, match="method must be one of"):
         cost_model.predict(shape, "adalora", seq_len=8)
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1"):
         scale.sizes_flag("")
 
 
