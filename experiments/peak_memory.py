@@ -29,7 +29,8 @@ import torch
 from experiments.bench_lora import train_step
 from experiments.scale import VARIANTS, make_optimizer, make_variant
 from nanogpt.device import autocast
-from nanogpt.flags import choice, device, positive_int, run_main, seed
+from nanogpt.flags import choice, positive_int, run_main, seed
+from nanogpt.flags import device as device_flag
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import PRESETS, config_from_preset
 
@@ -121,7 +122,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--steps", type=positive_int, default=2,
                    help="training steps (the second is the first with optimizer state and gradients at once)")
-    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--device", type=device_flag, default="cpu")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
     args = p.parse_args(argv)

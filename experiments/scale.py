@@ -54,7 +54,8 @@ from experiments.common import ALL_BLOCK_LINEARS, DEFAULT_LR, parse_batch_sizes
 from experiments.finetune import saved_bytes
 from experiments.memory import measure_training_memory
 from nanogpt.device import autocast
-from nanogpt.flags import DEVICE_HELP, CommandError, choice, comma_list, device, positive_int, run_main, seed
+from nanogpt.flags import DEVICE_HELP, CommandError, choice, comma_list, positive_int, run_main, seed
+from nanogpt.flags import device as device_flag
 from nanogpt.model import GPT
 from nanogpt.presets import config_from_preset
 from nanogpt.run_folder import check_writable_folder
@@ -278,7 +279,7 @@ def make_parser():
                    help="timed rounds, one step of each variant per round, after a warm-up round")
     p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 8],
                    help="batch sizes at which the saved activations are also counted")
-    p.add_argument("--device", type=device, default="cpu", help=DEVICE_HELP)
+    p.add_argument("--device", type=device_flag, default="cpu", help=DEVICE_HELP)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
