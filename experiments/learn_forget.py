@@ -206,14 +206,18 @@ def main(argv=None):
                    help="LoRA ranks at --lora-lr (the rank sweep's runs)")
     p.add_argument("--rate-ranks", type=parse_ranks, default=[1, 8, 64],
                    help="LoRA ranks run at every rate of --lora-lrs too (the learning-rate sweep's runs)")
-    p.add_argument("--lora-lrs", type=lambda t: parse_lrs(t, "--lora-lrs", at_least=1), default=[3e-3, 5.6e-3, 1e-2, 1.8e-2],
-                   help="LoRA rates for --rate-ranks")
+    # The learning-rate sweep's LoRA grid, and two lower rates: LoRA gets the same chance as full
+    # fine-tuning to trade learning for less forgetting.
+    p.add_argument("--lora-lrs", type=lambda t: parse_lrs(t, "--lora-lrs", at_least=1),
+                   default=[1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2, 1.8e-2], help="LoRA rates for --rate-ranks")
     p.add_argument("--full-lrs", type=lambda t: parse_lrs(t, "--full-lrs", at_least=1),
                    default=[1e-4, 1.8e-4, 3e-4, 5.6e-4, 1e-3, 1.8e-3, 3e-3, 5.6e-3],
                    help="full fine-tuning rates, each run for --max-iters steps")
-    p.add_argument("--short-lrs", type=lambda t: parse_lrs(t, "--short-lrs", at_least=1), default=[1e-4, 3e-4, 1e-3],
+    # Short runs at low rates are the low-forgetting end of full fine-tuning's front (one seed on a
+    # wider grid: short runs at 1e-3 and 1.8e-3 were dominated by long runs at low rates).
+    p.add_argument("--short-lrs", type=lambda t: parse_lrs(t, "--short-lrs", at_least=1), default=[1e-4, 3e-4],
                    help="full fine-tuning rates also run for each of --short-steps")
-    p.add_argument("--short-steps", type=lambda t: positive_ints(t, "--short-steps"), default=[100, 300],
+    p.add_argument("--short-steps", type=lambda t: positive_ints(t, "--short-steps"), default=[50, 100, 300],
                    help="shorter full fine-tuning runs (each with its own warm-up and decay)")
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per setting")
     args = p.parse_args(argv)
