@@ -109,6 +109,8 @@ def main(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=12,
                    help="sequences per validation batch at every training batch size (the same validation sample)")
     p.add_argument("--no-tuning", action="store_true", help="skip retuning the rates at the extreme batch sizes")
+    p.add_argument("--max-extra", type=int, default=1,
+                   help="rates the tuner may add beyond the first three at each extreme batch, while the best is at an edge")
     args = p.parse_args(argv)
     try:
         steps = steps_for(args.sequences, args.batch_sizes)
@@ -142,8 +144,9 @@ def main(argv=None):
     tuned, tuning = [], {}
     if not args.no_tuning and len(batches) > 1:
         extremes = [batches[0], batches[-1]]
-        contenders = {(method, b): (entry(method, b), grid_neighbours(lrs[method])) for b in extremes for method in METHODS}
-        results = tune({f"{m} b={b}": c for (m, b), c in contenders.items()}, seeds, workers=args.workers,
+        # The rates around each method's batch-12 rate; the tuner walks on while the best is at an edge.
+        contenders = {f"{m} b={b}": (entry(m, b), grid_neighbours(lrs[m])) for b in extremes for m in METHODS}
+        results = tune(contenders, seeds, workers=args.workers, max_extra=args.max_extra,
                        progress=not args.no_progress)
         for b in extremes:
             runs = {m: results[f"{m} b={b}"]["records"] for m in METHODS}

@@ -362,6 +362,10 @@ def report(results):
                      "beyond Biderman et al., who found one shared curve."}
     if majority:
         lines.append(f"- So: {what[majority]}")
+    one_rate = [str(h["r"]) for h in heads if len(h["rates_tried"]) == 1]
+    if one_rate:
+        lines.append(f"- Ranks {', '.join(one_rate)} ran at one rate only (the default, tuned for r=8); the others "
+                     f"at {len(max(heads, key=lambda h: len(h['rates_tried']))['rates_tried'])} rates.")
     lines.append(f"- {n} seeds per setting; a front point is called above or below when the 95% interval of the "
                  f"seed-by-seed difference excludes zero. Between vertices the front is read as a straight line, "
                  f"which no trained run sits on; dense vertices keep that reading close.")

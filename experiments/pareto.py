@@ -9,13 +9,15 @@ Between two neighbouring vertices we read the front as the straight line joining
 line is not itself a trained model; it is the usual reading of a front drawn from finitely many
 runs, and it is exact at the vertices.
 """
+import math
 
 
 def pareto_front(points):
     """The non-dominated points of [(x, y), ...] (both lower is better), sorted by x; x strictly
-    rises and y strictly falls along it. Exact duplicates count once."""
+    rises and y strictly falls along it. Exact duplicates count once; a point with a nan or
+    infinite coordinate (a diverged run) is left out."""
     front = []
-    for x, y in sorted(set(points)):  # by x, then y: every point before this one has x' <= x
+    for x, y in sorted({(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)}):  # by x, then y: every point before this one has x' <= x
         if not front or y < front[-1][1]:  # below the lowest y so far: nothing before dominates it
             front.append((x, y))
     return front

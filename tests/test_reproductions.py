@@ -151,6 +151,7 @@ def test_pareto_front_keeps_exactly_the_undominated_points():
     # (2.5, 3.5) is beaten by (2.0, 3.0); (4.0, 1.0) and (3.0, 2.0) by (3.0, 1.0); (1.5, 5.0) by (1.0, 5.0).
     assert pareto_front(points) == [(1.0, 5.0), (2.0, 3.0), (3.0, 1.0)]
     assert pareto_front([(2.0, 2.0)]) == [(2.0, 2.0)] and pareto_front([]) == []
+    assert pareto_front(points + [(0.5, math.nan), (math.inf, 0.1)]) == pareto_front(points)  # diverged runs
     front = pareto_front(points)
     for x, y in points:  # every point is on the front or dominated by a point of it
         assert (x, y) in front or any(fx <= x and fy <= y and (fx, fy) != (x, y) for fx, fy in front)
