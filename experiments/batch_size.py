@@ -268,3 +268,7 @@ seed by seed, `*` = called.
     return {"title": "Batch size", "source": "LoRA Without Regret",
             "claim": "LoRA is less tolerant of large batches than full fine-tuning", "verdict": verdict,
             "detail": detail, "body": body}
+
+
+if __name__ == "__main__":
+    main()

@@ -399,3 +399,7 @@ front column reads full fine-tuning's front of the same seed at that seed's LoRA
     return {"title": "Learning versus forgetting, and the two Pareto fronts", "source": "Biderman et al. 2024",
             "claim": "LoRA learns less and forgets less; at equal learning both lie on one curve",
             "verdict": verdict, "detail": detail, "body": body}
+
+
+if __name__ == "__main__":
+    main()
