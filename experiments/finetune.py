@@ -112,7 +112,7 @@ def read_cached_record(path):
 
 
 def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, eval_interval=100,
-            eval_iters=20, weight_decay=0.0, final_eval=None, **_not_in_the_key):
+            eval_iters=20, weight_decay=0.0, final_eval=None, eval_batch_size=None, **_not_in_the_key):
     """The cache key of a run: a hash of everything that decides its record (the corpora by the
     SHA-256 of their bytes). Takes run_finetune's arguments; those that do not change the
     record (cache_dir, force, progress, ...) are ignored."""
@@ -121,12 +121,14 @@ def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, 
                 "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
     if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
         settings["final_eval"] = final_eval[0]
+    if eval_batch_size not in (None, batch_size):  # likewise: evaluating at the training batch is the old key
+        settings["eval_batch_size"] = eval_batch_size
     return settings_key(settings)
 
 
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
                  eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True,
-                 keep_adapter=False, final_eval=None, cached_only=False):
+                 keep_adapter=False, final_eval=None, cached_only=False, eval_batch_size=None):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
     spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
@@ -141,11 +143,13 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     final_eval: (name, fn) where fn(trained model) -> dict of JSON numbers stored as
         record["final_eval"]; the name is part of the cache key, so change it when fn changes.
     cached_only: return the cached record, or None if this run has not been made (train nothing).
+    eval_batch_size: sequences per evaluation batch (None: batch_size), so that runs at different
+        batch sizes can be scored on the same validation sample.
     """
     check_spec(spec)
     key = run_key(base_key, spec, target, source, steps=steps, batch_size=batch_size, seed=seed, device=device,
                   eval_interval=eval_interval, eval_iters=eval_iters, weight_decay=weight_decay,
-                  final_eval=final_eval)
+                  final_eval=final_eval, eval_batch_size=eval_batch_size)
     path = os.path.join(cache_dir, "runs", f"{key}.json")
     adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
     want_adapter = keep_adapter and spec["method"] == "lora"
@@ -174,7 +178,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
                        batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
                        weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
-                       device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
+                       eval_batch_size=eval_batch_size, device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
                        progress=progress, **hooks)
     except NonFiniteLossError as e:
         # A diverged run is a result (a learning rate too high), kept as such: its final losses are
@@ -236,6 +240,8 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                                                  for _, a in allocator.adapters)}
     if final_eval is not None:
         record["final_eval"] = final_eval[1](model)
+    if eval_batch_size not in (None, batch_size):
+        record["eval_batch_size"] = eval_batch_size
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if spec["method"] == "lora":  # cheap (the adapter is tiny), and a later experiment may need it
         minilora.save_adapter(model, adapter_path)

@@ -26,15 +26,16 @@ from experiments.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 
 
-def parse_lrs(text, flag="--lrs"):
-    """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag."""
+def parse_lrs(text, flag="--lrs", at_least=3):
+    """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag.
+    A sweep needs at least three rates to find a minimum; other uses may ask for fewer."""
     message = f"{flag} must be comma-separated positive numbers like 1e-4,1e-3,1e-2; got {text!r}"
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(message) from None
-    if len(values) < 3 or any(not 0 < v < math.inf for v in values):
-        raise argparse.ArgumentTypeError(message + " (at least three, to find a minimum)")
+    if len(values) < at_least or any(not 0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(message + (" (at least three, to find a minimum)" if at_least == 3 else ""))
     return sorted(values)
 
 

@@ -121,6 +121,7 @@ def train(
     grad_clip=1.0,
     eval_interval=250,
     eval_iters=20,
+    eval_batch_size=None,
     device="cpu",
     seed=1337,
     optimizer=None,
@@ -137,7 +138,8 @@ def train(
     """Train model on random windows of train_data; return what happened.
 
     eval_data: {name: 1-D token tensor}; each evaluation records `{name}_loss` for each, on
-        eval_iters fixed batches (the CLI passes {"train": ..., "val": ...}).
+        eval_iters fixed batches of eval_batch_size sequences (None: batch_size) (the CLI passes
+        {"train": ..., "val": ...}).
     optimizer: None builds AdamW over the trainable parameters (configure_optimizer); pass one
         to choose parameter groups yourself (LoRA+ does). Its groups' "lr" is scheduled; a group
         with "lr_ratio" gets that multiple of the schedule.
@@ -165,7 +167,9 @@ def train(
     model.train()
     if optimizer is None:
         optimizer = configure_optimizer(model, lr, weight_decay)
-    eval_batches = {name: fixed_batches(data, eval_iters, batch_size, block_size) for name, data in eval_data.items()}
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    eval_batches = {name: fixed_batches(data, eval_iters, eval_batch_size, block_size)
+                    for name, data in eval_data.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     history = list(history or [])
     step_losses, step_times = [], []

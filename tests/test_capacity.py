@@ -9,6 +9,9 @@ from torch import nn
 from experiments import capacity
 from experiments.facts import DIGIT_BITS, facts_corpus, make_facts, recall
 from nanogpt.tokenizer import decode
+from experiments.report import Results
+from experiments.seeds import spread
+from experiments.write_up import VERDICTS
 from tests.test_experiments import TOY, is_png
 
 
@@ -92,20 +95,67 @@ def test_recall_counts_bits_over_a_digit_guess_and_partial_knowledge():
 
 
 def test_capacity_end_to_end(tmp_path, corpora):
-    out = tmp_path / "cap"
-    capacity.main([*TOY, *corpora, "--n-facts", "8,16", "--ranks", "1", "--out", str(out)])
+    out = tmp_path / "capacity"
+    capacity.main([*TOY, *corpora, "--n-facts", "8,16", "--ranks", "1", "--seeds", "2", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
-    assert [(r["n_facts"], r["method"], r["r"]) for r in records] == [
-        (8, "full", None), (8, "lora", 1), (16, "full", None), (16, "lora", 1)]
+    assert [(r["n_facts"], r["method"], r["r"], r["seed"]) for r in records] == [
+        (n, m, r, s) for n in (8, 16) for m, r in (("full", None), ("lora", 1)) for s in (1337, 1338)]
     assert all(set(r["final_eval"]) == {"value_loss", "recall", "bits", "bits_possible"} for r in records)
     assert records[0]["target_corpus"].startswith("facts-n8-")
+    assert records[0]["target_corpus"] == records[1]["target_corpus"]  # the seeds share the facts
     result = json.loads((out / "capacity.json").read_text())
     assert [(row["n_facts"], row["method"]) for row in result["rows"]] == [
         (8, "full"), (8, "lora-r1"), (16, "full"), (16, "lora-r1")]
-    for row in result["rows"]:
-        assert row["bits_per_param"] == pytest.approx(row["bits"] / row["trainable_params"])
+    for k, row in enumerate(result["rows"]):
+        runs = records[2 * k:2 * k + 2]
+        assert row["bits"]["values"] == [r["final_eval"]["bits"] for r in runs]
+        assert row["bits_per_param"]["values"] == pytest.approx([r["final_eval"]["bits"] / row["trainable_params"]
+                                                                for r in runs])
         assert row["bits_possible"] == pytest.approx(row["n_facts"] * 4 * DIGIT_BITS)
-    assert [e["method"] for e in result["capacity"]] == ["full", "lora-r1"]
+        assert row["room_bits"] == 2.0 * row["trainable_params"]
+        assert row["all_the_data"] == (min(row["bits"]["values"]) >= 0.95 * row["bits_possible"])
+    assert [e["method"] for e in result["most_bits_per_param"]] == ["full", "lora-r1"]
+    kept = result["keeping_up"]
+    assert [(k["n_facts"], k["r"]) for k in kept] == [(8, 1), (16, 1)]
+    for k in kept:
+        full, lora = (row for row in result["rows"] if row["n_facts"] == k["n_facts"])
+        assert k["keeps_up"] == (lora["recall"]["mean"] >= 0.9 * full["recall"]["mean"])
+        assert k["data_fit"] == (lora["bits_possible"] <= lora["room_bits"])
     for name in ("capacity.png", "bits_per_param.png"):
         assert is_png(out / name)
     assert "| 16 | LoRA r=1 |" in (out / "results.md").read_text()
+    assert (out / "run_info.json").exists()
+    section = capacity.report(Results(str(tmp_path)))
+    assert section["verdict"] in VERDICTS and "![bits per parameter]" in section["body"]
+    assert "2 fine-tuning seeds per cell" in section["body"]
+
+
+def test_capacity_verdict_says_what_the_data_support():
+    """Hand-made rows: LoRA falls behind with room to spare (a step budget, not a capacity), then
+    only where the data exceed its room."""
+    def row(n, method, r, bits, params):
+        possible = n * 4 * DIGIT_BITS
+        return {"n_facts": n, "method": method, "label": method, "r": r, "seeds": [1], "trainable_params": params,
+                "recall": spread([bits / possible]), "bits": spread([bits]), "bits_possible": possible,
+                "bits_per_param": spread([bits / params]),
+                "room_bits": 2.0 * params, "all_the_data": bits >= 0.95 * possible,
+                "source_loss": spread([2.0]), "base_source_loss": 1.0}
+
+    class Fake:
+        def __init__(self, rows):
+            self.summary = {"seeds": [1], "max_iters": 100, "lrs": {"full": 1e-3, "lora": 1e-2}, "rows": rows,
+                            "most_bits_per_param": capacity.most_bits_per_param(rows),
+                            "keeping_up": capacity.keeping_up(rows)}
+
+        def json(self, experiment, name):
+            return self.summary
+
+    small, large = 10 * 4 * DIGIT_BITS, 1000 * 4 * DIGIT_BITS
+    with_room = [row(10, "full", None, small, 10_000), row(10, "lora-r1", 1, small, 1_000),
+                 row(1000, "full", None, large, 10_000), row(1000, "lora-r1", 1, 0.0, 100_000)]
+    section = capacity.report(Fake(with_room))
+    assert section["verdict"] == "not tested in the claim's regime"
+    assert "This rests on one fine-tuning seed" in section["body"]
+    assert "is the data's ceiling, not a capacity" in section["body"]  # full stored every fact
+    out_of_room = [*with_room[:3], row(1000, "lora-r1", 1, 0.0, 100)]  # 200 bits of room for 53,151
+    assert capacity.report(Fake(out_of_room))["verdict"] == "reproduced"

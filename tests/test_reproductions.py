@@ -10,7 +10,11 @@ import torch
 from experiments import batch_size, learn_forget, loraplus, lr_sweep, qlora, rank_targets, variants, which_weights
 from experiments.loraplus import steps_to_reach
 from experiments.lr_sweep import best_lr
-from experiments.learn_forget import source_loss_at
+from experiments.common import DEFAULT_LR
+from experiments.learn_forget import front_rows, position, source_loss_at, versus_full_front
+from experiments.pareto import front_at, pareto_front
+from experiments.report import Results
+from experiments.write_up import VERDICTS
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
 from minilora import apply_lora, count_parameters, lora_layers
@@ -142,25 +146,135 @@ def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
     assert "--lora-lrs must be comma-separated positive numbers" in capsys.readouterr().err
 
 
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    points = [(1.0, 5.0), (2.0, 3.0), (2.5, 3.5), (3.0, 1.0), (4.0, 1.0), (3.0, 2.0), (1.5, 5.0), (2.0, 3.0)]
+    # (2.5, 3.5) is beaten by (2.0, 3.0); (4.0, 1.0) and (3.0, 2.0) by (3.0, 1.0); (1.5, 5.0) by (1.0, 5.0).
+    assert pareto_front(points) == [(1.0, 5.0), (2.0, 3.0), (3.0, 1.0)]
+    assert pareto_front([(2.0, 2.0)]) == [(2.0, 2.0)] and pareto_front([]) == []
+    assert pareto_front(points + [(0.5, math.nan), (math.inf, 0.1)]) == pareto_front(points)  # diverged runs
+    front = pareto_front(points)
+    for x, y in points:  # every point is on the front or dominated by a point of it
+        assert (x, y) in front or any(fx <= x and fy <= y and (fx, fy) != (x, y) for fx, fy in front)
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):  # x rises and y falls strictly along it
+        assert x1 > x0 and y1 < y0
+
+
+def test_front_at_is_exact_at_the_vertices_linear_between_and_never_extrapolates():
+    front = [(1.0, 5.0), (2.0, 3.0), (3.0, 1.0)]
+    assert [front_at(front, x) for x, _ in front] == [5.0, 3.0, 1.0]
+    assert front_at(front, 1.5) == pytest.approx(4.0) and front_at(front, 2.75) == pytest.approx(1.5)
+    assert front_at(front, 0.99) is None and front_at(front, 3.01) is None
+    assert front_at([(2.0, 2.0)], 2.0) == 2.0 and front_at([], 1.0) is None
+
+
+def test_learn_forget_reads_lora_against_the_full_front_seed_by_seed():
+    # Three seeds; full fine-tuning's front in each seed runs through (1.0, 3.0) and (2.0, 1.0).
+    def row(method, r, targets, sources):
+        return {"method": method, "r": r, "name": f"{method} {r}", "steps": 6, "lr": 1e-3,
+                "target_loss": spread(targets), "source_loss": spread(sources)}
+    rows = [row("full", None, [1.0] * 3, [3.0] * 3), row("full", None, [2.0] * 3, [1.0] * 3),
+            row("full", None, [2.0, 2.1, 2.05], [2.5, 2.6, 2.55]),  # dominated in every seed
+            row("lora", 1, [1.5] * 3, [2.5, 2.6, 2.55]), row("lora", 2, [1.5, 1.25, 1.75], [1.0, 1.1, 0.6]),
+            row("lora", 3, [0.5, 1.5, 1.5], [1.0, 1.0, 1.0])]
+    versus_full_front(rows, 3)
+    above, below, outside = rows[3], rows[4], rows[5]
+    assert above["full_front_source_loss"]["values"] == [2.0] * 3
+    assert above["above_full_front"]["values"] == pytest.approx([0.5, 0.6, 0.55]) and above["above_full_front"]["called"]
+    assert below["full_front_source_loss"]["values"] == [2.0, 2.5, 1.5]
+    assert below["above_full_front"]["values"] == pytest.approx([-1.0, -1.4, -0.9]) and below["above_full_front"]["called"]
+    assert outside["above_full_front"] is None  # the first seed learned more than any full run: no extrapolation
+    assert [position(r["above_full_front"]) for r in rows[3:]] == ["above", "below", None]
+    assert position({"mean": 0.1, "called": False}) == "on"
+    fronts = front_rows(rows)
+    assert [(v["target_loss"], v["source_loss"]) for v in fronts["full"]] == [(1.0, 3.0), (2.0, 1.0)]
+    assert [r["on_front"] for r in rows] == [True, True, False, False, True, True]
+
+
 def test_learn_forget_end_to_end(tmp_path, corpora):
-    out = tmp_path / "lf"
-    learn_forget.main([*TOY, *corpora, "--ranks", "1,4", "--seeds", "2", "--out", str(out)])
-    rows = read(out / "learn_forget.json")["rows"]
-    assert [row["name"] for row in rows] == ["full fine-tuning", "LoRA r=1", "LoRA r=4"]
-    assert all(len(row["source_loss"]["values"]) == 2 for row in rows)
-    assert is_png(out / "learn_forget.png")
-
-
-def test_batch_size_end_to_end_at_equal_tokens(tmp_path, corpora):
-    out = tmp_path / "bs"
-    batch_size.main([*TOY, *corpora, "--batch-sizes", "2,8", "--sequences", "32", "--seeds", "1", "--out", str(out)])
+    out = tmp_path / "learn_forget"
+    learn_forget.main([*TOY, *corpora, "--ranks", "1,2", "--rate-ranks", "1", "--lora-lrs", f"1e-2,{DEFAULT_LR['lora']}",
+                       "--full-lrs", "1e-3,1e-2", "--short-lrs", "1e-2", "--short-steps", "3", "--seeds", "2",
+                       "--out", str(out)])
+    summary = read(out / "learn_forget.json")
+    rows = summary["rows"]
+    # Full at two rates, one short run, LoRA r=1 and r=2 at the default rate, then r=1's other rate
+    # (its run at the default rate is planned twice and appears once).
+    assert [(r["method"], r["r"], r["lr"], r["steps"]) for r in rows] == [
+        ("full", None, 1e-3, 6), ("full", None, 1e-2, 6), ("full", None, 1e-2, 3),
+        ("lora", 1, DEFAULT_LR["lora"], 6), ("lora", 2, DEFAULT_LR["lora"], 6), ("lora", 1, 1e-2, 6)]
     records = read(out / "records.json")
-    assert [(r["method"], r["batch_size"], r["steps"]) for r in records] == [
-        ("full", 2, 16), ("lora", 2, 16), ("full", 8, 4), ("lora", 8, 4)]
+    assert len(records) == 2 * len(rows) and [r["seed"] for r in records[:2]] == [1337, 1338]
+    assert [r["steps"] for r in records[4:6]] == [3, 3]
+    for k, row in enumerate(rows):  # each row is the seed spread of its own two records
+        assert row["target_loss"]["values"] == [r["final_target_loss"] for r in records[2 * k:2 * k + 2]]
+    full_front = pareto_front([(r["target_loss"]["mean"], r["source_loss"]["mean"]) for r in rows[:3]])
+    assert [(v["target_loss"], v["source_loss"]) for v in summary["fronts"]["full"]] == full_front
+    full = min(rows[:2], key=lambda r: r["target_loss"]["mean"])  # the tuned full run: full-length runs only
+    assert summary["full_tuned"] == full["name"]
+    heads = summary["headline"]
+    assert [(h["r"], h["rates_tried"]) for h in heads] == [(1, sorted({1e-2, DEFAULT_LR["lora"]})),
+                                                           (2, [DEFAULT_LR["lora"]])]
+    r1 = min([r for r in rows if r["r"] == 1], key=lambda r: r["target_loss"]["mean"])
+    assert heads[0]["lora"] == r1["name"]
+    assert heads[0]["learned_less"]["values"] == pytest.approx(
+        [a - b for a, b in zip(r1["target_loss"]["values"], full["target_loss"]["values"])])
+    for row in rows[3:]:
+        assert row["position"] in ("above", "on", "below", None)
+        assert (row["above_full_front"] is None) == (row["position"] is None)
+    assert is_png(out / "learn_forget.png") and (out / "run_info.json").exists()
+    assert "| LoRA r=2, lr " in (out / "results.md").read_text()
+    section = learn_forget.report(Results(str(tmp_path)))  # from the files just written
+    assert section["verdict"] in VERDICTS and "![learning vs forgetting]" in section["body"]
+
+
+def test_batch_size_end_to_end_at_equal_sequences(tmp_path, corpora, capsys):
+    out = tmp_path / "batch_size"
+    batch_size.main([*TOY, *corpora, "--batch-sizes", "2,8", "--sequences", "32", "--seeds", "2", "--out", str(out)])
+    records = read(out / "records.json")
+    fixed = [(r["method"], r["batch_size"], r["steps"], r["seed"]) for r in records[:8]]
+    assert fixed == [(m, b, 32 // b, s) for b in (2, 8) for m in ("full", "lora") for s in (1337, 1338)]
     assert {r["steps"] * r["batch_size"] for r in records} == {32}  # the same sequences seen by every run
-    rows = read(out / "batch_size.json")["rows"]
-    assert rows[0]["gap"]["mean"] == pytest.approx(records[1]["final_target_loss"] - records[0]["final_target_loss"])
-    assert is_png(out / "batch_size.png")
+    assert len({r["base_target_loss"] for r in records}) == 1  # and the same validation batches
+    assert {r["eval_batch_size"] for r in records} == {12}
+    summary = read(out / "batch_size.json")
+    rows = summary["fixed"]
+    assert [(row["batch_size"], row["steps"], row["sequences"]) for row in rows] == [(2, 16, 32), (8, 4, 32)]
+    assert rows[0]["gap"]["values"] == pytest.approx(
+        [lo["final_target_loss"] - fu["final_target_loss"] for fu, lo in zip(records[0:2], records[2:4])])
+    assert rows[0]["full"]["lr"] == DEFAULT_LR["full"] and rows[0]["lora"]["lr"] == DEFAULT_LR["lora"]
+    # At the extremes each method gets its own rate: the lowest first-seed loss among the rates it tried.
+    assert [row["batch_size"] for row in summary["tuned"]] == [2, 8]
+    for row in summary["tuned"]:
+        for m in ("full", "lora"):
+            t = summary["tuning"][f"{m} b={row['batch_size']}"]
+            assert row[m]["lr"] == t["lrs"][t["losses"].index(min(t["losses"]))]
+    change = summary["gap_change_fixed"]
+    assert change["values"] == pytest.approx([b - a for a, b in zip(rows[0]["gap"]["values"], rows[1]["gap"]["values"])])
+    assert is_png(out / "batch_size.png") and (out / "run_info.json").exists()
+    assert "| 8 | 4 | 32 |" in (out / "results.md").read_text()
+    section = batch_size.report(Results(str(tmp_path)))
+    assert section["verdict"] in VERDICTS and section["title"] == "Batch size"
+    with pytest.raises(SystemExit):
+        batch_size.main([*TOY, *corpora, "--batch-sizes", "4,64", "--sequences", "7200", "--out", str(out)])
+    assert "--sequences 7200 is not a multiple of batch size(s) [64]" in capsys.readouterr().err
+
+
+def test_an_evaluation_batch_equal_to_the_training_batch_keeps_the_old_cache_key():
+    from types import SimpleNamespace
+
+    from experiments.finetune import run_key
+
+    corpus = SimpleNamespace(sha256="abc")
+    key = dict(base_key="b", spec={"method": "full", "lr": 1e-3}, target=corpus, source=corpus, steps=6, seed=1,
+               device="cpu")
+    assert run_key(**key, batch_size=12, eval_batch_size=12) == run_key(**key, batch_size=12)
+    assert run_key(**key, batch_size=96, eval_batch_size=12) != run_key(**key, batch_size=96)
+
+
+def test_batch_size_default_sequences_divide_evenly_into_every_default_batch():
+    steps = batch_size.steps_for(7200, [6, 12, 24, 48, 96])
+    assert steps == {6: 1200, 12: 600, 24: 300, 48: 150, 96: 75}
+    assert all(s * b == 7200 for b, s in steps.items())
 
 
 def test_variants_end_to_end(tmp_path, corpora):
