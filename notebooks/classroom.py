@@ -38,7 +38,7 @@ _root = {root!r}
 _files = set()
 for _m in list(_sys.modules.values()):
     _f = getattr(_m, "__file__", None) or ""
-    _rel = _os.path.relpath(_os.path.realpath(_f), _root) if _f else ".."
+    _rel = _os.path.relpath(_os.path.realpath(_f), _root) if _os.path.isabs(_f) and _os.path.isfile(_f) else ".."
     if _rel.endswith(".py") and not _rel.startswith(".") and "site-packages" not in _rel:
         _files.add(_rel.replace(_os.sep, "/"))
 print(_json.dumps(sorted(_files)))
