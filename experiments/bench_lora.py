@@ -10,6 +10,8 @@ One process times, on copies of one base GPT with the same random batch and the 
            must for LoRA, whose adapters sit in every block) and the optimizer has something to do
     lora   minilora: r on q, k, v, o, up, down of every block, the fused fast path (fast_path.py)
     ref    the same LoRA computed the straightforward way, base(x) + (x @ A.T @ B.T) * s
+    qlora  minilora's QLoRA: the same adapters on a base stored in 4-bit NF4 with double
+           quantization, dequantized in forward and again in backward (qlora.py)
 Each round times one optimizer step of each variant, in an order rotated every round, after a
 warm-up round. A ratio is the median over rounds of the two variants' ratio within a round:
 the machine's speed drifts over a run (other tenants, memory state), and a ratio taken within
@@ -17,7 +19,8 @@ one round cancels that drift where a ratio of two medians would not. The quartil
 per-round ratios go with it, as its spread. It also times eval forwards
 (no_grad): unmerged LoRA and merged LoRA against the base model; it compares the adapter
 file's size with a full checkpoint's; and it sums the bytes autograd saves for backward in
-one training forward (activation memory). Ratios go to stdout and to DIR/bench_lora.json.
+one training forward (activation memory). A profile of two QLoRA steps (torch.profiler) gives
+the share of the step spent dequantizing W0. Ratios go to stdout and to DIR/bench_lora.json.
 
 Timings are wall-clock: run it on an otherwise idle machine (other processes competing for
 the cores hurt the many small adapter products more than the big ones).
@@ -33,7 +36,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from experiments.memory import SavedActivations
+from experiments.memory import SavedActivations, parameter_bytes
 from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
@@ -53,7 +56,8 @@ def make_variants(base, r, alpha):
     ref = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
     for _, layer in lora_layers(ref):
         layer.fused = False  # the straightforward formula, plain autograd
-    return {"full": full, "floor": floor, "lora": lora, "ref": ref}
+    qlora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha, quantize="nf4")
+    return {"full": full, "floor": floor, "lora": lora, "ref": ref, "qlora": qlora}
 
 
 def train_step(model, optimizer, x, y):
@@ -82,6 +86,18 @@ def paired_ratio(times_a, times_b):
         return per_round[0], per_round[0], per_round[0]
     q1, q2, q3 = statistics.quantiles(per_round, n=4)
     return q2, q1, q3
+
+
+def dequantize_share(model, optimizer, x, y, steps=2):
+    """(share, calls per step): the time inside QuantizedWeight.dequantize, which records itself as
+    "minilora.dequantize", over the time of whole training steps, both from one torch.profiler run."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            with torch.profiler.record_function("train_step"):
+                train_step(model, optimizer, x, y)
+    events = {e.key: e for e in prof.key_averages()}
+    dequantize = events["minilora.dequantize"]
+    return dequantize.cpu_time_total / events["train_step"].cpu_time_total, dequantize.count / steps
 
 
 def saved_activation_bytes(model, x, y):
@@ -147,13 +163,15 @@ def main(argv=None):
         adapter_bytes = os.path.getsize(os.path.join(tmp, "adapter.pt"))
         full_bytes = os.path.getsize(os.path.join(tmp, "full.pt"))
 
-    saved = {name: saved_activation_bytes(models[name], x, y) for name in ("full", "floor", "lora", "ref")}
+    saved = {name: saved_activation_bytes(models[name], x, y) for name in ("full", "floor", "lora", "ref", "qlora")}
+    share, dequantize_calls = dequantize_share(models["qlora"], optimizers["qlora"], x, y)
 
     timed_pairs = {
         "lora_step / full_step": (times["lora"], times["full"]),
         "lora_step / floor_step": (times["lora"], times["floor"]),
         "straightforward_lora_step / full_step": (times["ref"], times["full"]),
         "floor_step / full_step": (times["floor"], times["full"]),
+        "qlora_step / lora_step": (times["qlora"], times["lora"]),
         "lora_forward_unmerged / base_forward": (fwd_times["unmerged"], fwd_times["base"]),
         "lora_forward_merged / base_forward": (fwd_times["merged"], fwd_times["base"]),
     }
@@ -161,6 +179,8 @@ def main(argv=None):
     ratios = {key: median for key, (median, _, _) in spread.items()}
     ratios["adapter_file / full_checkpoint"] = adapter_bytes / full_bytes
     ratios["lora_saved_activations / straightforward"] = saved["lora"] / saved["ref"]
+    ratios["qlora_saved_activations / lora"] = saved["qlora"] / saved["lora"]
+    ratios["qlora_dequantize_time / qlora_step (profile)"] = share
     counts = count_parameters(models["lora"])
     result = {
         "args": vars(args),
@@ -170,6 +190,7 @@ def main(argv=None):
                      "still flows through every layer",
             "lora": f"minilora fast path, r={args.r}, alpha={args.alpha:g}, on {TARGETS} of every block",
             "ref": "the same LoRA as base(x) + (x @ A.T @ B.T) * scaling with plain autograd",
+            "qlora": "the lora variant on a base in 4-bit NF4 with double quantization (apply_lora quantize='nf4')",
         },
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -181,6 +202,8 @@ def main(argv=None):
         "forward_seconds_median": fwd,
         "bytes": {"adapter_file": adapter_bytes, "full_checkpoint": full_bytes},
         "saved_activation_bytes": saved,
+        "qlora_dequantize_calls_per_step": dequantize_calls,
+        "qlora_weight_bytes": {"qlora": parameter_bytes(models["qlora"]), "lora": parameter_bytes(models["lora"])},
     }
     path = os.path.join(args.out, "bench_lora.json")
     os.makedirs(args.out, exist_ok=True)
@@ -193,8 +216,10 @@ def main(argv=None):
     for key, value in ratios.items():
         extra = f"  quartiles {spread[key][1]:.3f}-{spread[key][2]:.3f}" if key in spread else ""
         extra += f"   ({1 / value:.2f}x faster)" if key.endswith("/ full_step") else ""
-        print(f"  {key:42s} {value:7.3f}{extra}")
+        print(f"  {key:46s} {value:7.3f}{extra}")
     print("saved activations (MB): " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in saved.items()))
+    print(f"QLoRA: {dequantize_calls:.0f} dequantizations per step (forward, and backward where the input "
+          f"needs a gradient), {share:.1%} of the step by the profile; the target is qlora_step / lora_step <= 1.3")
     print(f"wrote {path}")
     return result
 

@@ -17,6 +17,7 @@ import torch
 import minilora
 from experiments.base_model import settings_key
 from experiments.memory import measure_training_memory
+from minilora.quantize import QUANT_TYPES
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
 from nanogpt.train import configure_optimizer, train, write_json
@@ -31,6 +32,8 @@ def check_spec(spec):
         raise ValueError(f"unknown method {spec['method']!r}; choose one of {list(METHODS)}")
     if spec["method"] == "lora" and spec.get("variant", "lora") not in VARIANTS:
         raise ValueError(f"unknown LoRA variant {spec['variant']!r}; choose one of {list(VARIANTS)}")
+    if spec.get("quantize") not in (None,) + QUANT_TYPES or (spec.get("quantize") and spec["method"] != "lora"):
+        raise ValueError(f"quantize {spec.get('quantize')!r}: a LoRA run's base in one of {list(QUANT_TYPES)}")
 
 
 def prepare_model(base, spec):
@@ -42,13 +45,14 @@ def prepare_model(base, spec):
         return model
     variant = spec.get("variant", "lora")
     minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=spec["alpha"],
-                        rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa")
+                        rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa",
+                        quantize=spec.get("quantize"))
     return model
 
 
 def make_optimizer(model, spec, weight_decay):
-    if spec.get("variant") == "loraplus":
-        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=LORAPLUS_RATIO,
+    if spec.get("variant") == "loraplus":  # spec["ratio"]: B's rate over A's (default: the paper's 16)
+        groups = minilora.loraplus_param_groups(model, lr=spec["lr"], ratio=spec.get("ratio", LORAPLUS_RATIO),
                                                 weight_decay=weight_decay)
         for g in groups:  # train() schedules each group's lr as its lr_ratio times the schedule
             g["lr_ratio"] = g["lr"] / spec["lr"]
@@ -75,26 +79,39 @@ def measure_step_memory(model, spec, data, batch_size, seed, device, weight_deca
     return measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
 
 
+def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, eval_interval=100,
+            eval_iters=20, weight_decay=0.0, final_eval=None, **_not_in_the_key):
+    """The cache key of a run: a hash of everything that decides its record (the corpora by the
+    SHA-256 of their bytes). Takes run_finetune's arguments; those that do not change the
+    record (cache_dir, force, progress, ...) are ignored."""
+    settings = {"base": base_key, "spec": spec, "target": target.sha256, "source": source.sha256, "steps": steps,
+                "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
+                "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
+    if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
+        settings["final_eval"] = final_eval[0]
+    return settings_key(settings)
+
+
 def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, seed, device, cache_dir,
                  eval_interval=100, eval_iters=20, weight_decay=0.0, force=False, progress=True,
-                 keep_adapter=False, final_eval=None):
+                 keep_adapter=False, final_eval=None, cached_only=False):
     """Fine-tune a copy of `base` as `spec` says and return its record (from the cache if done).
 
-    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"}.
+    spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
+        (and for LoRA+ optionally "ratio", B's rate over A's; for QLoRA "quantize": "nf4"|"fp4"|"int4",
+        a 4-bit base, left out otherwise so that the cache keys of earlier runs stay valid)}.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
         record["adapter_path"], for experiments that look inside the adapters.
     final_eval: (name, fn) where fn(trained model) -> dict of JSON numbers stored as
         record["final_eval"]; the name is part of the cache key, so change it when fn changes.
+    cached_only: return the cached record, or None if this run has not been made (train nothing).
     """
     check_spec(spec)
-    settings = {"base": base_key, "spec": spec, "target": target.sha256, "source": source.sha256, "steps": steps,
-                "batch_size": batch_size, "seed": seed, "device": str(device).split(":")[0],
-                "eval_interval": eval_interval, "eval_iters": eval_iters, "weight_decay": weight_decay}
-    if final_eval is not None:  # older cache keys stay valid when no final evaluation is asked for
-        settings["final_eval"] = final_eval[0]
-    key = settings_key(settings)
+    key = run_key(base_key, spec, target, source, steps=steps, batch_size=batch_size, seed=seed, device=device,
+                  eval_interval=eval_interval, eval_iters=eval_iters, weight_decay=weight_decay,
+                  final_eval=final_eval)
     path = os.path.join(cache_dir, "runs", f"{key}.json")
     adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
     want_adapter = keep_adapter and spec["method"] == "lora"
@@ -105,6 +122,8 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
             if want_adapter:
                 record["adapter_path"] = adapter_path
             return record
+    if cached_only:
+        return None
 
     torch.manual_seed(seed)
     model = prepare_model(base, spec)
@@ -132,6 +151,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     record = {
         "method": spec["method"],
         "variant": spec.get("variant") if spec["method"] == "lora" else None,
+        "quantize": spec.get("quantize"),
         "r": spec.get("r"),
         "alpha": spec.get("alpha"),
         "targets": spec.get("targets"),

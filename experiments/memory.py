@@ -3,6 +3,8 @@
 A training step holds four kinds of tensors:
 
     weights       every parameter, trainable or frozen          4 bytes per fp32 parameter
+                  a 4-bit base weight (QLoRA), by its real bytes  4.127 bits per value with
+                                                                  double quantization (quantize.py)
     gradients     one per trainable parameter                    4 bytes per trainable parameter
     optimizer     AdamW: exp_avg and exp_avg_sq per trainable    8 bytes per trainable parameter
                   parameter, plus a 4-byte step counter per tensor
@@ -14,6 +16,8 @@ weights dominate and shrinks towards nothing as the activations grow (bigger bat
 sequences): LoRA freezes weights, it does not shrink activations.
 """
 import torch
+
+from minilora.quantize import packed_nbytes, quantized_weights
 
 
 def unique_tensors(tensors):
@@ -32,7 +36,9 @@ def tensor_bytes(tensors):
 
 
 def parameter_bytes(model):
-    return tensor_bytes(list(model.parameters()))
+    """Every parameter, and the buffers that hold a 4-bit weight (QLoRA's frozen base)."""
+    buffers = [b for q in quantized_weights(model) for b in q.buffers()]
+    return tensor_bytes(list(model.parameters()) + buffers)
 
 
 def gradient_bytes(model):
@@ -46,13 +52,16 @@ def optimizer_bytes(optimizer):
 
 def analytic_bytes(model, bytes_per_value=4):
     """The prediction for fp32 AdamW: weights for all parameters, a gradient and two moments per
-    trainable parameter, and one scalar step counter per trainable tensor."""
+    trainable parameter, and one scalar step counter per trainable tensor. A 4-bit weight costs
+    what the paper's arithmetic says (quantize.packed_nbytes: 4 bits per value, plus its block
+    constants)."""
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     n_total = sum(p.numel() for p in params)
     n_trainable = sum(p.numel() for p in trainable)
+    four_bit = sum(packed_nbytes(q.numel(), q.block_size, q.double_quant) for q in quantized_weights(model))
     return {
-        "params": bytes_per_value * n_total,
+        "params": bytes_per_value * n_total + four_bit,
         "grads": bytes_per_value * n_trainable,
         "optimizer": 2 * bytes_per_value * n_trainable + 4 * len(trainable),
     }

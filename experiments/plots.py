@@ -3,7 +3,7 @@ import os
 
 import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
-MB = 1024 ** 2
+MIB = 1024 ** 2  # memory in MiB (2^20 bytes), files in KiB (2^10)
 MEMORY_PARTS = [("params", "weights"), ("grads", "gradients"), ("optimizer", "optimizer state"),
                 ("activations", "activations")]
 PART_COLORS = {"params": "#4C72B0", "grads": "#DD8452", "optimizer": "#C44E52", "activations": "#8C8C8C"}
@@ -14,6 +14,8 @@ def label(record):
         return "full fine-tuning"
     variant = record.get("variant") or "lora"
     name = "LoRA" if variant == "lora" else variant
+    if record.get("quantize"):  # QLoRA: LoRA on a 4-bit base
+        name = f"QLoRA ({record['quantize'].upper()})" if variant == "lora" else f"{name} ({record['quantize']})"
     return f"{name} r={record['r']}"
 
 
@@ -65,16 +67,16 @@ def plot_memory_bars(ax, records):
     names = [label(r) for r in records]
     bottom = [0.0] * len(records)
     for key, part in MEMORY_PARTS:
-        values = [r["memory"][key] / MB for r in records]
+        values = [r["memory"][key] / MIB for r in records]
         ax.bar(names, values, bottom=bottom, label=part, color=PART_COLORS[key])
         bottom = [b + v for b, v in zip(bottom, values)]
     for i, total in enumerate(bottom):
-        ax.text(i, total, f"{total:.1f} MB", ha="center", va="bottom", fontsize=8)
+        ax.text(i, total, f"{total:.1f} MiB", ha="center", va="bottom", fontsize=8)
     peaks = [r["memory"].get("cuda_peak") for r in records]
     if any(p is not None for p in peaks):
-        ax.scatter(names, [(p or 0) / MB for p in peaks], marker="_", s=600, color="black", zorder=3,
+        ax.scatter(names, [(p or 0) / MIB for p in peaks], marker="_", s=600, color="black", zorder=3,
                    label="CUDA allocator peak")
-    ax.set_ylabel("memory (MB)")
+    ax.set_ylabel("memory (MiB)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     ax.tick_params(axis="x", labelrotation=20)
     ax.margins(y=0.1)
@@ -85,15 +87,15 @@ def plot_memory_vs_batch(rows, path, title):
 
     rows: [{"batch_size": int, "full": memory dict, "lora": memory dict}]."""
     batches = [r["batch_size"] for r in rows]
-    totals = {m: [sum(r[m][k] for k, _ in MEMORY_PARTS) / MB for r in rows] for m in ("full", "lora")}
+    totals = {m: [sum(r[m][k] for k, _ in MEMORY_PARTS) / MIB for r in rows] for m in ("full", "lora")}
     fig, (ax_m, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method, name, color in (("full", "full fine-tuning", "black"), ("lora", "LoRA", "#4C72B0")):
         ax_m.plot(batches, totals[method], "o-", color=color, label=f"{name}: total")
-        ax_m.plot(batches, [r[method]["activations"] / MB for r in rows], ":", color=color,
+        ax_m.plot(batches, [r[method]["activations"] / MIB for r in rows], ":", color=color,
                   label=f"{name}: activations alone")
     log2_axis(ax_m, batches, "batch size in sequences")
     ax_m.set_yscale("log")
-    ax_m.set_ylabel("training memory (MB, log scale)")
+    ax_m.set_ylabel("training memory (MiB, log scale)")
     ax_m.set_title("memory grows with the batch: activations")
     ax_m.legend(fontsize=8)
     ratio = [lo / fu for lo, fu in zip(totals["lora"], totals["full"])]
@@ -125,43 +127,12 @@ def plot_costs(records, path, title):
     ax_c.set_yscale("log")
     ax_c.set_ylim(min(sizes) / 2, max(sizes) * 3)  # room for the labels above the bars
     for i, s in enumerate(sizes):
-        ax_c.text(i, s, f"{s:,.0f} KB", ha="center", va="bottom", fontsize=8)
-    ax_c.set_ylabel("file size (KB, log scale)")
+        ax_c.text(i, s, f"{s:,.0f} KiB", ha="center", va="bottom", fontsize=8)
+    ax_c.set_ylabel("file size (KiB, log scale)")
     ax_c.set_title("what must be saved: checkpoint vs adapter")
     for ax in (ax_t, ax_c):
         ax.tick_params(axis="x", labelrotation=20)
     return finish(fig, title, path)
-
-
-def plot_rank_sweep(lora, full, path_loss, path_costs, title):
-    """Final losses, trainable parameters and memory against the rank, full fine-tuning as lines."""
-    ranks = [r["r"] for r in lora]
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, what in ((ax_t, "final_target_loss", "target"), (ax_s, "final_source_loss", "source")):
-        ax.plot(ranks, [r[key] for r in lora], "o-", label="LoRA")
-        if full is not None:
-            ax.axhline(full[key], color="black", linestyle="--", label="full fine-tuning")
-        ax.axhline(lora[0][f"base_{what}_loss"], color="gray", linestyle=":", label="base model (before)")
-        log2_axis(ax, ranks, "LoRA rank r")
-        ax.set_ylabel("final validation loss (nats/byte)")
-        ax.legend(fontsize=8)
-    ax_t.set_title(f"learned: {lora[0]['target_corpus']} (lower is better)")
-    ax_s.set_title(f"forgotten: {lora[0]['source_corpus']} (lower is better)")
-    finish(fig, title, path_loss)
-
-    fig, (ax_p, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax_p.plot(ranks, [r["trainable_params"] for r in lora], "o-", label="LoRA trainable parameters")
-    if full is not None:
-        ax_p.axhline(full["trainable_params"], color="black", linestyle="--", label="full fine-tuning")
-    log2_axis(ax_p, ranks, "LoRA rank r")
-    ax_p.set_yscale("log")
-    ax_p.set_ylabel("trainable parameters (log scale)")
-    ax_p.set_title("trainable parameters grow linearly with r")
-    ax_p.legend(fontsize=8)
-    records = lora + ([full] if full is not None else [])
-    plot_memory_bars(ax_m, records)
-    ax_m.set_title("training memory by part (measured)")
-    return finish(fig, title, path_costs)
 
 
 def write_report(path, heading, title, table):
@@ -179,15 +150,15 @@ def write_markdown(path, heading, title, records):
 
 def markdown_table(records):
     """One row per run: the numbers a reader compares."""
-    rows = ["| run | trainable params | target loss | source loss | memory (MB): weights / grads / optimizer / "
-            "activations | median step (ms) | saved file (KB) |",
+    rows = ["| run | trainable params | target loss | source loss | memory (MiB): weights / grads / optimizer / "
+            "activations | median step (ms) | saved file (KiB) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         m = r["memory"]
         rows.append(
             f"| {label(r)} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
             f"{r['final_target_loss']:.3f} | {r['final_source_loss']:.3f} | "
-            f"{m['params'] / MB:.2f} / {m['grads'] / MB:.2f} / {m['optimizer'] / MB:.2f} / {m['activations'] / MB:.2f} | "
+            f"{m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / {m['optimizer'] / MIB:.2f} / {m['activations'] / MIB:.2f} | "
             f"{r['median_step_s'] * 1000:.1f} | {r['saved_bytes'] / 1024:,.1f} |"
         )
     base = records[0]

@@ -1,134 +1,155 @@
-"""LoRA variants at the same rank: plain LoRA, rsLoRA, LoRA+, DoRA and PiSSA, against full fine-tuning.
+"""LoRA variants, each at its own tuned learning rate: rsLoRA against alpha/r at two ranks, DoRA, PiSSA.
 
     python -m experiments.variants                            # CPU, tiny model, offline
     python -m experiments.variants --device cuda --preset small
 
 Claims, each from its paper:
-- LoRA+ (Hayou et al. 2024): B's learning rate 16x A's converges faster.
-- rsLoRA (Kalajdzievski 2023): scaling alpha/sqrt(r) instead of alpha/r keeps high ranks learning,
-  so r=64 beats r=8 by more than it does with plain LoRA.
-- DoRA (Liu et al. 2024) and PiSSA (Meng et al. 2024): close part of the gap to full fine-tuning.
-Every variant trains at the same rank, alpha and learning rate (--lora-lr); the papers tune each,
-so a variant that wants another rate is at a disadvantage here, and the write-up says so. LoRA+
-also runs at a lower base rate (--loraplus-lr), since at --lora-lr its B trains 16x faster than
-the rate tuned for plain LoRA.
+- rsLoRA (Kalajdzievski 2023): scaling by alpha/sqrt(r) instead of alpha/r keeps high ranks
+  learning, so a high rank pays off where alpha/r stalls.
+- DoRA (Liu et al. 2024) and PiSSA (Meng et al. 2024): at the same rank they learn more than
+  LoRA, closing part of the gap to full fine-tuning.
+Every contender gets its own rate (tuning.py), since a rate tuned for one favours it.
+
+One thing to know before reading the rsLoRA result: with Adam and no weight decay, multiplying
+the scale s by k is the same as multiplying B's learning rate by k (Adam's step does not depend
+on the gradient's size, and B starts at zero; only gradient clipping, which sees the sum of all
+gradients, tells them apart). So rsLoRA at rank r is plain LoRA with B's rate sqrt(r) times A's:
+the knob LoRA+ turns (loraplus.py tests LoRA+ itself). The runs "LoRA, B's rate x sqrt(r)" check
+that identity here; tests/test_lora_variants.py checks it exactly without clipping.
 Writes OUT/records.json, OUT/variants.json, OUT/variants.png, OUT/results.md.
 """
+import math
 import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
 from experiments.plots import finish, write_report
-from experiments.seeds import run_seeds, seed_list, separated, show, spread
+from experiments.runs import run_all
+from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
 
-VARIANT_NAMES = {"lora": "LoRA", "rslora": "rsLoRA", "loraplus": "LoRA+", "dora": "DoRA", "pissa": "PiSSA"}
 
-
-def loss_at(history, step):
-    """Target loss at the evaluation nearest to step."""
-    return min(history, key=lambda h: abs(h["step"] - step))["target_loss"]
-
-
-def plot_variants(groups, path, title):
-    """Left: loss curves (mean over seeds) at rank r; right: final loss per group, one dot per seed."""
+def plot_variants(groups, full, path, title):
+    """Left: loss curves (mean over seeds); right: final loss, bar = mean with 95% CI, dots = seeds."""
     fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [1.1, 1]})
-    for g in groups:
+    shown = groups + ([full] if full else [])
+    for g in shown:
         h0 = g["runs"][0]["history"]
-        steps = [h["step"] for h in h0]
         mean = [sum(r["history"][i]["target_loss"] for r in g["runs"]) / len(g["runs"]) for i in range(len(h0))]
-        style = dict(color="black", linestyle="--", linewidth=2) if g["name"] == "full fine-tuning" else {}
-        if g.get("high_rank"):
-            style = dict(linestyle=":")
-        ax_c.plot(steps[1:], mean[1:], label=g["name"], **style)  # step 0 is the base model, far above
+        style = dict(color="black", linestyle="--", linewidth=2) if g is full else {}
+        ax_c.plot([h["step"] for h in h0][1:], mean[1:], label=g["name"], **style)  # step 0: the base model
     ax_c.set_xlabel("fine-tuning step")
     ax_c.set_ylabel("validation loss on target (nats/byte, mean over seeds)")
     ax_c.set_title("loss curves (lower is better)")
     ax_c.grid(alpha=0.3)
-    ax_c.legend(fontsize=8)
-    names = [g["name"] for g in groups]
-    for i, g in enumerate(groups):
-        values = [r["final_target_loss"] for r in g["runs"]]
-        ax_f.bar(i, sum(values) / len(values), color="gray" if g["name"] == "full fine-tuning" else "#4C72B0",
-                 alpha=0.6)
-        ax_f.scatter([i] * len(values), values, color="black", s=14, zorder=3)
-    ax_f.set_xticks(range(len(names)), names, rotation=25, ha="right")
-    low = min(r["final_target_loss"] for g in groups for r in g["runs"])
-    high = max(r["final_target_loss"] for g in groups for r in g["runs"])
-    ax_f.set_ylim(low - 0.03, high + 0.03)
+    ax_c.legend(fontsize=7)
+    for i, g in enumerate(shown):
+        s = g["target_loss"]
+        ax_f.bar(i, s["mean"], yerr=s["ci"] if s["n"] > 1 else 0, capsize=3, alpha=0.6,
+                 color="gray" if g is full else "#4C72B0")
+        ax_f.scatter([i] * s["n"], s["values"], color="black", s=12, zorder=3)
+    ax_f.set_xticks(range(len(shown)), [f"{g['name']}\nlr {g['lr']:g}" for g in shown], rotation=30, ha="right",
+                    fontsize=7)
+    ax_f.set_ylim(0, shown[0]["runs"][0]["base_target_loss"] * 1.05)  # from zero: no exaggeration
     ax_f.set_ylabel("final validation loss on target (nats/byte)")
-    ax_f.set_title("final loss: bar = mean, dots = seeds")
+    ax_f.set_title("final loss at each one's tuned rate")
     ax_f.grid(axis="y", alpha=0.3)
     return finish(fig, title, path)
+
+
+def group(name, runs, lr, **extra):
+    return {"name": name, "lr": lr, "runs": runs, "trainable_params": runs[0]["trainable_params"],
+            "target_loss": spread([r["final_target_loss"] for r in runs]),
+            "source_loss": spread([r["final_source_loss"] for r in runs]), **extra}
 
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/variants")
     p.add_argument("--r", type=int, default=8, help="the rank every variant trains at")
     p.add_argument("--high-r", type=int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
-    p.add_argument("--loraplus-lr", type=float, default=1e-3,
-                   help="LoRA+ also at this lower base rate (A's; B's is 16x), 0 to skip")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per variant")
-    # The default --eval-interval (100) puts the first evaluation at the early step (a sixth of 600);
-    # evaluating every 50 steps gave the same numbers (evaluation never changes training) but pushed
-    # the default run past 15 minutes on 2 cores.
-    p.add_argument("--early-step", type=int, help="step at which 'converges faster' is judged (default: a sixth of the run)")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per variant")
     args = p.parse_args(argv)
+    seeds = seed_list(args.seed, args.seeds)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
-    kwargs.pop("seed")
-    seeds = seed_list(args.seed, args.seeds)
     targets = parse_targets(args.targets)
-    early = args.early_step or max(1, args.max_iters // 6)
+    first_rates = grid_neighbours(args.lora_lr)
 
-    def lora_spec(variant, r):
-        return {"method": "lora", "variant": variant, "r": r, "alpha": args.alpha, "targets": targets,
-                "lr": args.lora_lr}
+    def entry(variant, r, **more):
+        spec = {"method": "lora", "variant": variant, "r": r, "alpha": args.alpha, "targets": targets, **more}
+        return dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs)
 
-    plan = [(f"{VARIANT_NAMES[v]} r={args.r}", lora_spec(v, args.r), False) for v in VARIANT_NAMES]
-    if args.loraplus_lr:  # at --lora-lr, B's rate is 16x a rate tuned for plain LoRA: also try a lower one
-        plan.insert(3, (f"LoRA+ r={args.r}, lr {args.loraplus_lr:g}",
-                        {**lora_spec("loraplus", args.r), "lr": args.loraplus_lr}, False))
+    ranks = [args.r] + ([args.high_r] if args.high_r else [])
+    contenders = {}
+    for r in ranks:
+        contenders[f"LoRA r={r}"] = (entry("lora", r), first_rates)
+        contenders[f"rsLoRA r={r}"] = (entry("rslora", r), first_rates)
+    contenders[f"DoRA r={args.r}"] = (entry("dora", args.r), first_rates)
+    contenders[f"PiSSA r={args.r}"] = (entry("pissa", args.r), first_rates)
+    tuned = tune(contenders, seeds, workers=args.workers, progress=not args.no_progress)
+    groups = [group(name, t["records"], t["best_lr"], tuning={k: t[k] for k in ("lrs", "losses", "at_grid_edge")})
+              for name, t in tuned.items()]
+
+    # The identity: rsLoRA at rank r = LoRA with B's rate sqrt(r) times A's, at rsLoRA's tuned rate.
+    plan, same_as = [], []
+    for r in ranks:
+        lr = tuned[f"rsLoRA r={r}"]["best_lr"]
+        e = entry("loraplus", r, ratio=math.sqrt(r))
+        plan += [{**e, "spec": {**e["spec"], "lr": lr}, "seed": s} for s in seeds]
+        same_as.append((f"LoRA r={r}, B's rate x sqrt({r})", lr, f"rsLoRA r={r}"))
+    plan += [dict(base=base, base_key=base_key, spec={"method": "full", "lr": args.full_lr}, target=target,
+                  source=source, **{**kwargs, "seed": s}) for s in seeds]
+    extra = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="identity check and full")
+    identity = []
+    for k, (name, lr, twin) in enumerate(same_as):
+        g = group(name, extra[k * len(seeds):(k + 1) * len(seeds)], lr)
+        groups.append(g)
+        twin_runs = tuned[twin]["records"]
+        identity.append({"name": name, "twin": twin, "largest_gap": max(
+            abs(a["final_target_loss"] - b["final_target_loss"]) for a, b in zip(g["runs"], twin_runs))})
+    full = group("full fine-tuning", extra[-len(seeds):], args.full_lr)
+
+    by_name = {g["name"]: g for g in groups}
+
+    def versus(a, b):  # b minus a, seed by seed (positive: a is lower, i.e. better)
+        return paired(by_name[a]["target_loss"]["values"], by_name[b]["target_loss"]["values"])
+    comparisons = []
+    for r in ranks:
+        comparisons.append({"question": f"rsLoRA beats LoRA at r={r}", "difference": versus(f"rsLoRA r={r}", f"LoRA r={r}")})
     if args.high_r:
-        plan += [(f"{VARIANT_NAMES[v]} r={args.high_r}", lora_spec(v, args.high_r), True) for v in ("lora", "rslora")]
-    plan.append(("full fine-tuning", {"method": "full", "lr": args.full_lr}, False))
-    groups = []
-    for name, spec, high in plan:
-        print(f"fine-tuning: {name}, seeds {seeds}")
-        groups.append({"name": name, "high_rank": high,
-                       "runs": run_seeds(base, base_key, spec, target, source, seeds, **kwargs)})
-    rows = []
-    for g in groups:
-        rows.append({"name": g["name"], "trainable_params": g["runs"][0]["trainable_params"],
-                     "final_target_loss": spread([r["final_target_loss"] for r in g["runs"]]),
-                     "early_target_loss": spread([loss_at(r["history"], early) for r in g["runs"]]),
-                     "final_source_loss": spread([r["final_source_loss"] for r in g["runs"]]),
-                     "median_step_ms": 1000 * sum(r["median_step_s"] for r in g["runs"]) / len(g["runs"])})
-    plain = rows[0]
-    for row in rows[1:]:  # only differences beyond the seed spread count
-        row["final_separated_from_lora"] = separated(row["final_target_loss"], plain["final_target_loss"])
-        row["early_separated_from_lora"] = separated(row["early_target_loss"], plain["early_target_loss"])
-    records = [r for g in groups for r in g["runs"]]
+        for kind in ("LoRA", "rsLoRA"):
+            comparisons.append({"question": f"{kind}: r={args.high_r} beats r={args.r}",
+                                "difference": versus(f"{kind} r={args.high_r}", f"{kind} r={args.r}")})
+    for v in ("DoRA", "PiSSA"):
+        comparisons.append({"question": f"{v} beats LoRA at r={args.r}", "difference": versus(f"{v} r={args.r}", f"LoRA r={args.r}")})
+    records = [r for g in groups for r in g["runs"]] + full["runs"]
+    summary = {"seeds": seeds, "r": args.r, "high_r": args.high_r, "identity": identity, "comparisons": comparisons,
+               "groups": [{k: v for k, v in g.items() if k != "runs"} for g in groups + [full]]}
     write_json(records, os.path.join(args.out, "records.json"))
-    write_json({"seeds": seeds, "early_step": early, "rows": rows}, os.path.join(args.out, "variants.json"))
+    write_json(summary, os.path.join(args.out, "variants.json"))
     title = (f"variants: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, alpha {args.alpha:g}, "
-             f"lr {args.lora_lr:g}, {len(seeds)} seeds, {device}")
-    plot_variants(groups, os.path.join(args.out, "variants.png"), title)
-
-    lines = [f"| run | trainable params | target loss at step {early} mean (min to max) | final target loss mean (min to max) | "
-             "final source loss | beyond the seed spread of LoRA r=" + str(args.r) + ": early / final | median step (ms) |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for row in rows:
-        e, f = row["early_target_loss"], row["final_target_loss"]
-        apart = "-" if row is plain else " / ".join("yes" if row[k] else "no" for k in
-                                                     ("early_separated_from_lora", "final_separated_from_lora"))
-        lines.append(f"| {row['name']} | {row['trainable_params']:,} | {show(e)} | "
-                     f"{show(f)} | {row['final_source_loss']['mean']:.3f} | "
-                     f"{apart} | {row['median_step_ms']:.1f} |")
-    table = write_report(os.path.join(args.out, "results.md"), "LoRA variants", title, "\n".join(lines) + "\n")
+             f"each at its tuned rate, {len(seeds)} seeds, {device}")
+    plot_variants([g for g in groups if "x sqrt" not in g["name"]], full, os.path.join(args.out, "variants.png"), title)
+    table = write_report(os.path.join(args.out, "results.md"), "LoRA variants", title, results_table(summary))
+    finish_experiment(args, argv)
     print(table)
     print(f"wrote {args.out}/records.json, variants.json, variants.png, results.md")
+
+
+def results_table(summary):
+    lines = ["| run | trainable params | tuned rate | final target loss | final source loss |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for g in summary["groups"]:
+        lines.append(f"| {g['name']} | {g['trainable_params']:,} | {g['lr']:g} | {show(g['target_loss'])} | "
+                     f"{show(g['source_loss'])} |")
+    lines += ["", "| question | difference in target loss (the other minus the claimed winner), 95% CI; * = called |",
+              "| --- | ---: |"]
+    lines += [f"| {c['question']} | {show_difference(c['difference'])} |" for c in summary["comparisons"]]
+    lines += [""] + [f"- {i['name']} against {i['twin']}: largest difference in final target loss over the seeds "
+                     f"{i['largest_gap']:.4f}" for i in summary["identity"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -8,16 +8,19 @@ types beats putting a high rank on one type. LoRA Without Regret (Schulman et al
 attention-only LoRA falls short of adapting the MLP too, even at a matched parameter count.
 
 Each target set gets the rank whose parameter count comes closest to the budget (by default:
-r=8 on q_proj alone, the paper's single-type setting). Several fine-tuning seeds per set.
+r=8 on q_proj alone, the paper's single-type setting), and its own learning rate (tuning.py:
+the best rate depends on the rank and the matrices), then three fine-tuning seeds at that rate.
 Writes OUT/records.json, OUT/which_weights.json, OUT/which_weights.png, OUT/results.md.
 """
 import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, run_kwargs
+from experiments.common import finish_experiment, load_setup, make_parser, run_kwargs
 from experiments.plots import finish, write_report
-from experiments.seeds import run_seeds, seed_list, separated, show, spread
+from experiments.runs import run_all
+from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.tuning import grid_neighbours, tune
 from minilora import find_targets
 from nanogpt.train import write_json
 
@@ -44,80 +47,115 @@ def rank_for_budget(model, targets, budget):
 
 
 def plot_which_weights(rows, full, base_target, path, title):
-    """Final target loss per target set: one dot per seed, a bar at the mean."""
-    fig, ax = plt.subplots(figsize=(10, 4.6))
-    names = [f"{row['set']}\nr={row['r']}, {row['trainable_params']:,}" for row in rows]
+    """Final target loss per target set at its own tuned rate: one dot per seed, a bar at the mean
+    with its 95% interval."""
+    fig, ax = plt.subplots(figsize=(10.5, 4.8))
+    names = [f"{row['set']}\nr={row['r']}, {row['trainable_params']:,}\nlr {row['lr']:g}" for row in rows]
     means = [row["target_loss"]["mean"] for row in rows]
-    ax.bar(names, means, color="#4C72B0", alpha=0.6, label="mean over seeds")
+    cis = [row["target_loss"]["ci"] if row["target_loss"]["n"] > 1 else 0 for row in rows]
+    ax.bar(names, means, yerr=cis, capsize=4, color="#4C72B0", alpha=0.6, label="mean over seeds, 95% CI")
     for i, row in enumerate(rows):
         values = row["target_loss"]["values"]
-        ax.scatter([i] * len(values), values, color="black", s=14, zorder=3,
-                   label="one seed" if i == 0 else None)
+        ax.scatter([i] * len(values), values, color="black", s=14, zorder=3, label="one seed" if i == 0 else None)
     if full is not None:
         ax.axhline(full["mean"], color="black", linestyle="--", label="full fine-tuning")
     ax.axhline(base_target, color="gray", linestyle=":", label="base model (before)")
-    low = min(min(r["target_loss"]["values"]) for r in rows + ([{"target_loss": full}] if full else []))
-    ax.set_ylim(low - 0.05, base_target + 0.03)
-    ax.set_xlabel("adapted matrix types (rank that meets the budget, trainable parameters)")
+    ax.set_ylim(0, base_target * 1.05)  # from zero: the differences are small next to the loss
+    ax.set_xlabel("adapted matrix types (rank that meets the budget, trainable parameters, tuned rate)")
     ax.set_ylabel("final validation loss on target (nats/byte)")
     ax.set_title("same parameter budget, different places (lower is better)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     return finish(fig, title, path)
+
+
+# The comparisons the claims are about: (question, set that should win, set it should beat).
+COMPARISONS = [
+    ("two types at r=4 beat one type at r=8 (q)", "q,v", "q"),
+    ("two types at r=4 beat one type at r=8 (v)", "q,v", "v"),
+    ("four attention types at r=2 beat two at r=4", "q,k,v,o", "q,v"),
+    ("the MLP beats attention-only (up, down vs q, k, v, o)", "up,down", "q,k,v,o"),
+    ("all six at r=1 beat attention-only", "all", "q,k,v,o"),
+]
+
+
+def comparisons(rows):
+    """Each claimed ordering as a paired difference (loser minus winner: positive = as claimed)."""
+    by_set = {row["set"]: row for row in rows}
+    out = []
+    for question, winner, loser in COMPARISONS:
+        if winner in by_set and loser in by_set:
+            d = paired(by_set[winner]["target_loss"]["values"], by_set[loser]["target_loss"]["values"])
+            out.append({"question": question, "winner": winner, "loser": loser, "difference": d})
+    return out
 
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/which_weights")
     p.add_argument("--budget", type=int, help="trainable parameters per run (default: r=8 on q_proj alone)")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per target set")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per target set")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     args = p.parse_args(argv)
+    seeds = seed_list(args.seed, args.seeds)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
-    kwargs.pop("seed")
-    seeds = seed_list(args.seed, args.seeds)
     budget = args.budget or 8 * params_per_rank(base, TARGET_SETS["q"])
+    first_rates = grid_neighbours(args.lora_lr)
 
-    records, rows = [], []
+    contenders, ranks = {}, {}
     for name, targets in TARGET_SETS.items():
-        r = rank_for_budget(base, targets, budget)
-        print(f"fine-tuning: LoRA on {name} at r={r} (budget {budget:,})")
-        spec = {"method": "lora", "variant": "lora", "r": r, "alpha": args.alpha, "targets": targets,
-                "lr": args.lora_lr}
-        runs = run_seeds(base, base_key, spec, target, source, seeds, **kwargs)
+        ranks[name] = rank_for_budget(base, targets, budget)
+        spec = {"method": "lora", "variant": "lora", "r": ranks[name], "alpha": args.alpha, "targets": targets}
+        contenders[name] = (dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs),
+                            first_rates)
+    tuned = tune(contenders, seeds, workers=args.workers, progress=not args.no_progress)
+    records, rows = [], []
+    for name, result in tuned.items():
+        runs = result["records"]
         records += runs
-        rows.append({"set": name, "targets": targets, "r": r, "trainable_params": runs[0]["trainable_params"],
+        rows.append({"set": name, "targets": TARGET_SETS[name], "r": ranks[name], "lr": result["best_lr"],
+                     "tuning": {k: result[k] for k in ("lrs", "losses", "at_grid_edge")},
+                     "trainable_params": runs[0]["trainable_params"],
                      "target_loss": spread([x["final_target_loss"] for x in runs]),
                      "source_loss": spread([x["final_source_loss"] for x in runs])})
     full = None
     if not args.no_full:
-        print("fine-tuning: full (reference)")
-        full_runs = run_seeds(base, base_key, {"method": "full", "lr": args.full_lr}, target, source, seeds, **kwargs)
+        plan = [dict(base=base, base_key=base_key, spec={"method": "full", "lr": args.full_lr}, target=target,
+                     source=source, **{**kwargs, "seed": s}) for s in seeds]
+        full_runs = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="full fine-tuning")
         records += full_runs
-        full = spread([x["final_target_loss"] for x in full_runs])
+        full = {"lr": args.full_lr, "trainable_params": full_runs[0]["trainable_params"],
+                "target_loss": spread([x["final_target_loss"] for x in full_runs]),
+                "source_loss": spread([x["final_source_loss"] for x in full_runs])}
 
-    best = min(rows, key=lambda row: row["target_loss"]["mean"])
-    for row in rows:  # is this set's difference from the best one larger than the seed spread?
-        row["separated_from_best"] = row is not best and separated(row["target_loss"], best["target_loss"])
-    summary = {"budget": budget, "seeds": seeds, "rows": rows, "full_target_loss": full, "best_set": best["set"]}
+    summary = {"budget": budget, "seeds": seeds, "rows": rows, "full": full, "comparisons": comparisons(rows)}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "which_weights.json"))
     title = (f"which weights: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, "
-             f"budget {budget:,} params, {len(seeds)} seeds, {device}")
-    plot_which_weights(rows, full, records[0]["base_target_loss"], os.path.join(args.out, "which_weights.png"), title)
-
-    lines = ["| adapted | r | trainable params | target loss: mean (min to max) | source loss (mean) | "
-             "apart from the best beyond the seed spread |", "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for row in rows:
-        t = row["target_loss"]
-        lines.append(f"| {row['set']} | {row['r']} | {row['trainable_params']:,} | {show(t)} | {row['source_loss']['mean']:.3f} | "
-                     f"{'best' if row is best else ('yes' if row['separated_from_best'] else 'no')} |")
-    if full:
-        full_source = spread([x["final_source_loss"] for x in full_runs])["mean"]
-        lines.append(f"| full fine-tuning | - | {full_runs[0]['trainable_params']:,} | {show(full)} | {full_source:.3f} | - |")
-    table = write_report(os.path.join(args.out, "results.md"), "Which weights to adapt", title, "\n".join(lines) + "\n")
+             f"budget {budget:,} params, each set at its tuned rate, {len(seeds)} seeds, {device}")
+    plot_which_weights(rows, full and full["target_loss"], records[0]["base_target_loss"],
+                       os.path.join(args.out, "which_weights.png"), title)
+    table = write_report(os.path.join(args.out, "results.md"), "Which weights to adapt", title, results_table(summary))
+    finish_experiment(args, argv)
     print(table)
     print(f"wrote {args.out}/records.json, which_weights.json, which_weights.png, results.md")
+
+
+def results_table(summary):
+    lines = ["| adapted | r | trainable params | tuned rate | target loss | source loss |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary["rows"]:
+        lines.append(f"| {row['set']} | {row['r']} | {row['trainable_params']:,} | {row['lr']:g} | "
+                     f"{show(row['target_loss'])} | {show(row['source_loss'])} |")
+    full = summary["full"]
+    if full:
+        lines.append(f"| full fine-tuning | - | {full['trainable_params']:,} | {full['lr']:g} | "
+                     f"{show(full['target_loss'])} | {show(full['source_loss'])} |")
+    lines += ["", "| claimed ordering | difference in target loss (loser - winner), 95% CI; * = called |",
+              "| --- | ---: |"]
+    for c in summary["comparisons"]:
+        lines.append(f"| {c['question']} | {show_difference(c['difference'])} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Model ops:  apply_lora (inject.py); merge/unmerge/unload/disable/count/summary (
 Files:      save_adapter, load_adapter (adapter_file.py)
 Adapters:   add_adapter, set_adapter, add_weighted_adapter (multi_adapter.py)
 Variants:   rsLoRA (adapter.py), DoRA (dora.py), PiSSA (pissa.py), LoRA+ (loraplus.py)
+QLoRA:      apply_lora(..., quantize="nf4"); quantize_nf4/fp4/int4 (quantize.py); Linear4bit, QLoRALinear (qlora.py)
 """
 from minilora.adapter import LoRAAdapter
 from minilora.adapter_file import load_adapter, read_adapter_file, save_adapter
@@ -32,6 +33,8 @@ from minilora.model_ops import (
     unmerge_lora,
 )
 from minilora.multi_adapter import add_adapter, add_weighted_adapter, set_adapter
+from minilora.qlora import Linear4bit, QLoRALinear, requantization_error
+from minilora.quantize import QuantizedWeight, quantize_4bit, quantize_fp4, quantize_int4, quantize_nf4
 
 __all__ = [
     "LoRAAdapter", "LoRAEmbedding", "LoRALayer", "LoRALinear", "LoRALinearFunction", "lora_linear",
@@ -41,4 +44,6 @@ __all__ = [
     "save_adapter", "load_adapter", "read_adapter_file",
     "add_adapter", "set_adapter", "add_weighted_adapter",
     "loraplus_param_groups",
+    "quantize_nf4", "quantize_fp4", "quantize_int4", "quantize_4bit", "QuantizedWeight",
+    "Linear4bit", "QLoRALinear", "requantization_error",
 ]

@@ -21,6 +21,7 @@ import torch.nn as nn
 from minilora.inject import apply_lora
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
+from minilora.qlora import Linear4bit
 
 FORMAT = "minilora-adapter"
 VERSION = 1
@@ -110,7 +111,7 @@ def read_adapter_file(path):
 
 def _expected_shapes(module, r, dora):
     base = module.base if isinstance(module, LoRALayer) else module
-    if isinstance(base, nn.Linear):
+    if isinstance(base, (nn.Linear, Linear4bit)):  # a 4-bit base takes the same A and B
         n_in, n_out = base.in_features, base.out_features
     else:
         n_in, n_out = base.num_embeddings, base.embedding_dim

@@ -31,7 +31,12 @@ next (backward). That costs less than the thin product it saves only when the vi
 narrow side of the layer; on the wide side the thin product over the narrow tensor is cheaper.
 
 The out x in product B A is never formed, and backward keeps only x (which the graph holds
-anyway) and s x A^T (r, N). With dropout on the adapter's input, x_lora = dropout(x) goes
+anyway) and s x A^T (r, N).
+
+A 4-bit W0 (QLoRA, qlora.py) arrives as a QuantizedWeight instead of a tensor. Forward then
+dequantizes it into x's dtype for its products, and backward dequantizes it again rather than
+keep forward's copy (which would hold a full-precision W0 per layer from forward to backward:
+the memory QLoRA saves). Every product above stays the same. With dropout on the adapter's input, x_lora = dropout(x) goes
 through A instead of x (so A cannot ride along the base GEMM, which reads x), and its gradient
 is returned separately so that autograd applies the dropout mask.
 """
@@ -60,11 +65,18 @@ def _fold_pays(n_tokens, weight):
     return n_tokens >= max(weight.shape)
 
 
+def _dense(weight, dtype):
+    """W0 as a tensor: itself, or a 4-bit W0 (a QuantizedWeight, qlora.py) dequantized into dtype."""
+    return weight if isinstance(weight, torch.Tensor) else weight.dequantize(dtype)
+
+
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, x_lora):
-        # x (N, in), weight (out, in), bias (out,) or None, lora_A (r, in), lora_B (out, r)
-        # x_lora (N, in) = dropout(x), or None when the adapter sees x itself
+        # x (N, in), weight (out, in) or a 4-bit QuantizedWeight, bias (out,) or None,
+        # lora_A (r, in), lora_B (out, r), x_lora (N, in) = dropout(x), or None when the adapter sees x itself
+        ctx.quantized = None if isinstance(weight, torch.Tensor) else weight  # dequantized again in backward
+        weight = _dense(weight, x.dtype)  # (out, in): for a 4-bit W0, a copy that lives until forward returns
         out_features, in_features = weight.shape
         sA = lora_A * scaling  # (r, in): s scales A, the smallest tensor
         if x_lora is None and out_features <= in_features and _fold_pays(x.shape[0], weight):
@@ -84,14 +96,17 @@ class LoRALinearFunction(torch.autograd.Function):
         # x is needed for dL/dA when there is no dropout, and for dL/dW0 if W0 trains;
         # with dropout and W0 frozen, keeping it would only cost memory.
         keep_x = x_lora is None or ctx.needs_input_grad[1]
-        ctx.save_for_backward(x if keep_x else None, weight, lora_A, lora_B, sAx.t().contiguous(), x_lora)
+        ctx.save_for_backward(x if keep_x else None, weight if ctx.quantized is None else None, lora_A, lora_B,
+                              sAx.t().contiguous(), x_lora)
         ctx.scaling = scaling
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, lora_A, lora_B, sAx, x_lora = ctx.saved_tensors  # sAx (r, N)
-        out_features, in_features = weight.shape
+        if ctx.quantized is not None and ctx.needs_input_grad[0]:  # only dL/dx needs W0
+            weight = ctx.quantized.dequantize(grad_y.dtype)  # (out, in): the second dequantization
+        out_features, in_features = lora_B.shape[0], lora_A.shape[1]
         x_in = x if x_lora is None else x_lora  # (N, in): what A multiplied
         grad_y = grad_y.contiguous()  # (N, out): one copy here rather than one inside each matmul
         sB = lora_B * ctx.scaling  # (out, r)
@@ -132,8 +147,8 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, x_lora=None):
         # The Function runs its own matmuls, so cast its inputs as autocast casts those of
         # F.linear (to e.g. bf16), then run it with autocast off: forward and backward then
         # both work in that dtype, and the casts' backward returns fp32 grads to A and B.
-        dtype = torch.get_autocast_dtype(device_type)
-        tensors = tuple(None if t is None else t.to(dtype) for t in tensors)
+        dtype = torch.get_autocast_dtype(device_type)  # a 4-bit W0 is dequantized into it (x's dtype)
+        tensors = tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in tensors)
         x, weight, bias, lora_A, lora_B, x_lora = tensors
         with torch.autocast(device_type, enabled=False):
             y = LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, scaling, x_lora)

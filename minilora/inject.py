@@ -6,6 +6,9 @@ targets picks layers by their names in model.named_modules():
     r".*\.(q|v)_proj"      one string: a regular expression, matched against full names
     "all-linear"           every nn.Linear except the output head `lm_head` (as PEFT)
 
+quantize="nf4" (or "fp4", "int4") stores each chosen nn.Linear's W0 in 4 bits under the adapter:
+QLoRA (qlora.py).
+
 Everything is validated before anything changes, so a bad call leaves the model as it was.
 """
 import re
@@ -17,6 +20,7 @@ from minilora.embedding import LoRAEmbedding
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
+from minilora.qlora import Linear4bit, QLoRALinear, check_quantize_args, check_quantize_target
 
 ALL_LINEAR = "all-linear"
 OUTPUT_HEAD = "lm_head"  # left out of "all-linear": adapting the head is rarely wanted (PEFT does the same)
@@ -41,7 +45,7 @@ def _base(module):
 
 
 def _is_linear(module):
-    return isinstance(_base(module), nn.Linear)
+    return isinstance(_base(module), (nn.Linear, Linear4bit))
 
 
 def _is_supported(module):
@@ -111,7 +115,8 @@ def _check_not_tied(model, found):
         for p in module.parameters(recurse=False):
             owners.setdefault(id(p), []).append(name)
     for name, module in found:
-        others = [o for o in owners[id(_base(module).weight)] if o not in (name, name + ".base")]
+        # (a 4-bit W0 is no parameter: it was quantized from a copy, so it is shared with nothing)
+        others = [o for o in owners.get(id(_base(module).weight), []) if o not in (name, name + ".base")]
         if others:
             raise ValueError(
                 f"{name!r}.weight is the same tensor as {others[0]!r}.weight (tied weights): merging an "
@@ -121,7 +126,7 @@ def _check_not_tied(model, found):
 
 def _dims(module):
     base = _base(module)
-    if isinstance(base, nn.Linear):
+    if _is_linear(module):
         return base.in_features, base.out_features
     return base.num_embeddings, base.embedding_dim
 
@@ -146,7 +151,7 @@ def set_trainable(model, bias="none"):
 
 
 def apply_lora(model, targets, r, alpha, dropout=0.0, *, bias="none", rslora=False, dora=False,
-               pissa=False, adapter_name="default"):
+               pissa=False, adapter_name="default", quantize=None, quant_block_size=64, double_quant=True):
     """Add a LoRA adapter (A, B; delta W = (alpha / r) B A) to each layer targets selects, in place.
 
     Each chosen nn.Linear becomes a LoRALinear, each nn.Embedding a LoRAEmbedding (dropout,
@@ -158,15 +163,22 @@ def apply_lora(model, targets, r, alpha, dropout=0.0, *, bias="none", rslora=Fal
 
     rslora: scaling = alpha / sqrt(r) (adapter.py). dora: learned magnitudes (dora.py).
     pissa: A, B from W0's top-r singular vectors, the residual left in W0 (pissa.py).
+    quantize: None keeps W0 as it is; "nf4" (QLoRA), "fp4" or "int4" replaces each chosen
+        nn.Linear's W0 by its 4-bit form (blocks of quant_block_size values, double_quant: the
+        block constants in 8 bits), dequantized just in time in forward and backward (qlora.py).
+        For nn.Linear targets only, and not with dora or pissa. A layer that already has a 4-bit
+        base keeps it and takes another adapter.
     """
     check_adapter_name(adapter_name)
     check_alpha(alpha)
     check_dropout(dropout)
     check_choice("bias", bias, BIAS_CHOICES)
+    check_quantize_args(quantize, quant_block_size, double_quant, dora, pissa)
     found = find_targets(model, targets)
     _check_not_tied(model, found)
     for name, module in found:  # validate everything before changing anything
         check_rank(r, *_dims(module), where=repr(name))
+        check_quantize_target(name, module, quantize, dora, pissa)
         if not _is_linear(module) and (dropout or dora or pissa):
             raise ValueError(f"{name!r} is an nn.Embedding: dropout, dora and pissa apply to nn.Linear "
                              f"layers only (got dropout={dropout}, dora={dora}, pissa={pissa}); "
@@ -181,6 +193,9 @@ def apply_lora(model, targets, r, alpha, dropout=0.0, *, bias="none", rslora=Fal
     for name, module in found:
         if isinstance(module, LoRALayer):
             module.add_adapter(adapter_name, r, alpha, dropout, rslora, dora, pissa, bias)
+        elif isinstance(module, nn.Linear) and quantize is not None:
+            model.set_submodule(name, QLoRALinear(module, r, alpha, dropout, rslora, bias, adapter_name,
+                                                  quantize, quant_block_size, double_quant))
         elif isinstance(module, nn.Linear):
             model.set_submodule(name, LoRALinear(module, r, alpha, dropout, rslora, dora, pissa, bias,
                                                  adapter_name))

@@ -4,6 +4,7 @@
     merge_lora(model)        fold each active adapter into its base weight (deployment speed)
     unmerge_lora(model)      take it out again
     unload_lora(model)       merge, then put the plain nn.Linear / nn.Embedding modules back
+                             (a 4-bit base comes back in full precision: qlora.py)
     disable_lora(model)      a context manager: the base model inside, adapters back after
     count_parameters(model)  (trainable, total, percent): percent of all parameters, adapters included
     lora_summary(model)      a printable table of where adapters sit and what they add
@@ -12,6 +13,8 @@ import contextlib
 from typing import NamedTuple
 
 from minilora.lora_layer import LoRALayer
+from minilora.qlora import QLoRALinear
+from minilora.quantize import quantized_weights
 
 
 def lora_layers(model):
@@ -47,6 +50,11 @@ def merge_lora(model):
     """Fold every layer's active adapter into its base weight, in place: W0 <- W0 + delta W.
     Forward then costs exactly what the base model costs. Returns model."""
     layers = _require_lora_layers(model, "merge_lora")
+    quantized = [name for name, layer in layers if isinstance(layer, QLoRALinear)]
+    if quantized:
+        raise RuntimeError(f"{len(quantized)} layers (e.g. {quantized[0]!r}) have a 4-bit base, which cannot absorb "
+                           f"delta W without losing most of it (qlora.py); unload_lora(model) gives a "
+                           f"full-precision model with the adapter merged")
     merged = [name for name, layer in layers if layer.merged]
     if merged:
         raise RuntimeError(f"the model is already merged ({len(merged)} layers, e.g. {merged[0]!r}); "
@@ -73,13 +81,20 @@ def unmerge_lora(model):
 def unload_lora(model):
     """Merge each active adapter and replace every LoRA layer by its base module, in place:
     the result is a plain model (nn.Linear / nn.Embedding again) for deployment. Inactive
-    adapters are dropped. The base parameters stay frozen (requires_grad=False). Returns model."""
+    adapters are dropped. The base parameters stay frozen (requires_grad=False). Returns model.
+
+    A 4-bit base (QLoRA) comes back as a full-precision nn.Linear holding dequantize(W0) + delta W:
+    4 bits cannot hold delta W (qlora.py says why), and this computes what the QLoRA layer did."""
     for name, layer in lora_layers(model):
-        if not layer.merged and layer._forward_adapter() is not None:
-            layer.merge()
+        if isinstance(layer, QLoRALinear):
+            plain = layer.dequantized_linear()
+        else:
+            if not layer.merged and layer._forward_adapter() is not None:
+                layer.merge()
+            plain = layer.base
         if name == "":  # the model itself was a LoRA layer
-            return layer.base
-        model.set_submodule(name, layer.base)
+            return plain
+        model.set_submodule(name, plain)
     return model
 
 
@@ -119,10 +134,11 @@ def count_parameters(model):
     The trainable share is trainable / total, and total counts every parameter of the model as
     it is now: after apply_lora, the frozen base *and* the adapters (as PEFT's
     print_trainable_parameters counts). On the tiny GPT at r=8: 73,728 of 908,032 = 8.1%; the
-    same adapters measured against the base model alone (834,304) would be 8.8%."""
+    same adapters measured against the base model alone (834,304) would be 8.8%. A 4-bit W0
+    (QLoRA) is a buffer, not a parameter, but its values count in the total."""
     params = list(model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
+    total = sum(p.numel() for p in params) + sum(q.numel() for q in quantized_weights(model))
     return ParameterCount(trainable, total, 100.0 * trainable / total if total else 0.0)
 
 
@@ -133,7 +149,7 @@ def lora_summary(model):
     rows = [("module", "base", "adapter", "r", "alpha", "scaling", "params", "state")]
     for name, layer in lora_layers(model):
         base = layer.base
-        shape = (f"Linear({base.in_features}->{base.out_features})" if hasattr(base, "in_features")
+        shape = (f"{type(base).__name__}({base.in_features}->{base.out_features})" if hasattr(base, "in_features")
                  else f"Embedding({base.num_embeddings}, {base.embedding_dim})")
         for aname, adapter in layer.adapters.items():
             added = sum(p.numel() for p in adapter.parameters())

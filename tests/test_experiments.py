@@ -15,10 +15,11 @@ from nanogpt import GPT, config_from_preset
 from nanogpt.device import autocast
 
 TOY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
-       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
+       "--pretrain-iters", "10", "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress",
+       "--workers", "1"]
 RECORD_KEYS = {
     "method", "variant", "r", "alpha", "targets", "lr", "steps", "batch_size", "block_size", "seed", "device",
-    "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
+    "quantize", "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
     "base_target_loss", "base_source_loss", "final_target_loss", "final_source_loss", "wall_time_s",
     "median_step_s", "tokens_per_s", "saved_bytes", "memory",
 }
@@ -57,16 +58,20 @@ def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     out = tmp_path / "sweep"
     rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
-    assert [(r["method"], r["r"]) for r in records] == [("full", None), ("lora", 1), ("lora", 2)]
+    assert [(r["method"], r["variant"], r["r"]) for r in records] == [
+        ("full", None, None), ("lora", "lora", 1), ("lora", "lora", 2), ("lora", "rslora", 2)]  # rsLoRA r=1 is LoRA r=1
+    summary = json.loads((out / "rank_sweep.json").read_text())
+    assert [g["name"] for g in summary["groups"]] == ["full fine-tuning", "LoRA r=1", "LoRA r=2", "rsLoRA r=1", "rsLoRA r=2"]
+    assert summary["groups"][1]["target_loss"] == summary["groups"][3]["target_loss"]
     # Trainable parameters: r * (in + out) per adapted matrix; 1 block has q,k,v,o (32x32), up (32->128), down.
     per_rank = 4 * (32 + 32) + (32 + 128) + (128 + 32)
     assert records[1]["trainable_params"] == per_rank and records[2]["trainable_params"] == 2 * per_rank
-    for name in ("final_loss_vs_rank.png", "params_memory_vs_rank.png", "loss_curves.png"):
+    for name in ("final_loss_vs_rank.png", "params_memory_vs_rank.png", "loss_curves.png", "early_curves.png"):
         assert is_png(out / name)
     assert "| LoRA r=2 |" in (out / "results.md").read_text()
     cached = sorted(os.listdir(tmp_path / "cache" / "runs"))
-    assert len([f for f in cached if f.endswith(".json")]) == 3
-    assert len([f for f in cached if f.endswith(".adapter.pt")]) == 2  # each LoRA run keeps its adapter
+    assert len([f for f in cached if f.endswith(".json")]) == 4
+    assert len([f for f in cached if f.endswith(".adapter.pt")]) == 3  # each LoRA run keeps its adapter
     mtimes = [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
     rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])  # a finished run is not redone
     assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
@@ -189,7 +194,8 @@ def test_bench_lora_writes_its_ratios(tmp_path):
     assert set(result["ratios"]) == {
         "lora_step / full_step", "lora_step / floor_step", "straightforward_lora_step / full_step",
         "floor_step / full_step", "lora_forward_unmerged / base_forward", "lora_forward_merged / base_forward",
-        "adapter_file / full_checkpoint", "lora_saved_activations / straightforward"}
+        "adapter_file / full_checkpoint", "lora_saved_activations / straightforward", "qlora_step / lora_step",
+        "qlora_saved_activations / lora", "qlora_dequantize_time / qlora_step (profile)"}
     for key, (q1, q3) in result["ratio_quartiles"].items():
         assert q1 <= result["ratios"][key] <= q3
     assert 0 < result["ratios"]["adapter_file / full_checkpoint"] < 1
@@ -198,3 +204,10 @@ def test_bench_lora_writes_its_ratios(tmp_path):
     # Freezing W0 means its input need not be saved: the floor keeps less than full fine-tuning.
     saved = result["saved_activation_bytes"]
     assert saved["floor"] < saved["full"]
+    # QLoRA keeps no dequantized W0 for backward: it saves exactly what LoRA saves.
+    assert result["ratios"]["qlora_saved_activations / lora"] == 1.0
+    assert 0 < result["ratios"]["qlora_dequantize_time / qlora_step (profile)"] < 1
+    # Each of the 4 x 6 adapted layers dequantizes in forward, and again in backward unless its
+    # input needs no gradient: block 0's q, k, v read the frozen embeddings through a frozen LayerNorm.
+    assert result["qlora_dequantize_calls_per_step"] == 24 + 24 - 3
+    assert result["qlora_weight_bytes"]["qlora"] < result["qlora_weight_bytes"]["lora"] / 3

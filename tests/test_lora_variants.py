@@ -153,3 +153,30 @@ def test_loraplus_bad_input(kwargs, match):
         loraplus_param_groups(apply_lora(tiny_gpt(), ["q_proj"], r=2, alpha=4), **kwargs)
     with pytest.raises(ValueError, match="no trainable lora_A"):
         loraplus_param_groups(tiny_gpt(), lr=1e-3)
+
+
+@pytest.mark.parametrize("r", [4, 16])
+def test_rslora_is_lora_with_B_rate_sqrt_r_times_A_rate_under_adam(r):
+    """With Adam and no weight decay, scaling the update by k = sqrt(r) (rsLoRA) trains exactly as
+    plain LoRA whose B has k times A's learning rate (LoRA+ with ratio k): Adam's step ignores the
+    gradient's size, and B starts at zero. So rsLoRA and LoRA+ turn the same knob."""
+    torch.manual_seed(0)
+    base = GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, block_size=8))
+    x = torch.randint(0, 256, (4, 8))
+    y = torch.randint(0, 256, (4, 8))
+    losses = {}
+    for name in ("rslora", "lora_b_faster"):
+        model = copy.deepcopy(base)
+        torch.manual_seed(1)  # the same A at init
+        apply_lora(model, ["q_proj", "v_proj", "up_proj"], r=r, alpha=8, rslora=name == "rslora")
+        ratio = 1.0 if name == "rslora" else math.sqrt(r)
+        opt = torch.optim.Adam(loraplus_param_groups(model, lr=1e-2, ratio=ratio), eps=1e-12)
+        losses[name] = []
+        for _ in range(10):
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert losses["rslora"][-1] < losses["rslora"][0] - 0.01  # it trains
+    torch.testing.assert_close(losses["rslora"], losses["lora_b_faster"], rtol=1e-4, atol=0)

@@ -1,16 +1,19 @@
 """The reproduction experiments (issue: one experiment per LoRA claim) end to end at toy size,
 and the small pieces of arithmetic their verdicts rest on."""
+import copy
 import json
 import math
 
 import pytest
+import torch
 
-from experiments import batch_size, learn_forget, lr_sweep, variants, which_weights
+from experiments import batch_size, learn_forget, loraplus, lr_sweep, qlora, rank_targets, variants, which_weights
+from experiments.loraplus import steps_to_reach
 from experiments.lr_sweep import best_lr
 from experiments.learn_forget import source_loss_at
-from experiments.seeds import seed_list, separated, spread
+from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
-from minilora import apply_lora, count_parameters
+from minilora import apply_lora, count_parameters, lora_layers
 from nanogpt import GPT, config_from_preset
 from tests.test_experiments import TOY, is_png
 
@@ -60,13 +63,31 @@ def test_source_loss_at_interpolates_along_the_trajectory():
     assert source_loss_at(history, 1.1) is None  # never got that low
 
 
-def test_seed_spreads():
+def test_seed_spreads_and_the_confidence_interval():
     assert seed_list(5, 3) == [5, 6, 7]
-    with pytest.raises(ValueError, match="--seeds must be at least 1; got 0"):
+    with pytest.raises(ValueError, match="--seeds must be a positive integer; got 0"):
         seed_list(5, 0)
-    a, b, c = spread([1.0, 1.2]), spread([1.3, 1.4]), spread([1.1, 1.35])
-    assert a["mean"] == pytest.approx(1.1) and (a["min"], a["max"]) == (1.0, 1.2)
-    assert separated(a, b) and not separated(a, c) and not separated(b, c)
+    a = spread([1.0, 1.2, 1.4])
+    assert a["mean"] == pytest.approx(1.2) and (a["min"], a["max"], a["n"]) == (1.0, 1.4, 3)
+    assert a["sd"] == pytest.approx(0.2)
+    assert a["ci"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))  # Student's t, 2 degrees of freedom
+    one = spread([2.0])
+    assert math.isnan(one["ci"]) and show(one) == "2.000"
+    assert show(a) == "1.200 ± 0.497"
+
+
+def test_a_paired_difference_is_called_only_when_its_interval_excludes_zero():
+    # Seed by seed, b is 0.010 to 0.012 above a: a small but consistent difference is called.
+    d = paired([1.500, 1.520, 1.490], [1.511, 1.530, 1.502])
+    assert d["mean"] == pytest.approx(0.011) and d["called"]
+    assert show_difference(d).endswith(" *")
+    # The same means with the difference's sign changing between seeds: not called.
+    d = paired([1.500, 1.520, 1.490], [1.530, 1.510, 1.503])
+    assert d["mean"] == pytest.approx(0.011) and not d["called"]
+    assert not show_difference(d).endswith("*")
+    assert not paired([1.0], [2.0])["called"]  # one seed: no interval, nothing called
+    with pytest.raises(ValueError, match="same seeds on both sides"):
+        paired([1.0, 2.0], [1.0])
 
 
 def read(path):
@@ -75,13 +96,20 @@ def read(path):
 
 def test_which_weights_end_to_end(tmp_path, corpora):
     out = tmp_path / "ww"
-    which_weights.main([*TOY, *corpora, "--seeds", "2", "--out", str(out)])
+    which_weights.main([*TOY, *corpora, "--seeds", "2", "--workers", "1", "--out", str(out)])
     summary = read(out / "which_weights.json")
     assert [row["set"] for row in summary["rows"]] == list(TARGET_SETS)
-    for row in summary["rows"]:
+    records = read(out / "records.json")
+    assert len(records) == 2 * (len(TARGET_SETS) + 1)  # two seeds per set at its tuned rate, plus full
+    for k, row in enumerate(summary["rows"]):
         assert len(row["target_loss"]["values"]) == 2
         assert abs(row["trainable_params"] - summary["budget"]) <= row["trainable_params"] / row["r"]
-    assert len(read(out / "records.json")) == 2 * (len(TARGET_SETS) + 1)  # two seeds, plus full
+        tuning = row["tuning"]  # the chosen rate is the tried rate with the lowest first-seed loss
+        assert len(tuning["lrs"]) >= 3 and row["lr"] == tuning["lrs"][tuning["losses"].index(min(tuning["losses"]))]
+        runs = records[2 * k: 2 * k + 2]
+        assert [r["lr"] for r in runs] == [row["lr"]] * 2 and [r["seed"] for r in runs] == [1337, 1338]
+        assert runs[0]["final_target_loss"] == min(tuning["losses"])  # the first seed's run is the tuning run
+    assert [c["winner"] for c in summary["comparisons"]] == ["q,v", "q,v", "q,k,v,o", "up,down", "all"]
     assert is_png(out / "which_weights.png")
     assert "| q,v |" in (out / "results.md").read_text()
 
@@ -89,13 +117,22 @@ def test_which_weights_end_to_end(tmp_path, corpora):
 def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
     out = tmp_path / "lr"
     lr_sweep.main([*TOY, *corpora, "--full-lrs", "1e-3,1e-2,1e-1", "--lora-lrs", "3e-3,3e-2,3e-1", "--ranks", "1,2",
-                   "--out", str(out)])
-    curves = read(out / "lr_sweep.json")
+                   "--seeds", "2", "--workers", "2", "--out", str(out)])
+    summary = read(out / "lr_sweep.json")
+    curves = summary["curves"]
+    assert summary["seeds"] == [1337, 1338]
     assert [c["name"] for c in curves] == ["full fine-tuning", "LoRA r=1", "LoRA r=2"]
     assert curves[0]["ratio_to_full"] == 1.0
     assert curves[0]["lrs"] == [1e-3, 1e-2, 1e-1] and curves[1]["lrs"] == curves[2]["lrs"] == [3e-3, 3e-2, 3e-1]
-    for c in curves:
+    records = read(out / "records.json")
+    assert len(records) == 3 * 3 * 2  # three curves, three rates, two seeds, in that order
+    for k, c in enumerate(curves):
         assert len(c["losses"]) == 3 and c["lrs"][0] <= c["best_lr"] <= c["lrs"][-1]
+        assert len(c["best_lr_per_seed"]) == 2
+        for j, lr in enumerate(c["lrs"]):  # the curve is the seed mean of its own records
+            runs = records[6 * k + 2 * j: 6 * k + 2 * j + 2]
+            assert [r["lr"] for r in runs] == [lr, lr] and [r["seed"] for r in runs] == [1337, 1338]
+            assert c["losses"][j] == pytest.approx(sum(r["final_target_loss"] for r in runs) / 2)
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
     cells = [c.strip() for c in row.split("|")[2:8]]  # one column per rate, 1e-3 to 3e-1
     assert [c != "" for c in cells] == [False, True, False, True, False, True]  # LoRA ran only at its own rates
@@ -128,16 +165,143 @@ def test_batch_size_end_to_end_at_equal_tokens(tmp_path, corpora):
 
 def test_variants_end_to_end(tmp_path, corpora):
     out = tmp_path / "var"
-    variants.main([*TOY, *corpora, "--r", "2", "--high-r", "4", "--seeds", "1", "--loraplus-lr", "1e-3",
-                   "--out", str(out)])
-    rows = read(out / "variants.json")["rows"]
-    assert [row["name"] for row in rows] == ["LoRA r=2", "rsLoRA r=2", "LoRA+ r=2", "LoRA+ r=2, lr 0.001", "DoRA r=2",
-                                             "PiSSA r=2", "LoRA r=4", "rsLoRA r=4", "full fine-tuning"]
-    by_name = {row["name"]: row for row in rows}
+    variants.main([*TOY, *corpora, "--r", "2", "--high-r", "4", "--seeds", "2", "--out", str(out)])
+    summary = read(out / "variants.json")
+    names = [g["name"] for g in summary["groups"]]
+    assert names == ["LoRA r=2", "rsLoRA r=2", "LoRA r=4", "rsLoRA r=4", "DoRA r=2", "PiSSA r=2",
+                     "LoRA r=2, B's rate x sqrt(2)", "LoRA r=4, B's rate x sqrt(4)", "full fine-tuning"]
+    by_name = {g["name"]: g for g in summary["groups"]}
     # Same rank, same parameters, except DoRA's magnitude vector (one per output feature).
     assert by_name["rsLoRA r=2"]["trainable_params"] == by_name["LoRA r=2"]["trainable_params"]
     assert by_name["DoRA r=2"]["trainable_params"] > by_name["LoRA r=2"]["trainable_params"]
+    for g in summary["groups"][:6]:  # each variant at the rate its own tuning chose
+        assert g["lr"] == g["tuning"]["lrs"][g["tuning"]["losses"].index(min(g["tuning"]["losses"]))]
+    # The identity runs use rsLoRA's tuned rate, with B's rate sqrt(r) times A's.
+    assert by_name["LoRA r=4, B's rate x sqrt(4)"]["lr"] == by_name["rsLoRA r=4"]["lr"]
     records = read(out / "records.json")
-    assert [r["variant"] for r in records[:6]] == ["lora", "rslora", "loraplus", "loraplus", "dora", "pissa"]
-    assert [r["lr"] for r in records[2:4]] == [3e-3, 1e-3]
+    identity = [r for r in records if r["variant"] == "loraplus"]
+    assert len(identity) == 4 and all(r["lr"] in (by_name["rsLoRA r=2"]["lr"], by_name["rsLoRA r=4"]["lr"])
+                                      for r in identity)
+    assert [c["question"] for c in summary["comparisons"]] == [
+        "rsLoRA beats LoRA at r=2", "rsLoRA beats LoRA at r=4", "LoRA: r=4 beats r=2", "rsLoRA: r=4 beats r=2",
+        "DoRA beats LoRA at r=2", "PiSSA beats LoRA at r=2"]
+    assert all(i["largest_gap"] < 0.05 for i in summary["identity"])  # the same training, up to clipping
     assert is_png(out / "variants.png")
+
+
+def test_qlora_end_to_end(tmp_path, corpora, capsys):
+    out = tmp_path / "qlora"
+    qlora.main([*TOY, *corpora, "--seeds", "2", "--gaussian-values", "8192", "--workers", "1", "--out", str(out)])
+    records = read(out / "records.json")
+    assert [(r["method"], r["quantize"]) for r in records[::2]] == [
+        ("full", None), ("lora", None), ("lora", "nf4"), ("lora", "fp4"), ("lora", "int4")]
+    assert [r["seed"] for r in records[:2]] == [1337, 1338]
+    full, lora, nf4 = records[0], records[2], records[4]
+    assert nf4["lr"] == lora["lr"] != full["lr"]  # QLoRA trains at LoRA's rate
+    # The 4-bit base shrinks the weights; the adapter's gradients and optimizer state are LoRA's.
+    assert nf4["memory"]["params"] < lora["memory"]["params"]
+    assert (nf4["memory"]["grads"], nf4["memory"]["optimizer"]) == (lora["memory"]["grads"], lora["memory"]["optimizer"])
+    assert nf4["memory"]["params"] == nf4["memory"]["analytic"]["params"]
+    assert nf4["saved_bytes"] == lora["saved_bytes"]  # the same adapter file
+    summary = read(out / "qlora.json")
+    base = summary["base_losses_after_quantization"]
+    assert list(base) == ["fp32 (no quantization)", "NF4", "NF4 + double quantization", "FP4",
+                          "FP4 + double quantization", "Int4", "Int4 + double quantization"]
+    # A QLoRA run starts from the quantized base (B = 0) and an unloaded QLoRA model computes the same.
+    for record in records[4:]:
+        name = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4"}[record["quantize"]] + " + double quantization"
+        assert record["base_target_loss"] == pytest.approx(base[name]["target"], abs=1e-4)
+        final = record["final_eval"]
+        assert final["unloaded"]["target"] == pytest.approx(record["final_target_loss"], abs=1e-4)
+        assert set(final) == {"on_full_precision_base", "unloaded", "merged_into_4bit", "requantization"}
+        assert 0 <= final["requantization"]["unchanged"] <= 1
+    assert lora["base_target_loss"] == pytest.approx(base["fp32 (no quantization)"]["target"], abs=1e-6)
+    bits = summary["claim_3_double_quant_bits"]
+    assert bits["plain"] == 4.5 and bits["double_quant"] < 4.5 and bits["paper_saving"] == pytest.approx(0.373, abs=1e-3)
+    errors = summary["quantization_errors"]
+    assert set(errors) == {n for n, p in GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2,
+                                                                block_size=16)).named_parameters()
+                           if p.dim() == 2} | {"N(0, 1) data"}
+    claim = summary["claim_1_quantization_error"]
+    assert claim["model_weights"] == len(errors) - 1 and claim["nf4_lowest_on_gaussian"]
+    claim = summary["claim_2_qlora_matches_lora"]
+    assert claim["qlora_nf4"]["values"] == [r["final_target_loss"] for r in records[4:6]]
+    assert claim["qlora_minus_lora"]["values"] == pytest.approx(
+        [q["final_target_loss"] - p["final_target_loss"] for p, q in zip(records[2:4], records[4:6])])
+    assert isinstance(claim["qlora_minus_lora"]["called"], bool)
+    assert (out / "run_info.json").exists()
+    for name in ("levels.png", "quant_error.png", "memory.png"):
+        assert is_png(out / name)
+    assert "| QLoRA NF4 r=8 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        qlora.main([*TOY, *corpora, "--seeds", "0", "--out", str(out)])
+    assert "--seeds must be a positive integer like 3; got '0'" in capsys.readouterr().err
+
+
+def test_qlora_final_evaluation_can_be_sent_to_a_worker_process():
+    """run_all sends each run's arguments to a spawned process, so final_eval must pickle."""
+    import functools
+    import pickle
+
+    base = GPT(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, block_size=16))
+    batches = {"target": [(torch.zeros(2, 16, dtype=torch.long),) * 2], "source": [(torch.ones(2, 16, dtype=torch.long),) * 2]}
+    fn = pickle.loads(pickle.dumps(functools.partial(qlora.qlora_final_eval, base, batches, "cpu")))
+    model = apply_lora(copy.deepcopy(base), ["q_proj", "up_proj"], r=2, alpha=4, quantize="nf4")
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.01)  # as if trained: delta W != 0
+    result = fn(model)
+    assert result["unloaded"]["target"] == pytest.approx(result["on_full_precision_base"]["target"], abs=0.05)
+    assert set(result["requantization"]) == {"lost", "kept", "unchanged"}
+
+
+def test_loraplus_end_to_end(tmp_path, corpora):
+    out = tmp_path / "lp"
+    loraplus.main([*TOY, *corpora, "--ratios", "1,4", "--ranks", "2", "--seeds", "2", "--out", str(out)])
+    rows = read(out / "loraplus.json")["rows"]
+    assert [(row["r"], row["ratio"]) for row in rows] == [(2, 1.0), (2, 4.0)]
+    assert rows[0]["vs_plain"]["mean"] == 0 and rows[0]["target"] == rows[0]["target_loss"]["mean"]
+    records = read(out / "records.json")
+    assert [r["variant"] for r in records] == ["lora", "lora", "loraplus", "loraplus"]  # lambda 1 is plain LoRA
+    assert is_png(out / "loraplus.png")
+    with pytest.raises(SystemExit):
+        loraplus.main([*TOY, *corpora, "--ratios", "0.5,4", "--out", str(out)])
+
+
+def test_steps_to_reach_interpolates_between_evaluations():
+    history = [{"step": 0, "target_loss": 2.0}, {"step": 100, "target_loss": 1.6}, {"step": 200, "target_loss": 1.4}]
+    assert steps_to_reach(history, 1.5) == pytest.approx(150)
+    assert steps_to_reach(history, 1.6) == pytest.approx(100)
+    assert steps_to_reach(history, 1.3) is None
+
+
+def test_rank_targets_end_to_end(tmp_path, corpora):
+    out = tmp_path / "rt"
+    rank_targets.main([*TOY, *corpora, "--ranks", "1,4", "--tune-r", "4", "--seeds", "2", "--out", str(out)])
+    summary = read(out / "rank_targets.json")
+    assert [(row["set"], row["r"]) for row in summary["rows"]] == [
+        ("q", 1), ("q", 4), ("q,v", 1), ("q,v", 4), ("q,k,v,o", 1), ("q,k,v,o", 4)]
+    for row in summary["rows"]:  # every rank of a set at the rate tuned for it at --tune-r
+        assert row["lr"] == summary["tuning"][row["set"]]["best_lr"]
+    assert [(g["set"], g["r"], g["versus_r"]) for g in summary["gaps_to_top_rank"]] == [
+        ("q", 1, 4), ("q,v", 1, 4), ("q,k,v,o", 1, 4)]
+    assert is_png(out / "rank_targets.png")
+
+
+def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, corpora):
+    """Six steps are far too few for any rate to overshoot, so the loss falls with the rate: the tuner
+    must walk up the grid one rate per stage, max_extra times, and say the best is at the edge."""
+    from experiments.common import load_setup, make_parser, run_kwargs
+    from experiments.tuning import LR_GRID, grid_neighbours, tune
+
+    args = make_parser("t", str(tmp_path / "out")).parse_args([*TOY, *corpora])
+    base, base_key, source, target, device = load_setup(args)
+    entry = dict(base=base, base_key=base_key, spec={"method": "full"}, target=target, source=source,
+                 **run_kwargs(args, device))
+    assert grid_neighbours(1.8e-4) == [1e-4, 1.8e-4, 3e-4]
+    result = tune({"full": (entry, [1e-4, 1.8e-4, 3e-4])}, [1337, 1338], max_extra=2, progress=False)["full"]
+    assert result["lrs"] == list(LR_GRID[:5]) and result["best_lr"] == 1e-3 and result["at_grid_edge"]
+    assert result["losses"] == sorted(result["losses"], reverse=True)
+    assert [r["seed"] for r in result["records"]] == [1337, 1338]
+    assert all(r["lr"] == 1e-3 for r in result["records"])
+    with pytest.raises(ValueError, match="not on the tuning grid"):
+        grid_neighbours(2e-3)

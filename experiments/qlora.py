@@ -1,0 +1,356 @@
+"""QLoRA: LoRA on a 4-bit base, against LoRA and full fine-tuning; what 4 bits cost and save.
+
+    python -m experiments.qlora                               # CPU, tiny model, offline
+    python -m experiments.qlora --device cuda --preset small
+
+Claims (Dettmers et al. 2023, arXiv:2305.14314):
+(1) NF4 has lower quantization error than FP4 and Int4 on normally distributed weights, and
+    on this model's weights;
+(2) QLoRA with NF4 and double quantization matches 16-bit LoRA's fine-tuned quality (here fp32
+    LoRA): the paired difference of final target losses, seed by seed, with its 95% interval;
+(3) double quantization saves about 0.37 bits per parameter (4.5 -> 4.127 bits).
+Runs, --seeds each (3 by default: the spread a difference must clear): full fine-tuning
+(--full-lr), LoRA r (--lora-lr), and QLoRA r (LoRA's rate) on NF4, FP4 and Int4 bases, all with
+double quantization. Also measured: the base model's loss after quantization, before any
+fine-tuning (what 4 bits cost); quantization error (MSE, and the error's norm relative to the
+weight's) of each data type on every weight matrix of the base model and on N(0, 1) data;
+memory by part; adapter size; and for each QLoRA run, its adapter loaded onto the
+full-precision base, the model unloaded to full precision (dequantize(W0) + delta W: the same
+function, a check), and the adapter merged back into 4 bits (what that loses, qlora.py).
+Step times are the runs' own medians (runs may train side by side in worker processes, see
+runs.py): a rough guide only; experiments/bench_lora.py compares QLoRA and LoRA steps in
+alternating rounds.
+Writes OUT/records.json, OUT/qlora.json, OUT/levels.png, OUT/quant_error.png, OUT/memory.png,
+OUT/results.md.
+"""
+import argparse
+import copy
+import functools
+import os
+import statistics
+import tempfile
+
+import matplotlib.pyplot as plt
+import torch
+
+import minilora
+from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.plots import MIB, finish, plot_memory_bars, write_report
+from experiments.runs import run_all
+from experiments.seeds import paired, seed_list, show, show_difference, spread
+from minilora.qlora import merge_into_4bit_, requantization_error
+from minilora.quantize import LEVELS, QUANT_TYPES, quantize_4bit
+from nanogpt.data import fixed_batches
+from nanogpt.train import evaluate, write_json
+
+NAMES = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4"}
+COLORS = {"nf4": "#4C72B0", "fp4": "#DD8452", "int4": "#55A868"}
+FINAL_EVAL = "qlora-v1"  # the name of qlora_final_eval in the run cache: change it when the function changes
+PAPER_BITS = {"plain": 4 + 32 / 64, "double_quant": 4 + 8 / 64 + 32 / (64 * 256)}  # 4.5 and 4.127
+
+
+def positive_int(flag):
+    """An argparse type: one positive integer, or a clear error naming the flag."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer like 3; got {text!r}")
+        return value
+    return parse
+
+
+def quantization_error(weight, quant_type, double_quant=True):
+    """{"mse", "relative"} of one weight in one data type: mean((W - W_hat)^2) and
+    ||W - W_hat||_F / ||W||_F, with blocks of 64 as QLoRA stores it."""
+    weight = weight.detach().float()
+    error = quantize_4bit(weight, quant_type, 64, double_quant).dequantize() - weight
+    return {"mse": error.pow(2).mean().item(), "relative": (error.norm() / weight.norm()).item()}
+
+
+def quantization_errors(weights):
+    """{weight name: {quant_type: {"mse", "relative", "mse_no_dq", "relative_no_dq"}}}."""
+    table = {}
+    for name, weight in weights.items():
+        table[name] = {}
+        for q in QUANT_TYPES:
+            plain = quantization_error(weight, q, double_quant=False)
+            table[name][q] = {**quantization_error(weight, q), "mse_no_dq": plain["mse"],
+                              "relative_no_dq": plain["relative"]}
+    return table
+
+
+def bits_per_value(weights, double_quant):
+    """Bits per value of NF4 over the given weights, from the bytes the tensors hold."""
+    stored = [quantize_4bit(w, "nf4", 64, double_quant) for w in weights]
+    return 8 * sum(q.nbytes for q in stored) / sum(q.numel() for q in stored)
+
+
+def quantized_copy(base, targets, quant_type, double_quant=True):
+    """The base model with the targets' weights in 4 bits, and no adapter active: the quantized base."""
+    model = minilora.apply_lora(copy.deepcopy(base), targets, r=1, alpha=1, quantize=quant_type,
+                                double_quant=double_quant)
+    for _, layer in minilora.lora_layers(model):
+        layer.active_adapter = None  # forward is Linear4bit's: dequantize(W0) x + b
+    return model
+
+
+def qlora_final_eval(base, eval_batches, device, model):
+    """The losses of what can be made of a trained QLoRA model's adapter (run_finetune's
+    final_eval, bound to base, eval_batches and device with functools.partial, which, unlike a
+    closure, can be sent to the worker processes): on the full-precision base (save_adapter, then
+    load_adapter onto a copy of the base), unloaded to full precision, and merged back into 4 bits;
+    and requantization_error averaged over the layers."""
+    def losses(m):
+        return {name: evaluate(m, batches, device) for name, batches in eval_batches.items()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "adapter.pt")
+        minilora.save_adapter(model, path)
+        on_full_precision = minilora.load_adapter(copy.deepcopy(base), path)
+    merged = copy.deepcopy(model)
+    for _, layer in minilora.lora_layers(merged):
+        merge_into_4bit_(layer)
+    errors = [requantization_error(layer) for _, layer in minilora.lora_layers(model)]
+    return {
+        "on_full_precision_base": losses(on_full_precision),
+        "unloaded": losses(minilora.unload_lora(copy.deepcopy(model))),
+        "merged_into_4bit": losses(merged),
+        "requantization": {k: statistics.fmean(e[k] for e in errors) for k in errors[0]},
+    }
+
+
+def plot_levels(path, title, n_values=2 ** 16):
+    """The three data types' levels over the distribution they quantize: N(0, 1) values divided
+    by the absmax of their block of 64."""
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randn(n_values // 64, 64, generator=g)
+    normalized = (blocks / blocks.abs().amax(1, keepdim=True)).view(-1)
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
+    for ax, q in zip(axes, QUANT_TYPES):
+        ax.hist(normalized.numpy(), bins=200, density=True, color="lightgray",
+                label="N(0, 1) / absmax of its block of 64")
+        for i, level in enumerate(LEVELS[q].tolist()):
+            ax.axvline(level, color=COLORS[q], linewidth=1.2, label=f"{NAMES[q]} levels" if i == 0 else None)
+        ax.set_ylabel("density")
+        ax.set_title(f"{NAMES[q]}: {len(LEVELS[q])} levels")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("normalized weight value (weight / block absmax)")
+    return finish(fig, title, path)
+
+
+def plot_errors(errors, gaussian_name, path, title):
+    """Relative quantization error by data type: on N(0, 1) data, and on each weight of the model."""
+    model_names = [n for n in errors if n != gaussian_name]
+    fig, (ax_g, ax_m) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 2.6]})
+    values = [errors[gaussian_name][q]["relative"] for q in QUANT_TYPES]
+    ax_g.bar([NAMES[q] for q in QUANT_TYPES], values, color=[COLORS[q] for q in QUANT_TYPES])
+    for i, v in enumerate(values):
+        ax_g.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+    ax_g.set_ylabel("||W - W_hat|| / ||W||")
+    ax_g.set_title(gaussian_name)
+    ax_g.margins(y=0.15)
+    for q in QUANT_TYPES:
+        ax_m.plot(range(len(model_names)), [errors[n][q]["relative"] for n in model_names], "o",
+                  color=COLORS[q], label=NAMES[q])
+    ax_m.set_xticks(range(len(model_names)), [n.removesuffix(".weight") for n in model_names], rotation=60,
+                    ha="right", fontsize=7)
+    ax_m.set_ylim(0, None)
+    ax_m.set_ylabel("||W - W_hat|| / ||W||")
+    ax_m.set_title("each weight matrix of the base model")
+    ax_m.grid(axis="y", alpha=0.3)
+    ax_m.legend(fontsize=8)
+    return finish(fig, title, path)
+
+
+def plot_memory(records, path, title):
+    """Training memory by part for full fine-tuning, LoRA and QLoRA (NF4), as measured."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    plot_memory_bars(ax, records)
+    ax.set_title("training memory by part (measured; 4-bit weights by their real bytes)")
+    return finish(fig, title, path)
+
+
+def mean_ms(runs):
+    return 1000 * statistics.fmean(r["median_step_s"] for r in runs)
+
+
+def summarize(groups, errors, gaussian_name, base_losses, bits):
+    """The numbers the claims are judged on (OUT/qlora.json)."""
+    rows = []
+    lora = next(g for g in groups if g["key"] == "lora")
+    for g in groups:
+        runs = g["runs"]
+        row = {"name": g["name"], "key": g["key"], "lr": runs[0]["lr"],
+               "trainable_params": runs[0]["trainable_params"],
+               "base_target_loss": runs[0]["base_target_loss"], "base_source_loss": runs[0]["base_source_loss"],
+               "final_target_loss": spread([r["final_target_loss"] for r in runs]),
+               "final_source_loss": spread([r["final_source_loss"] for r in runs]),
+               "memory": runs[0]["memory"], "saved_bytes": runs[0]["saved_bytes"], "median_step_ms": mean_ms(runs)}
+        if g is not lora:  # minus LoRA, seed by seed (same seeds, same batches): called if its 95% CI excludes 0
+            row["target_minus_lora"] = paired([r["final_target_loss"] for r in lora["runs"]],
+                                              [r["final_target_loss"] for r in runs])
+            row["source_minus_lora"] = paired([r["final_source_loss"] for r in lora["runs"]],
+                                              [r["final_source_loss"] for r in runs])
+        if "final_eval" in runs[0]:
+            row["final_eval"] = {
+                part: {k: spread([r["final_eval"][part][k] for r in runs]) for k in runs[0]["final_eval"][part]}
+                for part in runs[0]["final_eval"]}
+        rows.append(row)
+    by_key = {row["key"]: row for row in rows}
+    weights = [n for n in errors if n != gaussian_name]
+    nf4_lowest = [n for n in weights
+                  if all(errors[n]["nf4"]["relative"] < errors[n][q]["relative"] for q in ("fp4", "int4"))]
+    gaussian = errors[gaussian_name]
+    return {
+        "rows": rows,
+        "base_losses_after_quantization": base_losses,
+        "claim_1_quantization_error": {
+            "gaussian_relative": {q: gaussian[q]["relative"] for q in QUANT_TYPES},
+            "nf4_lowest_on_gaussian": all(gaussian["nf4"]["relative"] < gaussian[q]["relative"]
+                                          for q in ("fp4", "int4")),
+            "model_weights": len(weights), "nf4_lowest_on_weights": len(nf4_lowest),
+            "mean_relative_on_weights": {q: statistics.fmean(errors[n][q]["relative"] for n in weights)
+                                         for q in QUANT_TYPES}},
+        "claim_2_qlora_matches_lora": {
+            "lora": by_key["lora"]["final_target_loss"], "qlora_nf4": by_key["nf4"]["final_target_loss"],
+            "qlora_minus_lora": by_key["nf4"]["target_minus_lora"],
+            "lora_seed_sd": by_key["lora"]["final_target_loss"]["sd"]},
+        "claim_3_double_quant_bits": {**bits, "saving": bits["plain"] - bits["double_quant"],
+                                      "paper": PAPER_BITS, "paper_saving": PAPER_BITS["plain"] - PAPER_BITS["double_quant"]},
+        "step_ms_qlora_nf4_over_lora": by_key["nf4"]["median_step_ms"] / by_key["lora"]["median_step_ms"],
+    }
+
+
+def report(summary, errors, gaussian_name, quantized_targets):
+    """OUT/results.md's tables."""
+    c1, c2, c3 = (summary[k] for k in ("claim_1_quantization_error", "claim_2_qlora_matches_lora",
+                                       "claim_3_double_quant_bits"))
+    lines = ["## Fine-tuning\n",
+             "| run | lr | trainable params | base loss target / source (after quantization) | final target loss | "
+             "final source loss | target loss minus LoRA's (paired) | memory (MiB): weights / grads / "
+             "optimizer / activations | adapter or checkpoint (KiB) | median step (ms) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for row in summary["rows"]:
+        m = row["memory"]
+        apart = show_difference(row["target_minus_lora"], digits=4) if "target_minus_lora" in row else "-"
+        lines.append(
+            f"| {row['name']} | {row['lr']:g} | {row['trainable_params']:,} | {row['base_target_loss']:.3f} / "
+            f"{row['base_source_loss']:.3f} | {show(row['final_target_loss'])} | {show(row['final_source_loss'])} | "
+            f"{apart} | {m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / {m['optimizer'] / MIB:.2f} / "
+            f"{m['activations'] / MIB:.2f} | {row['saved_bytes'] / 1024:,.1f} | {row['median_step_ms']:.1f} |")
+    lines += ["\n## What the QLoRA adapters become (target / source loss, mean over seeds)\n",
+              "| run | as trained (4-bit base) | adapter on the full-precision base | unloaded: dequantize(W0) + delta W "
+              "| merged back into 4 bits | that merge's error / norm of delta W | share of delta W kept along itself |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary["rows"]:
+        if "final_eval" not in row:
+            continue
+        fe = row["final_eval"]
+
+        def pair(part):
+            return f"{fe[part]['target']['mean']:.3f} / {fe[part]['source']['mean']:.3f}"
+        lines.append(f"| {row['name']} | {row['final_target_loss']['mean']:.3f} / {row['final_source_loss']['mean']:.3f} | "
+                     f"{pair('on_full_precision_base')} | {pair('unloaded')} | {pair('merged_into_4bit')} | "
+                     f"{fe['requantization']['lost']['mean']:.3f} | {fe['requantization']['kept']['mean']:.3f} |")
+    lines += ["\n## The base model after quantization, before fine-tuning\n",
+              "| base weights | target loss | source loss |", "| --- | ---: | ---: |"]
+    for name, losses in summary["base_losses_after_quantization"].items():
+        lines.append(f"| {name} | {losses['target']:.3f} | {losses['source']:.3f} |")
+    lines += ["\n## Quantization error, blocks of 64 with double quantization (relative: ||W - W_hat|| / ||W||)\n",
+              "| weight | quantized in the QLoRA runs | " + " | ".join(f"{NAMES[q]} relative" for q in QUANT_TYPES)
+              + " | " + " | ".join(f"{NAMES[q]} MSE" for q in QUANT_TYPES) + " |",
+              "| --- | --- | " + "---: | " * (2 * len(QUANT_TYPES))]
+    for name, by_type in errors.items():
+        lines.append(f"| {name} | {'yes' if name in quantized_targets else 'no'} | "
+                     + " | ".join(f"{by_type[q]['relative']:.4f}" for q in QUANT_TYPES) + " | "
+                     + " | ".join(f"{by_type[q]['mse']:.3g}" for q in QUANT_TYPES) + " |")
+    g = errors[gaussian_name]
+    lines += [f"\nWithout double quantization, on {gaussian_name}: "
+              + ", ".join(f"{NAMES[q]} {g[q]['relative_no_dq']:.4f}" for q in QUANT_TYPES) + ".",
+              f"NF4 has the lowest error on {c1['nf4_lowest_on_weights']} of "
+              f"{c1['model_weights']} weight matrices, and {'the lowest' if c1['nf4_lowest_on_gaussian'] else 'not the lowest'} "
+              f"on {gaussian_name}.",
+              f"\nQLoRA (NF4) against LoRA, final target loss: {show(c2['qlora_nf4'])} against {show(c2['lora'])}; "
+              f"paired difference {show_difference(c2['qlora_minus_lora'], digits=4)} "
+              f"({'called' if c2['qlora_minus_lora']['called'] else 'not called'}: "
+              f"{'its 95% interval excludes 0' if c2['qlora_minus_lora']['called'] else 'its 95% interval includes 0'}).",
+              "\nLosses in nats/byte, mean ± 95% CI over the seeds; differences seed by seed, * where called.",
+              f"\nBits per value of the NF4 base, read from the tensors: {c3['plain']:.4f} without double quantization, "
+              f"{c3['double_quant']:.4f} with it (saving {c3['saving']:.4f}); the paper's arithmetic: "
+              f"{c3['paper']['plain']:.4f} and {c3['paper']['double_quant']:.4f} (saving {c3['paper_saving']:.4f}); "
+              f"the difference is the fp32 mean of each tensor's block constants, and a last group of fewer than 256 "
+              f"block constants where a tensor has one.",
+              f"\nMedian step, QLoRA (NF4) / LoRA: {summary['step_ms_qlora_nf4_over_lora']:.2f} (separate runs, a rough "
+              f"guide; experiments/bench_lora.py alternates the two in one process)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = make_parser(__doc__.splitlines()[0], default_out="results/qlora")
+    p.add_argument("--r", type=int, default=8, help="the rank of LoRA and QLoRA")
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=3,
+                   help="fine-tuning seeds per method (3+ to call a difference)")
+    p.add_argument("--gaussian-values", type=positive_int("--gaussian-values"), default=2 ** 20,
+                   help="how many N(0, 1) values the data types' error is measured on")
+    args = p.parse_args(argv)
+    base, base_key, source, target, device = load_setup(args)
+    kwargs = run_kwargs(args, device)
+    kwargs.pop("seed")
+    seeds = seed_list(args.seed, args.seeds)
+    targets = parse_targets(args.targets)
+    block_size = base.config.block_size
+    eval_batches = {name: fixed_batches(data, args.eval_iters, args.batch_size, block_size)
+                    for name, data in (("target", target.val), ("source", source.val))}
+
+    print("quantization error of NF4, FP4 and Int4")
+    gaussian_name = "N(0, 1) data"
+    weights = {n: p for n, p in base.named_parameters() if p.dim() == 2}
+    g = torch.Generator().manual_seed(args.seed)
+    errors = quantization_errors({**weights, gaussian_name: torch.randn(args.gaussian_values, generator=g)})
+    quantized_targets = {n + ".weight" for n, _ in minilora.find_targets(base, targets)}
+    bits = {"plain": bits_per_value([weights[n] for n in quantized_targets], double_quant=False),
+            "double_quant": bits_per_value([weights[n] for n in quantized_targets], double_quant=True)}
+
+    print("the base model's loss after quantization")
+    base_losses = {"fp32 (no quantization)": {k: evaluate(base, b, device) for k, b in eval_batches.items()}}
+    for q in QUANT_TYPES:
+        for dq in (False, True):
+            model = quantized_copy(base, targets, q, dq)
+            name = f"{NAMES[q]}{' + double quantization' if dq else ''}"
+            base_losses[name] = {k: evaluate(model, b, device) for k, b in eval_batches.items()}
+
+    lora = {"method": "lora", "variant": "lora", "r": args.r, "alpha": args.alpha, "targets": targets, "lr": args.lora_lr}
+    contenders = [("full fine-tuning", "full", {"method": "full", "lr": args.full_lr}),
+                  (f"LoRA r={args.r}", "lora", lora)]
+    contenders += [(f"QLoRA {NAMES[q]} r={args.r}", q, {**lora, "quantize": q}) for q in QUANT_TYPES]
+    final_eval = (FINAL_EVAL, functools.partial(qlora_final_eval, base, eval_batches, device))
+    plan = [dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs, seed=s,
+                 **({"final_eval": final_eval} if spec.get("quantize") else {}))
+            for _, _, spec in contenders for s in seeds]
+    records = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="qlora")
+    groups = [{"name": name, "key": key, "runs": records[k * len(seeds):(k + 1) * len(seeds)]}
+              for k, (name, key, _) in enumerate(contenders)]
+
+    summary = summarize(groups, errors, gaussian_name, base_losses, bits)
+    summary.update(seeds=seeds, quantized_targets=sorted(quantized_targets), quantization_errors=errors)
+    write_json(records, os.path.join(args.out, "records.json"))
+    write_json(summary, os.path.join(args.out, "qlora.json"))
+    title = (f"QLoRA: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, r={args.r}, "
+             f"{len(seeds)} seeds, {device}")
+    plot_levels(os.path.join(args.out, "levels.png"), "NF4 against FP4 and evenly spaced (Int4) levels")
+    plot_errors(errors, gaussian_name, os.path.join(args.out, "quant_error.png"),
+                "quantization error by data type (blocks of 64, double quantization)")
+    firsts = [g["runs"][0] for g in groups if g["key"] in ("full", "lora", "nf4")]
+    plot_memory(firsts, os.path.join(args.out, "memory.png"), title)
+    table = write_report(os.path.join(args.out, "results.md"), "QLoRA", title,
+                         report(summary, errors, gaussian_name, quantized_targets))
+    finish_experiment(args, argv)
+    print(table)
+    print(f"wrote {args.out}/records.json, qlora.json, levels.png, quant_error.png, memory.png, results.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Rank crossed with the adapted matrices (LoRA paper, Table 6): how small can r be?
+
+    python -m experiments.rank_targets                        # CPU, tiny model, offline
+    python -m experiments.rank_targets --device cuda --preset small
+
+Claim (Hu et al. 2021, Sec. 7.2 and Table 6): LoRA performs competitively with a very small rank,
+r = 1 or 2, when it adapts W_q and W_v together; adapting W_q alone needs a larger r. The test:
+for each target set, the docs loss at r = 1, 2, 8 and 64, and the gap from r=1 (and r=2) to r=64
+seed by seed. Each target set runs at its own rate, tuned at r=8 (tuning.py); the rate is then
+kept for every rank of the set, since the best rate barely moves with the rank when alpha is
+fixed (section 1 of REPRODUCTIONS.md).
+Writes OUT/records.json, OUT/rank_targets.json, OUT/rank_targets.png, OUT/results.md.
+"""
+import os
+
+import matplotlib.pyplot as plt
+
+from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, run_kwargs
+from experiments.plots import finish, log2_axis, write_report
+from experiments.runs import run_all
+from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.tuning import grid_neighbours, tune
+from nanogpt.train import write_json
+
+TARGET_SETS = {"q": ["q_proj"], "q,v": ["q_proj", "v_proj"], "q,k,v,o": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def plot_rank_targets(rows, base_target, path, title):
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for name in TARGET_SETS:
+        mine = [row for row in rows if row["set"] == name]
+        if mine:
+            ax.errorbar([row["r"] for row in mine], [row["target_loss"]["mean"] for row in mine], marker="o",
+                        capsize=3, label=f"{name} (lr {mine[0]['lr']:g})",
+                        yerr=[row["target_loss"]["ci"] if row["target_loss"]["n"] > 1 else 0 for row in mine])
+    ax.axhline(base_target, color="gray", linestyle=":", label="base model (before)")
+    log2_axis(ax, sorted({row["r"] for row in rows}), "LoRA rank r")
+    ax.set_ylabel("final validation loss on target (nats/byte)")
+    ax.set_title("loss against rank for each set of adapted matrices (95% CI)")
+    ax.legend(fontsize=8)
+    return finish(fig, title, path)
+
+
+def main(argv=None):
+    p = make_parser(__doc__.splitlines()[0], default_out="results/rank_targets")
+    p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 8, 64], help="LoRA ranks, e.g. 1,2,8,64")
+    p.add_argument("--tune-r", type=int, default=8, help="the rank at which each set's rate is tuned")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per point")
+    args = p.parse_args(argv)
+    seeds = seed_list(args.seed, args.seeds)
+    base, base_key, source, target, device = load_setup(args)
+    kwargs = run_kwargs(args, device)
+
+    def entry(targets, r):
+        spec = {"method": "lora", "variant": "lora", "r": r, "alpha": args.alpha, "targets": targets}
+        return dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **kwargs)
+
+    tuned = tune({name: (entry(t, args.tune_r), grid_neighbours(args.lora_lr)) for name, t in TARGET_SETS.items()},
+                 seeds, workers=args.workers, progress=not args.no_progress)
+    cells = [(name, r) for name in TARGET_SETS for r in args.ranks]
+    plan = []
+    for name, r in cells:
+        e = entry(TARGET_SETS[name], r)
+        plan += [{**e, "spec": {**e["spec"], "lr": tuned[name]["best_lr"]}, "seed": s} for s in seeds]
+    records = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="ranks x target sets")
+    rows = []
+    for k, (name, r) in enumerate(cells):
+        runs = records[k * len(seeds):(k + 1) * len(seeds)]
+        rows.append({"set": name, "r": r, "lr": tuned[name]["best_lr"], "trainable_params": runs[0]["trainable_params"],
+                     "target_loss": spread([x["final_target_loss"] for x in runs]),
+                     "source_loss": spread([x["final_source_loss"] for x in runs])})
+    top = max(args.ranks)
+    gaps = []
+    for name in TARGET_SETS:
+        by_r = {row["r"]: row for row in rows if row["set"] == name}
+        for r in sorted(by_r)[:-1]:  # how much worse than the top rank, seed by seed
+            gaps.append({"set": name, "r": r, "versus_r": top,
+                         "difference": paired(by_r[top]["target_loss"]["values"], by_r[r]["target_loss"]["values"])})
+    summary = {"seeds": seeds, "ranks": args.ranks, "tuning": {n: {k: t[k] for k in ("lrs", "losses", "best_lr",
+                                                                                       "at_grid_edge")}
+                                                              for n, t in tuned.items()},
+               "rows": rows, "gaps_to_top_rank": gaps}
+    unique = list({id(x): x for x in records}.values())
+    write_json(unique, os.path.join(args.out, "records.json"))
+    write_json(summary, os.path.join(args.out, "rank_targets.json"))
+    title = (f"rank x target set: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, "
+             f"alpha {args.alpha:g}, {len(seeds)} seeds, {device}")
+    plot_rank_targets(rows, records[0]["base_target_loss"], os.path.join(args.out, "rank_targets.png"), title)
+    table = write_report(os.path.join(args.out, "results.md"), "Rank x target set", title, results_table(summary))
+    finish_experiment(args, argv)
+    print(table)
+    print(f"wrote {args.out}/records.json, rank_targets.json, rank_targets.png, results.md")
+
+
+def results_table(summary):
+    ranks = summary["ranks"]
+    lines = ["| adapted | rate | " + " | ".join(f"r={r}" for r in ranks) + " |",
+             "| --- | ---: |" + " ---: |" * len(ranks)]
+    for name in TARGET_SETS:
+        mine = {row["r"]: row for row in summary["rows"] if row["set"] == name}
+        if mine:
+            lines.append(f"| {name} | {next(iter(mine.values()))['lr']:g} | " +
+                         " | ".join(show(mine[r]["target_loss"]) for r in ranks) + " |")
+    lines += ["", f"| adapted | r | worse than r={max(ranks)} by (95% CI; * = called) |", "| --- | ---: | ---: |"]
+    lines += [f"| {g['set']} | {g['r']} | {show_difference(g['difference'])} |" for g in summary["gaps_to_top_rank"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

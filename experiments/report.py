@@ -1,0 +1,114 @@
+"""REPRODUCTIONS.md and the README's results, written from the committed records in results/.
+
+    python -m experiments.report            # rewrite experiments/REPRODUCTIONS.md and README.md's generated blocks
+    python -m experiments.report --check    # exit 1, saying where, if they differ from what results/ gives
+
+Nothing in those tables is typed by hand: each experiment module has a `report(results)` that
+reads its own records and returns its section (claim, command, plot, the numbers and the verdict
+text around them), and this module puts the sections together. tests/test_report.py fails when
+the committed Markdown is not what the committed records give.
+
+README.md holds generated blocks between `<!-- BEGIN GENERATED: name -->` and
+`<!-- END GENERATED: name -->`; only those are rewritten.
+"""
+import argparse
+import difflib
+import importlib
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPRODUCTIONS = os.path.join(ROOT, "experiments", "REPRODUCTIONS.md")
+README = os.path.join(ROOT, "README.md")
+# The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
+# every other comparison runs each method at its own tuned rate.
+SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "subspace", "capacity", "learn_forget", "batch_size",
+            "variants")
+BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
+                   re.DOTALL)
+
+
+class Results:
+    """Reads results/<experiment>/<file>; `has` says whether an experiment has been run."""
+
+    def __init__(self, root=os.path.join(ROOT, "results")):
+        self.root = root
+
+    def has(self, experiment, name="run_info.json"):
+        return os.path.exists(os.path.join(self.root, experiment, name))
+
+    def json(self, experiment, name):
+        with open(os.path.join(self.root, experiment, name)) as f:
+            return json.load(f)
+
+
+def sections(results):
+    """[(module name, section dict)] for every experiment that has results."""
+    out = []
+    for name in SECTIONS:
+        module = importlib.import_module(f"experiments.{name}")
+        if results.has(name):
+            out.append((name, module.report(results)))
+    return out
+
+
+def reproductions_md(results):
+    from experiments.write_up import document  # the prose around the sections
+
+    return document(results, sections(results))
+
+
+def readme_blocks(results):
+    from experiments.write_up import readme_blocks as blocks
+
+    return blocks(results)
+
+
+def fill_blocks(text, blocks):
+    """text with each generated block's body replaced by blocks[name] (blocks it lacks: unchanged)."""
+    def replace(m):
+        name = m.group("name")
+        body = blocks.get(name, m.group("body"))
+        return m.group(1) + body.rstrip("\n") + "\n" + m.group(4)
+    return BLOCK.sub(replace, text)
+
+
+def expected_files(results):
+    """{path: the content the records give}."""
+    with open(README) as f:
+        readme = f.read()
+    return {REPRODUCTIONS: reproductions_md(results), README: fill_blocks(readme, readme_blocks(results))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
+    args = p.parse_args(argv)
+    stale = []
+    for path, text in expected_files(Results()).items():
+        current = open(path).read() if os.path.exists(path) else ""
+        if current == text:
+            continue
+        stale.append(path)
+        if args.check:
+            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), "committed", "from results/",
+                                        lineterm="", n=1)
+            print("\n".join(list(diff)[:40]))
+        else:
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+            print(f"wrote {os.path.relpath(path, ROOT)}")
+    if args.check and stale:
+        print(f"out of date: {', '.join(os.path.relpath(p, ROOT) for p in stale)}; "
+              f"regenerate with: python -m experiments.report", file=sys.stderr)
+        return 1
+    if not stale:
+        print("REPRODUCTIONS.md and README.md are what results/ gives")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
