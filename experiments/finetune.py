@@ -23,7 +23,7 @@ from nanogpt.device import autocast
 from nanogpt.train import configure_optimizer, train, write_json
 
 METHODS = ("full", "lora")
-VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa")
+VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa", "adalora")
 LORAPLUS_RATIO = 16  # Hayou et al. 2024: B's learning rate about 16x A's
 
 
@@ -44,6 +44,9 @@ def prepare_model(base, spec):
             p.requires_grad_(True)
         return model
     variant = spec.get("variant", "lora")
+    if variant == "adalora":  # r is init_r; the allocator prunes to target_r per matrix on average
+        return minilora.apply_adalora(model, spec["targets"], init_r=spec["r"], target_r=spec["target_r"],
+                                      alpha=spec["alpha"])
     minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=spec["alpha"],
                         rslora=variant == "rslora", dora=variant == "dora", pissa=variant == "pissa",
                         quantize=spec.get("quantize"))
@@ -58,6 +61,16 @@ def make_optimizer(model, spec, weight_decay):
             g["lr_ratio"] = g["lr"] / spec["lr"]
         return torch.optim.AdamW(groups, lr=spec["lr"], betas=(0.9, 0.99))
     return configure_optimizer(model, spec["lr"], weight_decay)
+
+
+def adalora_hooks(model, spec, steps):
+    """AdaLoRA's two additions to the training loop, as train() hooks: the orthogonality
+    regulariser added to the loss, and the rank allocator called after every optimizer step.
+    spec holds the schedule: t_init, t_final, delta_t, beta1, beta2, gamma."""
+    allocator = minilora.RankAllocator(model, total_steps=steps, t_init=spec["t_init"], t_final=spec["t_final"],
+                                       delta_t=spec["delta_t"], beta1=spec["beta1"], beta2=spec["beta2"])
+    return allocator, {"after_step": allocator.step,
+                       "extra_loss": lambda m: minilora.orthogonal_regularizer(m, spec["gamma"])}
 
 
 def saved_bytes(model, spec):
@@ -99,7 +112,9 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
 
     spec: {"method": "full"|"lora", "lr": float, and for LoRA "r", "alpha", "targets", "variant"
         (and for LoRA+ optionally "ratio", B's rate over A's; for QLoRA "quantize": "nf4"|"fp4"|"int4",
-        a 4-bit base, left out otherwise so that the cache keys of earlier runs stay valid)}.
+        a 4-bit base, left out otherwise so that the cache keys of earlier runs stay valid)}; variant
+        "adalora" also needs "target_r" and the adalora_hooks schedule keys, and its record gets
+        "adalora": the budget b(t) per step, every reallocation, and the final rank per layer.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
     target.val (learning) and source.val (forgetting).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
@@ -135,12 +150,13 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     if is_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    allocator, hooks = (adalora_hooks(model, spec, steps) if spec.get("variant") == "adalora" else (None, {}))
     start = time.perf_counter()
     result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
                    batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
                    weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
                    device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
-                   progress=progress)
+                   progress=progress, **hooks)
     wall_time = time.perf_counter() - start
     if is_cuda:
         memory["cuda_peak"] = torch.cuda.max_memory_allocated()
@@ -180,6 +196,13 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         "saved_bytes": saved_bytes(model, spec),
         "memory": memory,
     }
+    if allocator is not None:
+        record["adalora"] = {"budget": [b for _, b in allocator.budgets],
+                             "allocations": [{"step": s, "ranks": ranks} for s, ranks in allocator.allocations],
+                             "final_ranks": allocator.final_ranks(),  # {layer: kept triplets}
+                             # what the kept triplets weigh: k (in + out + 1) per matrix, as save_adapter keeps them
+                             "final_params": sum(a.rank * (a.lora_A.shape[1] + a.lora_B.shape[0] + 1)
+                                                 for _, a in allocator.adapters)}
     if final_eval is not None:
         record["final_eval"] = final_eval[1](model)
     os.makedirs(os.path.dirname(path), exist_ok=True)

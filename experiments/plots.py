@@ -9,6 +9,13 @@ MEMORY_PARTS = [("params", "weights"), ("grads", "gradients"), ("optimizer", "op
 PART_COLORS = {"params": "#4C72B0", "grads": "#DD8452", "optimizer": "#C44E52", "activations": "#8C8C8C"}
 
 
+def lr_text(lr):
+    """A learning rate as people write it: 1.8e-3, 5.6e-4, 1e-2."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def label(record):
     if record["method"] == "full":
         return "full fine-tuning"

@@ -12,7 +12,9 @@ Files:      save_adapter, load_adapter (adapter_file.py)
 Adapters:   add_adapter, set_adapter, add_weighted_adapter (multi_adapter.py)
 Variants:   rsLoRA (adapter.py), DoRA (dora.py), PiSSA (pissa.py), LoRA+ (loraplus.py)
 QLoRA:      apply_lora(..., quantize="nf4"); quantize_nf4/fp4/int4 (quantize.py); Linear4bit, QLoRALinear (qlora.py)
+AdaLoRA:    apply_adalora, orthogonal_regularizer (adalora.py), RankAllocator (rank_allocator.py)
 """
+from minilora.adalora import AdaLoRAAdapter, AdaLoRALinear, apply_adalora, orthogonal_regularizer
 from minilora.adapter import LoRAAdapter
 from minilora.adapter_file import load_adapter, read_adapter_file, save_adapter
 from minilora.embedding import LoRAEmbedding
@@ -35,6 +37,7 @@ from minilora.model_ops import (
 from minilora.multi_adapter import add_adapter, add_weighted_adapter, set_adapter
 from minilora.qlora import Linear4bit, QLoRALinear, requantization_error
 from minilora.quantize import QuantizedWeight, quantize_4bit, quantize_fp4, quantize_int4, quantize_nf4
+from minilora.rank_allocator import RankAllocator, budget_schedule
 
 __all__ = [
     "LoRAAdapter", "LoRAEmbedding", "LoRALayer", "LoRALinear", "LoRALinearFunction", "lora_linear",
@@ -46,4 +49,5 @@ __all__ = [
     "loraplus_param_groups",
     "quantize_nf4", "quantize_fp4", "quantize_int4", "quantize_4bit", "QuantizedWeight",
     "Linear4bit", "QLoRALinear", "requantization_error",
+    "AdaLoRAAdapter", "AdaLoRALinear", "apply_adalora", "orthogonal_regularizer", "RankAllocator", "budget_schedule",
 ]

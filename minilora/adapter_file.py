@@ -9,6 +9,10 @@ torch.load(weights_only=True):
      "tensors": {"<layer>.lora_A": (r, in), "<layer>.lora_B": (out, r), "<layer>.magnitude": (out,)},
      "biases":  {"<module>.bias": tensor}}       only when biases trained (bias != "none")
 
+An AdaLoRA adapter (adalora.py) keeps only its triplets with lambda_i != 0, so the file shrinks with
+the rank: "<layer>.lora_A" Q (k, in), "<layer>.lora_E" lambda (k,), "<layer>.lora_B" P (out, k),
+and the config adds "adalora": True, "target_r", and "ranks": {layer: k}; "r" is init_r.
+
 Bias names are the module's name plus ".bias", the same whether or not the module is wrapped.
 """
 import os
@@ -18,6 +22,7 @@ import tempfile
 import torch
 import torch.nn as nn
 
+from minilora.adalora import AdaLoRAAdapter, apply_adalora
 from minilora.inject import apply_lora
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
@@ -78,10 +83,14 @@ def save_adapter(model, path, adapter_name=None):
         raise ValueError(f"adapter {name!r} has different hyperparameters on different layers; "
                          f"save_adapter needs one config")
     config = dict(adapter_name=name, targets=[n for n, _ in layers], **configs[0])
+    if config.get("adalora"):
+        config["ranks"] = {n: layer.adapters[name].rank for n, layer in layers}
     tensors = {}
     for n, layer in layers:
         adapter = layer.adapters[name]
-        for key, p in (("lora_A", adapter.lora_A), ("lora_B", adapter.lora_B), ("magnitude", adapter.magnitude)):
+        parts = (adapter.surviving_triplets() if isinstance(adapter, AdaLoRAAdapter) else
+                 {"lora_A": adapter.lora_A, "lora_B": adapter.lora_B, "magnitude": adapter.magnitude})
+        for key, p in parts.items():
             if p is not None:
                 tensors[f"{n}.{key}"] = p.detach().cpu().clone()  # clone: save just this tensor's data
     biases = {k: v.detach().cpu().clone()
@@ -109,12 +118,15 @@ def read_adapter_file(path):
     return obj
 
 
-def _expected_shapes(module, r, dora):
+def _expected_shapes(module, r, dora, adalora_rank=None):
     base = module.base if isinstance(module, LoRALayer) else module
     if isinstance(base, (nn.Linear, Linear4bit)):  # a 4-bit base takes the same A and B
         n_in, n_out = base.in_features, base.out_features
     else:
         n_in, n_out = base.num_embeddings, base.embedding_dim
+    if adalora_rank is not None:  # AdaLoRA: the k surviving triplets
+        k = adalora_rank
+        return {"lora_A": (k, n_in), "lora_E": (k,), "lora_B": (n_out, k)}
     shapes = {"lora_A": (r, n_in), "lora_B": (n_out, r)}
     if dora:
         shapes["magnitude"] = (n_out,)
@@ -146,13 +158,21 @@ def load_adapter(model, path, adapter_name=None):
         model_config = existing[0][1].adapters[name].config()
         problems += [f"{k}: file {config[k]!r}, model {model_config[k]!r}"
                      for k in MUST_MATCH if config[k] != model_config[k]]
+        if config.get("adalora", False) != model_config.get("adalora", False):
+            problems.append(f"adalora: file {config.get('adalora', False)!r}, "
+                            f"model {model_config.get('adalora', False)!r}")
+    ranks = config.get("ranks", {}) if config.get("adalora") else {}
     expected = {}
     for t in config["targets"]:
         module = modules.get(t)
         if module is not None and not isinstance(module, (nn.Linear, nn.Embedding, LoRALayer)):
             problems.append(f"{t!r} is a {type(module).__name__}, not an nn.Linear or nn.Embedding")
+        elif config.get("adalora") and not (isinstance(ranks.get(t), int) and 0 <= ranks[t] <= config["r"]):
+            problems.append(f"{t!r}: rank {ranks.get(t)!r} in the file; an AdaLoRA layer keeps "
+                            f"0..{config['r']} triplets")
         elif module is not None:
-            expected.update({f"{t}.{k}": s for k, s in _expected_shapes(module, config["r"], config["dora"]).items()})
+            expected.update({f"{t}.{k}": s for k, s in
+                             _expected_shapes(module, config["r"], config["dora"], ranks.get(t)).items()})
     for key, shape in expected.items():
         if key not in tensors:
             problems.append(f"{key}: missing from the file")
@@ -176,11 +196,18 @@ def load_adapter(model, path, adapter_name=None):
 
     if not existing:
         exact = "|".join(re.escape(t) for t in config["targets"])  # exactly these layers
-        apply_lora(model, exact, config["r"], config["alpha"], config["dropout"], bias=config["bias"],
-                   rslora=config["rslora"], dora=config["dora"], pissa=config["pissa"], adapter_name=name)
+        if config.get("adalora"):
+            apply_adalora(model, exact, config["r"], config["target_r"], config["alpha"], config["dropout"],
+                          bias=config["bias"], adapter_name=name)
+        else:
+            apply_lora(model, exact, config["r"], config["alpha"], config["dropout"], bias=config["bias"],
+                       rslora=config["rslora"], dora=config["dora"], pissa=config["pissa"], adapter_name=name)
     with torch.no_grad():
         for t in config["targets"]:
             adapter = model.get_submodule(t).adapters[name]
+            if isinstance(adapter, AdaLoRAAdapter):
+                adapter.load_triplets_(*(tensors[f"{t}.{k}"] for k in ("lora_A", "lora_E", "lora_B")))
+                continue
             adapter.lora_A.copy_(tensors[f"{t}.lora_A"])
             adapter.lora_B.copy_(tensors[f"{t}.lora_B"])
             if adapter.dora:

@@ -157,7 +157,10 @@ def lora_summary(model):
             if aname == layer.merged_adapter:
                 state += " merged"
             variant = "+dora" if adapter.dora else "+pissa" if adapter.pissa else ""
-            rows.append((name, shape, aname + variant, str(adapter.r), f"{adapter.alpha:g}",
+            rank = str(adapter.r)
+            if hasattr(adapter, "lora_E"):  # AdaLoRA (adalora.py): the triplets in use, of init_r
+                variant, rank = "+adalora", f"{adapter.rank} of {adapter.r}"
+            rows.append((name, shape, aname + variant, rank, f"{adapter.alpha:g}",
                          f"{adapter.scaling:.4g}", f"{added:,}", state.strip()))
     if len(rows) == 1:
         return "no LoRA layers in this model"

@@ -73,6 +73,8 @@ def add_weighted_adapter(model, adapters, weights, name):
         if missing:
             raise ValueError(f"{n!r} lacks adapter(s) {missing}: combined adapters must sit on the same layers")
         for a in adapters:
+            if hasattr(layer.adapters[a], "lora_E"):
+                raise ValueError(f"adapter {a!r} is an AdaLoRA adapter (P diag(lambda) Q); combine plain LoRA adapters")
             if layer.adapters[a].dora or layer.adapters[a].pissa:
                 raise ValueError(f"adapter {a!r} uses {'DoRA' if layer.adapters[a].dora else 'PiSSA'}, "
                                  f"whose delta W does not combine linearly; combine plain LoRA adapters")

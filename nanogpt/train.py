@@ -92,6 +92,8 @@ def train(
     out_dir=None,
     corpus_name=None,
     progress=True,
+    extra_loss=None,
+    after_step=None,
 ):
     """Train model on random windows of train_data; return what happened.
 
@@ -101,6 +103,10 @@ def train(
         to choose parameter groups yourself (LoRA+ does). Its groups' "lr" is scheduled; a group
         with "lr_ratio" gets that multiple of the schedule.
     out_dir: if given, ckpt.pt and history.json are written there at every evaluation.
+    extra_loss: optional fn(model) -> scalar tensor added to the loss before backward (a
+        regulariser, e.g. AdaLoRA's); the recorded losses are the model's alone.
+    after_step: optional fn(step) called after each optimizer step, while that step's gradients
+        are still in .grad (e.g. AdaLoRA's rank allocator).
     Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
     batches the uninterrupted run would have seen.
 
@@ -146,11 +152,14 @@ def train(
         x, y = get_batch(train_data, batch_size, block_size, generator=g, device=device)  # (B, T) each
         with autocast(device):
             _, loss = model(x, y)
+        objective = loss if extra_loss is None else loss + extra_loss(model)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step(step)
         loss_value = loss.item()  # .item() waits for the device, so the step time below is real
         step_times.append(time.perf_counter() - t0)
         step_losses.append(loss_value)
