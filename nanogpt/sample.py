@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from nanogpt.checkpoint import load_model
-from nanogpt.device import DEVICE_CHOICES, resolve_device
+from nanogpt.flags import DEVICE_HELP, device, non_negative_int, positive_float, positive_int, run_main, seed
 from nanogpt.tokenizer import decode, encode
 
 
@@ -26,16 +26,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Sample from a trained GPT checkpoint.")
     p.add_argument("--ckpt", default="runs/base/ckpt.pt")
     p.add_argument("--prompt", default="def ")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help=f"one of {list(DEVICE_CHOICES)}")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=200)
+    p.add_argument("--temperature", type=positive_float, default=0.8, help="> 0; lower is more predictable")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest bytes only")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="cpu", help=DEVICE_HELP)
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
-    model, _ = load_model(args.ckpt, map_location=device)
-    print(sample_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, device))
+    if not args.prompt:
+        p.error("argument --prompt: must not be empty: the model needs at least one byte to continue")
+    model, _ = load_model(args.ckpt, map_location=args.device)
+    print(sample_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, args.device))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
