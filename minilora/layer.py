@@ -6,15 +6,19 @@ A frozen weight W0 (out, in) gets an update of rank at most r, factored as two s
     A (r, in)   Kaiming-uniform init (a = sqrt(5), as nn.Linear)
     B (out, r)  zeros, so delta W = 0 and the layer starts exactly equal to the base layer
 
+The paper writes x as a column; in code x is a row of shape (..., in), so W0 x is x @ W0.T and
+B A x is x @ A.T @ B.T (the shapes are the paper's: B is d x r = (out, r), A is r x k = (r, in)).
+
 Only A and B train: r (in + out) parameters instead of in * out. The scale s = alpha / r
 stops the update from growing with r, so alpha need not be retuned when r changes (it
 over-corrects: with Adam, high ranks then learn slower; rsLoRA's s = alpha / sqrt(r), see
 adapter.py, fixes that). Dropout, if any, acts on the adapter's input only:
 h = W0 x + b + s B A dropout(x).
 
-forward() shows the formula; by default it computes it through fast_path.py, the same numbers
-with fewer passes over memory (`layer.fused = False` runs the formula as written). Neither ever
-forms the (out, in) product B A while training. For deployment, merge() folds delta W into W0,
+forward() shows the formula, `base(x) + (dropout(x) @ A.T @ B.T) * scaling`, as loralib writes it.
+By default (`layer.fused = True`) it computes the same numbers through fast_path.py, with fewer
+passes over memory; `layer.fused = False` runs the formula as written. Neither ever forms the
+(out, in) product B A while training. For deployment, merge() folds delta W into W0,
 after which forward is exactly the base layer's: no added latency. unmerge() takes it out again.
 
 Several named adapters can sit on one layer (see multi_adapter.py); forward uses the active
@@ -68,8 +72,9 @@ class LoRALinear(LoRALayer):
         adapter = self.get_adapter(name)
         return adapter.scaling * (adapter.lora_B @ adapter.lora_A)  # (out, in)
 
-    # The speed trick, switchable: True computes forward() through fast_path.py, False through
-    # the formula as written. Both give the same numbers (tests/test_lora_layer.py checks it).
+    # The speed trick, switchable: True (the default) computes forward() through fast_path.py,
+    # False through the formula as written. Both give the same numbers up to float rounding (the
+    # fused path adds in another order); tests/test_lora_layer.py checks outputs and gradients.
     fused = True
 
     def forward(self, x):
@@ -79,13 +84,13 @@ class LoRALinear(LoRALayer):
             return self.base(x)  # nothing active, or merged: the base layer itself
         if adapter.dora:
             return dora_linear(x, self.base.weight, self.base.bias, adapter, self._dropped(x, adapter))
-        if self.fused:
-            # The same formula as one autograd Function, scaled in the rank-r space and without a
-            # full-size elementwise pass: faster, and no more memory (fast_path.py).
-            return lora_linear(x, self.base.weight, self.base.bias, adapter.lora_A, adapter.lora_B,
-                               adapter.scaling, self._dropped(x, adapter))
-        # LoRA as the paper writes it, in row-vector form (x is (..., in), A (r, in), B (out, r)):
-        return self.base(x) + (adapter.dropout(x) @ adapter.lora_A.T @ adapter.lora_B.T) * adapter.scaling
+        if not self.fused:
+            # LoRA as the paper writes it, in row-vector form (x is (..., in), A (r, in), B (out, r)):
+            return self.base(x) + (adapter.dropout(x) @ adapter.lora_A.T @ adapter.lora_B.T) * adapter.scaling
+        # How we made it fast (fast_path.py): the same formula as one autograd Function, scaled in
+        # the rank-r space and without a full-size elementwise pass; no more memory.
+        return lora_linear(x, self.base.weight, self.base.bias, adapter.lora_A, adapter.lora_B,
+                           adapter.scaling, self._dropped(x, adapter))
 
     def _dropped(self, x, adapter):
         """dropout(x) for the fused paths, or None when dropout is off and the adapter sees x itself."""

@@ -10,8 +10,10 @@ adapter and freezes the rest:
     W0 <- W0 - s B A                              the residual, kept frozen in the base layer
 
 The model computes the same function as before (up to float rounding), but the trainable
-part now holds the weight's most important directions, which makes fine-tuning converge
-faster. The base weight is changed, so a PiSSA adapter only fits a base prepared the same
+part now holds the weight's most important directions. The paper reports faster convergence
+on large models; on the tiny GPT here PiSSA started slower and ended level with plain LoRA
+(experiments/REPRODUCTIONS.md, section 7): its A and B start large, so the same learning rate
+moves the model further. The base weight is changed, so a PiSSA adapter only fits a base prepared the same
 way: load_adapter recomputes the residual from the original W0 (the SVD is deterministic).
 """
 import torch

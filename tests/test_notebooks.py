@@ -1,88 +1,184 @@
-"""The classroom notebooks: each runs top to bottom (in fast mode), and each committed notebook
-was executed at its default settings and ends with exercises.
+"""The classroom notebooks: every notebooks/NN_*.ipynb, found by glob, so a new notebook is
+covered as soon as it exists.
 
-The kernel inherits this process's environment, where conftest.py sets NOTEBOOK_FAST=1 (fewer
-steps, a temporary cache) and MPLBACKEND=Agg. Notebooks run on an in-memory copy with
-cwd = notebooks/, so the committed files are never rewritten.
+- Each runs top to bottom in fast mode with every code cell run twice in a row: a student can
+  re-run any cell.
+- Each committed notebook holds the outputs of a default-settings run by the code as it is now:
+  its stamp (written by `python notebooks/classroom.py execute`) matches its code cells and every
+  project file its kernel imported.
+- Each teaches the same way: what you will learn first, exercises last, solutions tagged; the
+  student version has no solutions.
+
+The kernel inherits this process's environment (conftest.py sets NOTEBOOK_FAST=1 and
+MPLBACKEND=Agg) and runs with cwd = notebooks/, on an in-memory copy: the committed files are
+never rewritten.
 """
+import copy
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = [
-    "01_low_rank_intuition.ipynb",
-    "02_lora_layer_from_scratch.ipynb",
-    "03_finetune_gpt_with_lora.ipynb",
-    "04_rank_sweep.ipynb",
-]
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+_spec = importlib.util.spec_from_file_location("classroom", NB_DIR / "classroom.py")
+classroom = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(classroom)
+
+NOTEBOOKS = classroom.notebooks()
+IDS = [p.name[:2] for p in NOTEBOOKS]
 MAX_BYTES = 1024 * 1024  # outputs must stay small: PNG figures, no printed tensors
 
 
-def read(name):
-    path = NB_DIR / name
-    assert path.is_file(), f"missing notebook {path}; build it with python notebooks/build_notebooks.py --execute"
+def read(path):
     return nbformat.read(path, as_version=4)
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_in_fast_mode(name, monkeypatch):
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def solution_cells(nb):
+    return [c for c in nb.cells if classroom.SOLUTION_TAG in c.metadata.get("tags", [])]
+
+
+@pytest.fixture(scope="session")
+def fast_cache(tmp_path_factory):
+    """One cache for every notebook's fast-mode base model: pretrained once per test session."""
+    return tmp_path_factory.mktemp("notebook-cache")
+
+
+def test_the_four_classroom_notebooks_are_found():
+    names = [p.name for p in NOTEBOOKS]
+    for name in ("01_low_rank_intuition.ipynb", "02_lora_layer_from_scratch.ipynb",
+                 "03_finetune_gpt_with_lora.ipynb", "04_rank_sweep.ipynb"):
+        assert name in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_with_every_cell_run_twice(path, monkeypatch, fast_cache):
     monkeypatch.setenv("NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("NOTEBOOK_CACHE", str(fast_cache))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # Fast mode's tensors are tiny, so extra threads buy nothing, and on a busy CPU (tests beside
     # other jobs) oversubscribed threads can make torch many times slower. A user's setting wins.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    nb = read(name)  # an in-memory copy: the committed file keeps its outputs
+    nb = read(path)  # an in-memory copy: the committed file keeps its outputs
     client = NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(NB_DIR)}})
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    with client.setup_kernel():
+        classroom.run_cells(nb, client, times=2)  # raises CellExecutionError, naming the cell, on any error
+    text = "".join(o.get("text", "") for c in code_cells(nb) for o in c.get("outputs", []))
     assert "mode: FAST" in text, "the notebook did not see NOTEBOOK_FAST=1"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_was_executed_at_default_settings(name):
-    nb = read(name)
-    code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    assert code_cells, "no code cells"
-    counts = [c.execution_count for c in code_cells]
-    assert all(counts), f"cells never executed (execution_count None): {counts}"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_outputs_come_from_the_current_code_at_default_settings(path):
+    nb = read(path)
+    reasons = classroom.stale_reasons(nb)
+    assert not reasons, (f"{path.name}'s saved outputs are stale: {'; '.join(reasons)}. Re-run it: "
+                         f"python notebooks/classroom.py execute {path.name[:2]}")
+    counts = [c.execution_count for c in code_cells(nb)]
+    assert counts and all(counts), f"cells never executed (execution_count None): {counts}"
     assert counts == sorted(counts) and len(set(counts)) == len(counts), f"not run top to bottom in order: {counts}"
-    outputs = [o for c in code_cells for o in c.outputs]
+    outputs = [o for c in code_cells(nb) for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"], "a saved output is an error"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "mode: default" in text and "mode: FAST" not in text, "saved outputs are not from a default-settings run"
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure in the saved outputs"
-    assert (NB_DIR / name).stat().st_size < MAX_BYTES, "notebook file over 1 MB: outputs too large"
+    assert path.stat().st_size < MAX_BYTES, "notebook file over 1 MB: outputs too large"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_teaches_and_ends_with_exercises(name):
-    nb = read(name)
-    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert "What you will learn" in markdown[0], "the first cell should say what the student will learn"
-    exercises = [i for i, m in enumerate(markdown) if re.search(r"^#+ Exercises", m, re.MULTILINE)]
+def test_a_stamp_goes_stale_when_a_code_cell_or_an_imported_file_changes(tmp_path):
+    (tmp_path / "minilora").mkdir()
+    source = tmp_path / "minilora" / "layer.py"
+    source.write_text("x = 1\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    nb.metadata[classroom.STAMP] = {"mode": "default", "code_sha256": classroom.code_sha256(nb),
+                                    "sources": {"minilora/layer.py": classroom.file_sha256(source)}}
+    assert classroom.stale_reasons(nb, root=tmp_path) == []
+
+    source.write_text("x = 2\n")
+    assert classroom.stale_reasons(nb, root=tmp_path) == ["minilora/layer.py changed since it ran"]
+    source.unlink()
+    assert classroom.stale_reasons(nb, root=tmp_path) == ["minilora/layer.py (imported when it ran) no longer exists"]
+
+    edited = copy.deepcopy(nb)
+    edited.cells[0].source = "print(2)"
+    edited.metadata[classroom.STAMP]["sources"] = {}
+    assert classroom.stale_reasons(edited, root=tmp_path) == ["its code cells were edited after it was executed"]
+    del edited.metadata[classroom.STAMP]
+    assert "never executed" in classroom.stale_reasons(edited, root=tmp_path)[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_teaches_and_ends_with_exercises_whose_solutions_are_tagged(path):
+    nb = read(path)
+    markdown = [c for c in nb.cells if c.cell_type == "markdown"]
+    assert "What you will learn" in markdown[0].source, "the first cell should say what the student will learn"
+    exercises = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                 and re.search(r"^#+ Exercises", c.source, re.MULTILINE)]
     assert exercises, "no Exercises section"
-    after = "\n".join(markdown[exercises[0]:])
-    assert len(re.findall(r"^\d\. ", after, re.MULTILINE)) >= 2, "fewer than two exercises"
-    assert "<details>" in after and "Solution" in after, "solutions should be hidden in <details> blocks"
+    heading = nb.cells[exercises[0]].source
+    assert len(re.findall(r"^\d\. ", heading[heading.index("Exercises"):], re.MULTILINE)) >= 2, "fewer than two exercises"
+    solutions = solution_cells(nb)
+    assert solutions, f"no cell tagged {classroom.SOLUTION_TAG!r}"
+    for cell in nb.cells:
+        if "<summary>Solution" in cell.source:
+            assert cell in solutions, f"a solution cell is not tagged {classroom.SOLUTION_TAG!r}: {cell.source[:60]!r}"
+    assert all(nb.cells.index(c) > exercises[0] for c in solutions), "a solution comes before the exercises"
 
 
-def test_notebooks_are_built_from_the_build_script():
-    """The .ipynb sources match notebooks/build_notebooks.py, so edits go through one place."""
-    import importlib.util
+def test_every_notebook_starts_with_the_same_setup_cell():
+    """One setup cell (Colab install, path, threads, plots) shared by all: edit it in one notebook,
+    copy it to the others."""
+    first = {p.name: code_cells(read(p))[0].source for p in NOTEBOOKS}
+    reference = first[NOTEBOOKS[0].name]
+    assert "notebook_setup.setup(threads=" in reference
+    assert all(source == reference for source in first.values()), [n for n, s in first.items() if s != reference]
 
-    spec = importlib.util.spec_from_file_location("build_notebooks", NB_DIR / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert sorted(module.NOTEBOOKS) == NOTEBOOKS
-    for name, cells in module.NOTEBOOKS.items():
-        built = module.build(name, cells)
-        committed = read(name)
-        assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in built.cells], (
-            f"{name} differs from build_notebooks.py; rebuild: python notebooks/build_notebooks.py --execute "
-            f"{name[:2]}")
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_version_has_no_solutions_and_no_outputs(path):
+    teacher = read(path)
+    student = classroom.student_version(teacher)
+    assert not solution_cells(student)
+    assert not [c for c in student.cells if "<details>" in c.source or "Solution" in c.source]
+    assert not [c for c in code_cells(student) if c.outputs or c.execution_count]
+    assert classroom.STAMP not in student.metadata
+    answers = [c for c in code_cells(student) if c.source.startswith("# Exercise")]
+    assert len(answers) == len(solution_cells(teacher)), "one answer cell per removed solution"
+    kept = [(c.cell_type, c.source) for c in teacher.cells if c not in solution_cells(teacher)]
+    assert [(c.cell_type, c.source) for c in student.cells if c not in answers] == kept
+
+
+def test_student_command_writes_every_notebook(tmp_path):
+    classroom.main(["student", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+
+
+def test_setup_cell_fetches_the_repository_outside_a_clone(tmp_path):
+    """The setup cell's Colab branch: outside a clone it clones the repository (here: this one, from
+    disk), installs its requirements (here: a dry run, offline) and imports notebook_setup from the
+    clone; run again, it reuses the clone."""
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    source = code_cells(read(NOTEBOOKS[0]))[0].source
+    source, n = re.subn(r'REPO_URL = "[^"]*"', f"REPO_URL = {('file://' + str(ROOT))!r}", source)
+    assert n == 1, "the setup cell should set REPO_URL once"
+    script = tmp_path / "setup_cell.py"
+    script.write_text(source + "\nprint('setup from', notebook_setup.__file__)\n" + source +
+                      "\nprint('second run from', notebook_setup.__file__)\n")
+    env = {**os.environ, "PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    clone = tmp_path / "minilora-repo" / "notebooks" / "notebook_setup.py"
+    assert f"setup from {clone}" in run.stdout and f"second run from {clone}" in run.stdout
