@@ -1,0 +1,206 @@
+"""Mixed-adapter batches: one forward pass in which each row of the batch uses its own adapter,
+as S-LoRA (Sheng et al. 2023) and Punica (Chen et al. 2023) serve many adapters over one base.
+
+    with mixed_adapters(model, ["french", "legal", None, "french"]):   # one adapter name per row
+        logits, _ = model(idx)                                          # idx (4, T)
+        out = model.generate(idx, 50)                                   # generation too
+
+Row i gets what the model computes for it alone with set_adapter(model, names[i]) (None: the
+base model, no adapter). For every adapted linear layer, with x_i (T, in) row i's input:
+
+    y_i = W0 x_i + b + s_i B_i A_i x_i
+
+The base product W0 x is one GEMM over the whole batch, exactly as with a single adapter; only
+the adapter part differs from row to row, and it stays unmerged. On entry, each layer gathers
+its adapters' factors per row (Punica's "gather"; here once per batch rather than per forward):
+
+    A_rows   (n_rows, r_max, in)    row i: A_i, zero-padded from r_i up to the batch's largest rank
+    sB_rows  (n_rows, out, r_max)   row i: s_i B_i (the scale lives in the rank-r space, as in
+                                    fast_path.py, so no full-size elementwise pass)
+
+and forward adds the adapter part with two batched products, accumulated into the base output:
+
+    y  = x W0^T + b                              (n_rows, T, out)   the base layer, all rows
+    y += (x A_rows^T) sB_rows^T                  (n_rows, T, r_max), then onto (n_rows, T, out)
+
+Rows never mix: row i of each batched product reads row i's input and row i's factors only.
+The zero padding adds exact zeros, and a row whose adapter a layer does not hold (or None) gets
+A = 0 there: that layer is its base layer, as with set_adapter.
+
+A batch whose rows all use one adapter needs no gathering: mixed_adapters then activates that
+adapter on every layer, so forward takes the ordinary (fast) path, and restores the previous
+active adapter on exit.
+
+Variants: AdaLoRA's factors are A = diag(lambda) Q, B = P (adalora.py). DoRA scales each row by
+its own m / ||W0 + delta W||_row and adds the bias after (dora.py), and a row without a DoRA
+adapter is scaled by 1. An embedding (LoRAEmbedding) gathers, for each token, the column of
+its row's A that the token id picks, as its own forward does.
+
+How the names reach every layer: mixed_adapters sets each LoRA layer's `row_adapters` (None
+otherwise) to the factors gathered for it, and the layer's forward hands its input over to
+them. It is a setting of this model's layers for the duration of the `with`, not a global.
+
+For serving: the factors are gathered once, on entry, without gradients, so changes made to
+the adapters inside the `with` are not seen and nothing trains through a mixed batch. Merged
+layers are refused (merging serves one adapter; unmerge first), and so is adapter dropout in
+training mode (each adapter would need its own mask).
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from minilora.dora import weight_norm
+from minilora.embedding import LoRAEmbedding
+from minilora.model_ops import _require_lora_layers, adapter_names
+
+
+def _factors(layer, name):
+    """(A (r, in), s B (out, r), DoRA magnitude m (out,) or None) of adapter name on layer, in the
+    layer's in/out layout (an embedding's in is its vocabulary); None if the layer lacks it."""
+    if name is None or name not in layer.adapters:
+        return None
+    adapter = layer.adapters[name]
+    A = adapter.lora_A  # (r, in)
+    if hasattr(adapter, "lora_E"):  # AdaLoRA: delta W = s P diag(lambda) Q, so A = diag(lambda) Q, B = P
+        A = adapter.lora_E.unsqueeze(1) * A  # (r, in)
+    return A, adapter.scaling * adapter.lora_B, adapter.magnitude
+
+
+def _pad_rank(t, r_max, dim):
+    """Zero-pad the rank dimension dim of t up to r_max (exact: the padding adds zeros)."""
+    missing = r_max - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+class RowFactors:
+    """One layer's adapters gathered per row of a mixed batch; the layer's forward calls it
+    (see layer.row_adapters) instead of its single-adapter path."""
+
+    @torch.no_grad()
+    def __init__(self, layer, names):
+        self.layer = layer
+        self.n_rows = len(names)
+        found = [_factors(layer, name) for name in names]
+        r_max = max((f[0].shape[0] for f in found if f is not None), default=1)
+        n_in, n_out = _in_out(layer)
+        like = next(iter(layer.adapters.values())).lora_A  # the adapters' device and dtype
+        A_rows, sB_rows, scales = [], [], []
+        for f in found:
+            if f is None:  # this row's adapter is not on this layer: its base layer
+                A, sB, magnitude = like.new_zeros(r_max, n_in), like.new_zeros(n_out, r_max), None
+            else:
+                A, sB, magnitude = _pad_rank(f[0], r_max, 0), _pad_rank(f[1], r_max, 1), f[2]
+            A_rows.append(A)
+            sB_rows.append(sB)
+            if magnitude is None:
+                scales.append(None)
+            else:  # DoRA: y = (m / ||W0 + s B A||_row) (W0 x + s B A x) + b, the norm a constant (dora.py)
+                scales.append(magnitude / weight_norm(layer.base.weight, sB @ A))  # (out,)
+        self.A_rows = torch.stack(A_rows)  # (n_rows, r_max, in)
+        self.sB_rows = torch.stack(sB_rows)  # (n_rows, out, r_max)
+        self.row_scale = None  # (n_rows, 1, out) when some row uses a DoRA adapter here
+        if any(s is not None for s in scales):
+            ones = like.new_ones(n_out)
+            self.row_scale = torch.stack([ones if s is None else s for s in scales]).unsqueeze(1)
+
+    def _check_rows(self, x):
+        if x.dim() < 2 or x.shape[0] != self.n_rows:
+            raise ValueError(f"this mixed batch was set up for {self.n_rows} rows (one adapter name per row), "
+                             f"but a layer got input of shape {tuple(x.shape)}: the batch dimension must "
+                             f"be {self.n_rows}")
+
+    def __call__(self, x):
+        """x (n_rows, ..., in) -> (n_rows, ..., out); token ids (n_rows, ...) for an embedding."""
+        self._check_rows(x)
+        if isinstance(self.layer, LoRAEmbedding):
+            return self._embedding(x)
+        base = self.layer.base
+        x3 = x.reshape(self.n_rows, -1, x.shape[-1])  # (n_rows, T, in)
+        if self.row_scale is None:
+            y = base(x3)  # (n_rows, T, out): x W0^T + b, one GEMM for every row
+        else:
+            y = F.linear(x3, _dense_weight(base, x3.dtype))  # (n_rows, T, out): the bias comes after DoRA's scale
+        dtype = y.dtype  # the base's compute dtype (bf16 under autocast)
+        xA = torch.bmm(x3.to(dtype), self.A_rows.to(dtype).transpose(1, 2))  # (n_rows, T, r_max)
+        y.baddbmm_(xA, self.sB_rows.to(dtype).transpose(1, 2))  # (n_rows, T, out): += s B A x, row by row
+        if self.row_scale is not None:
+            y = y * self.row_scale.to(dtype)  # (n_rows, T, out)
+            if base.bias is not None:
+                y = y + base.bias.to(dtype)
+        return y.view(*x.shape[:-1], y.shape[-1])  # (n_rows, ..., out)
+
+    def _embedding(self, idx):
+        """h = W0[idx] + s B A[:, idx], row by row: A's columns picked by each row's token ids."""
+        ids = idx.reshape(self.n_rows, -1)  # (n_rows, T)
+        h = self.layer.base(ids)  # (n_rows, T, dim)
+        rows = torch.arange(self.n_rows, device=ids.device).unsqueeze(1)  # (n_rows, 1)
+        A_cols = self.A_rows.transpose(1, 2)[rows, ids]  # (n_rows, T, r_max): row i's A at row i's ids
+        h.baddbmm_(A_cols.to(h.dtype), self.sB_rows.to(h.dtype).transpose(1, 2))  # (n_rows, T, dim)
+        return h.view(*idx.shape, h.shape[-1])
+
+
+def _in_out(layer):
+    base = layer.base
+    if isinstance(layer, LoRAEmbedding):
+        return base.num_embeddings, base.embedding_dim
+    return base.in_features, base.out_features
+
+
+def _dense_weight(base, dtype):
+    weight = base.weight
+    return weight.to(dtype) if isinstance(weight, torch.Tensor) else weight.dequantize(dtype)
+
+
+def _check_names(model, names):
+    if not isinstance(names, (list, tuple)) or not names:
+        raise TypeError(f"names must be a non-empty list with one adapter name (or None, for the base model) "
+                        f"per row of the batch, got {names!r}")
+    known = adapter_names(model)
+    unknown = sorted({n for n in names if n is not None and n not in known}, key=str)
+    if unknown:
+        raise ValueError(f"unknown adapter(s) {unknown} in names; the model's adapters: {known} "
+                         f"(None runs a row on the base model)")
+    return list(names)
+
+
+@contextlib.contextmanager
+def mixed_adapters(model, names):
+    """Inside the `with`, row i of every batch runs with adapter names[i] (None: the base model),
+    all rows in one forward pass, the adapters unmerged (see the module docstring). Every batch
+    must have len(names) rows. On exit the model is as before."""
+    layers = [layer for _, layer in _require_lora_layers(model, "mixed_adapters")]
+    names = _check_names(model, names)
+    merged = [n for n, layer in _require_lora_layers(model, "mixed_adapters") if layer.merged]
+    if merged:
+        raise RuntimeError(f"an adapter is merged into the base weights (e.g. {merged[0]!r}); a mixed batch "
+                           f"needs the base unmerged: call unmerge_lora(model) first")
+    if any(layer.row_adapters is not None for layer in layers):
+        raise RuntimeError("the model is already inside a mixed_adapters block; one mixed batch at a time")
+    if model.training:
+        dropping = sorted({n for layer in layers for n in set(names) if n in layer.adapters
+                           and layer.adapters[n].dropout.p > 0})
+        if dropping:
+            raise RuntimeError(f"adapter(s) {dropping} have dropout and the model is in training mode; mixed "
+                               f"batches are for inference: call model.eval() first")
+    if len(set(names)) == 1:  # one adapter for every row: nothing to gather, the ordinary path
+        previous = [layer.active_adapter for layer in layers]
+        for layer in layers:
+            layer.active_adapter = names[0]
+        try:
+            yield model
+        finally:
+            for layer, name in zip(layers, previous):
+                layer.active_adapter = name
+        return
+    try:
+        for layer in layers:
+            layer.row_adapters = RowFactors(layer, names)
+        yield model
+    finally:
+        for layer in layers:
+            layer.row_adapters = None
