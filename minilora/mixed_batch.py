@@ -11,39 +11,39 @@ base model, no adapter). For every adapted linear layer, with x_i (T, in) row i'
     y_i = W0 x_i + b + s_i B_i A_i x_i
 
 The base product W0 x is one GEMM over the whole batch, exactly as with a single adapter; only
-the adapter part differs from row to row, and it stays unmerged. On entry, each layer gathers
-its adapters' factors per row (Punica's "gather"; here once per batch rather than per forward):
+the adapter part differs from row to row, and it stays unmerged. At each forward, each layer
+gathers its rows' factors (Punica's "gather": row i takes its adapter's A and B):
 
-    A_rows   (n_rows, r_max, in)    row i: A_i, zero-padded from r_i up to the batch's largest rank
-    sB_rows  (n_rows, out, r_max)   row i: s_i B_i (the scale lives in the rank-r space, as in
-                                    fast_path.py, so no full-size elementwise pass)
+    A_rows  (n_rows, r_max, in)     row i: A_i, zero-padded from r_i up to the batch's largest rank
+    B_rows  (n_rows, out, r_max)    row i: B_i, zero-padded the same way
+    s_rows  (n_rows, 1, 1)          row i: s_i
 
-and forward adds the adapter part with two batched products, accumulated into the base output:
+and adds the adapter part with two batched products, accumulated into the base output:
 
-    y  = x W0^T + b                              (n_rows, T, out)   the base layer, all rows
-    y += (x A_rows^T) sB_rows^T                  (n_rows, T, r_max), then onto (n_rows, T, out)
+    y  = x W0^T + b                              (n_rows, T, out)   the base layer, all rows at once
+    y += ((x A_rows^T) s_rows) B_rows^T          (n_rows, T, r_max), then onto (n_rows, T, out)
 
-Rows never mix: row i of each batched product reads row i's input and row i's factors only.
-The zero padding adds exact zeros, and a row whose adapter a layer does not hold (or None) gets
-A = 0 there: that layer is its base layer, as with set_adapter.
+The scale multiplies the small (n_rows, T, r_max) tensor, not the full-size output (as in
+fast_path.py). Rows never mix: row i of each batched product reads row i's input and row i's
+factors only. The zero padding adds exact zeros, and a row whose adapter a layer does not hold
+(or None) gets s = 0 and zero factors there: that layer is its base layer, as with set_adapter.
 
 A batch whose rows all use one adapter needs no gathering: mixed_adapters then activates that
 adapter on every layer, so forward takes the ordinary (fast) path, and restores the previous
 active adapter on exit.
 
 Variants: AdaLoRA's factors are A = diag(lambda) Q, B = P (adalora.py). DoRA scales each row by
-its own m / ||W0 + delta W||_row and adds the bias after (dora.py), and a row without a DoRA
-adapter is scaled by 1. An embedding (LoRAEmbedding) gathers, for each token, the column of
-its row's A that the token id picks, as its own forward does.
+its own m / ||W0 + delta W||_row and adds the bias after (dora.py); a row without a DoRA adapter
+is scaled by 1. An embedding (LoRAEmbedding) gathers, for each token, the column of its row's A
+that the token id picks, as its own forward does.
 
 How the names reach every layer: mixed_adapters sets each LoRA layer's `row_adapters` (None
-otherwise) to the factors gathered for it, and the layer's forward hands its input over to
-them. It is a setting of this model's layers for the duration of the `with`, not a global.
+otherwise) to a RowAdapters for that layer, and the layer's forward hands its input over to it.
+It is a setting of this model's layers for the duration of the `with`, not a global.
 
-For serving: the factors are gathered once, on entry, without gradients, so changes made to
-the adapters inside the `with` are not seen and nothing trains through a mixed batch. Merged
-layers are refused (merging serves one adapter; unmerge first), and so is adapter dropout in
-training mode (each adapter would need its own mask).
+The factors are read at every forward, so gradients reach each row's adapter (several adapters
+can train in one batch). Merged layers are refused (merging serves one adapter; unmerge first),
+and so is adapter dropout in training mode (each adapter would need its own mask).
 """
 import contextlib
 
@@ -56,15 +56,13 @@ from minilora.model_ops import _require_lora_layers, adapter_names
 
 
 def _factors(layer, name):
-    """(A (r, in), s B (out, r), DoRA magnitude m (out,) or None) of adapter name on layer, in the
-    layer's in/out layout (an embedding's in is its vocabulary); None if the layer lacks it."""
-    if name is None or name not in layer.adapters:
-        return None
+    """(A (r, in), B (out, r), DoRA magnitude m (out,) or None) of adapter name on layer, read now,
+    in the layer's in/out layout (an embedding's in is its vocabulary)."""
     adapter = layer.adapters[name]
     A = adapter.lora_A  # (r, in)
     if hasattr(adapter, "lora_E"):  # AdaLoRA: delta W = s P diag(lambda) Q, so A = diag(lambda) Q, B = P
         A = adapter.lora_E.unsqueeze(1) * A  # (r, in)
-    return A, adapter.scaling * adapter.lora_B, adapter.magnitude
+    return A, adapter.lora_B, adapter.magnitude
 
 
 def _pad_rank(t, r_max, dim):
@@ -77,36 +75,38 @@ def _pad_rank(t, r_max, dim):
     return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
-class RowFactors:
-    """One layer's adapters gathered per row of a mixed batch; the layer's forward calls it
-    (see layer.row_adapters) instead of its single-adapter path."""
+class RowAdapters:
+    """One layer's part in a mixed batch: which adapter each row uses there. The layer's forward
+    calls it (see layer.row_adapters) instead of its single-adapter path."""
 
-    @torch.no_grad()
     def __init__(self, layer, names):
         self.layer = layer
+        self.names = [n if n in layer.adapters else None for n in names]  # None: the base layer for that row
         self.n_rows = len(names)
-        found = [_factors(layer, name) for name in names]
-        r_max = max((f[0].shape[0] for f in found if f is not None), default=1)
-        n_in, n_out = _in_out(layer)
         like = next(iter(layer.adapters.values())).lora_A  # the adapters' device and dtype
-        A_rows, sB_rows, scales = [], [], []
-        for f in found:
-            if f is None:  # this row's adapter is not on this layer: its base layer
-                A, sB, magnitude = like.new_zeros(r_max, n_in), like.new_zeros(n_out, r_max), None
-            else:
-                A, sB, magnitude = _pad_rank(f[0], r_max, 0), _pad_rank(f[1], r_max, 1), f[2]
-            A_rows.append(A)
-            sB_rows.append(sB)
-            if magnitude is None:
-                scales.append(None)
-            else:  # DoRA: y = (m / ||W0 + s B A||_row) (W0 x + s B A x) + b, the norm a constant (dora.py)
-                scales.append(magnitude / weight_norm(layer.base.weight, sB @ A))  # (out,)
-        self.A_rows = torch.stack(A_rows)  # (n_rows, r_max, in)
-        self.sB_rows = torch.stack(sB_rows)  # (n_rows, out, r_max)
-        self.row_scale = None  # (n_rows, 1, out) when some row uses a DoRA adapter here
-        if any(s is not None for s in scales):
-            ones = like.new_ones(n_out)
-            self.row_scale = torch.stack([ones if s is None else s for s in scales]).unsqueeze(1)
+        scales = [0.0 if n is None else layer.adapters[n].scaling for n in self.names]
+        self.s_rows = torch.tensor(scales, device=like.device, dtype=like.dtype).view(-1, 1, 1)  # (n_rows, 1, 1)
+
+    def gather(self):
+        """(A_rows (n_rows, r_max, in), B_rows (n_rows, out, r_max), DoRA's row scale (n_rows, 1, out)
+        or None): each row's adapter's factors, zero-padded to the largest rank among the rows."""
+        used = {n: _factors(self.layer, n) for n in dict.fromkeys(self.names) if n is not None}
+        r_max = max((A.shape[0] for A, _, _ in used.values()), default=1)
+        n_in, n_out = _in_out(self.layer)
+        like = next(iter(self.layer.adapters.values())).lora_A
+        padded = {n: (_pad_rank(A, r_max, 0), _pad_rank(B, r_max, 1)) for n, (A, B, _) in used.items()}
+        zero = (like.new_zeros(r_max, n_in), like.new_zeros(n_out, r_max))  # rows on their base layer here
+        A_rows = torch.stack([padded[n][0] if n is not None else zero[0] for n in self.names])
+        B_rows = torch.stack([padded[n][1] if n is not None else zero[1] for n in self.names])
+        dora = {n: m for n, (_, _, m) in used.items() if m is not None}
+        if not dora:
+            return A_rows, B_rows, None
+        weight = self.layer.base.weight  # DoRA: y = (m / ||W0 + s B A||_row) (W0 x + s B A x) + b (dora.py)
+        with torch.no_grad():  # the norm is a constant in backward, as in dora.py
+            norms = {n: weight_norm(weight, self.layer.delta_weight(n)) for n in dora}
+        ones = like.new_ones(n_out)
+        row_scale = torch.stack([dora[n] / norms[n] if n in dora else ones for n in self.names])  # (n_rows, out)
+        return A_rows, B_rows, row_scale.unsqueeze(1)
 
     def _check_rows(self, x):
         if x.dim() < 2 or x.shape[0] != self.n_rows:
@@ -117,30 +117,31 @@ class RowFactors:
     def __call__(self, x):
         """x (n_rows, ..., in) -> (n_rows, ..., out); token ids (n_rows, ...) for an embedding."""
         self._check_rows(x)
+        A_rows, B_rows, row_scale = self.gather()
         if isinstance(self.layer, LoRAEmbedding):
-            return self._embedding(x)
+            return self._embedding(x, A_rows, B_rows)
         base = self.layer.base
         x3 = x.reshape(self.n_rows, -1, x.shape[-1])  # (n_rows, T, in)
-        if self.row_scale is None:
+        if row_scale is None:
             y = base(x3)  # (n_rows, T, out): x W0^T + b, one GEMM for every row
         else:
-            y = F.linear(x3, _dense_weight(base, x3.dtype))  # (n_rows, T, out): the bias comes after DoRA's scale
+            y = F.linear(x3, base.weight.to(x3.dtype))  # (n_rows, T, out): DoRA adds the bias after its scale
         dtype = y.dtype  # the base's compute dtype (bf16 under autocast)
-        xA = torch.bmm(x3.to(dtype), self.A_rows.to(dtype).transpose(1, 2))  # (n_rows, T, r_max)
-        y.baddbmm_(xA, self.sB_rows.to(dtype).transpose(1, 2))  # (n_rows, T, out): += s B A x, row by row
-        if self.row_scale is not None:
-            y = y * self.row_scale.to(dtype)  # (n_rows, T, out)
+        sxA = torch.bmm(x3.to(dtype), A_rows.to(dtype).transpose(1, 2)) * self.s_rows.to(dtype)  # (n_rows, T, r_max)
+        y = y.baddbmm_(sxA, B_rows.to(dtype).transpose(1, 2))  # (n_rows, T, out): += s B A x, row by row
+        if row_scale is not None:
+            y = y * row_scale.to(dtype)  # (n_rows, T, out)
             if base.bias is not None:
                 y = y + base.bias.to(dtype)
         return y.view(*x.shape[:-1], y.shape[-1])  # (n_rows, ..., out)
 
-    def _embedding(self, idx):
+    def _embedding(self, idx, A_rows, B_rows):
         """h = W0[idx] + s B A[:, idx], row by row: A's columns picked by each row's token ids."""
         ids = idx.reshape(self.n_rows, -1)  # (n_rows, T)
         h = self.layer.base(ids)  # (n_rows, T, dim)
         rows = torch.arange(self.n_rows, device=ids.device).unsqueeze(1)  # (n_rows, 1)
-        A_cols = self.A_rows.transpose(1, 2)[rows, ids]  # (n_rows, T, r_max): row i's A at row i's ids
-        h.baddbmm_(A_cols.to(h.dtype), self.sB_rows.to(h.dtype).transpose(1, 2))  # (n_rows, T, dim)
+        sA_cols = A_rows.transpose(1, 2)[rows, ids] * self.s_rows  # (n_rows, T, r_max): row i's A at row i's ids
+        h = h.baddbmm_(sA_cols.to(h.dtype), B_rows.to(h.dtype).transpose(1, 2))  # (n_rows, T, dim)
         return h.view(*idx.shape, h.shape[-1])
 
 
@@ -149,11 +150,6 @@ def _in_out(layer):
     if isinstance(layer, LoRAEmbedding):
         return base.num_embeddings, base.embedding_dim
     return base.in_features, base.out_features
-
-
-def _dense_weight(base, dtype):
-    weight = base.weight
-    return weight.to(dtype) if isinstance(weight, torch.Tensor) else weight.dequantize(dtype)
 
 
 def _check_names(model, names):
@@ -199,7 +195,7 @@ def mixed_adapters(model, names):
         return
     try:
         for layer in layers:
-            layer.row_adapters = RowFactors(layer, names)
+            layer.row_adapters = RowAdapters(layer, names)
         yield model
     finally:
         for layer in layers:

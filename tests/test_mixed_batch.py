@@ -190,3 +190,26 @@ def test_dropout_in_training_mode_is_refused():
             pass
     model.eval()
     assert_rows_equal_alone(randomize(model), ["a", "b"])
+
+
+def test_gradients_reach_each_rows_adapter_as_when_run_alone():
+    model = three_adapters()
+    names, idx, targets = ["a", "b", "a", "c"], tokens(4), tokens(4, seed=3)
+    adapters = [p for n, p in model.named_parameters() if ".adapters." in n]
+
+    def per_row_loss(logits, i):
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets[i:i + 1].flatten(), reduction="sum")
+
+    for i, name in enumerate(names):  # alone: each row with its adapter active, gradients summed
+        set_adapter(model, name)
+        per_row_loss(model(idx[i:i + 1])[0], i).backward()
+    alone_grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in adapters]
+    for p in adapters:
+        p.grad = None
+        p.requires_grad_(True)
+    with mixed_adapters(model, names):
+        logits = model(idx)[0]
+    sum(per_row_loss(logits[i:i + 1], i) for i in range(4)).backward()
+    for p, expected in zip(adapters, alone_grads):
+        torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, expected, rtol=1e-4, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in alone_grads)
