@@ -1,11 +1,15 @@
 """Sample text from a checkpoint; the same seed gives the same text.
 
     python -m nanogpt.sample --ckpt runs/base/ckpt.pt --prompt "def " --max-new-tokens 200 --seed 0
+    python -m nanogpt.sample --ckpt runs/base/ckpt.pt --adapter runs/my-adapter/adapter.pt
+    python -m nanogpt.sample --ckpt runs/base/ckpt.pt --adapter a.pt --adapter b.pt --adapter-weights 0.7,0.3
 """
 import argparse
+import sys
 
 import torch
 
+from nanogpt.adapters import add_adapter_flags, apply_adapter_files, check_adapter_flags
 from nanogpt.checkpoint import load_model
 from nanogpt.device import DEVICE_CHOICES, resolve_device
 from nanogpt.tokenizer import decode, encode
@@ -31,9 +35,13 @@ def main(argv=None):
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help=f"one of {list(DEVICE_CHOICES)}")
+    add_adapter_flags(p, "sample with (unmerged, on top of --ckpt)")
     args = p.parse_args(argv)
+    check_adapter_flags(p, args)
     device = resolve_device(args.device)
     model, _ = load_model(args.ckpt, map_location=device)
+    if args.adapter:
+        print(f"sampling with {apply_adapter_files(model, args.adapter, args.adapter_weights)}", file=sys.stderr)
     print(sample_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, device))
 
 
