@@ -80,15 +80,27 @@ def target_pattern(targets):
     parts = []
     for key, blocks in groups.items():
         blocks = [b for b in blocks if b is not None]
-        parts.append(f"{key} (blocks {min(blocks)}-{max(blocks)})" if blocks else key)
+        if not blocks:
+            parts.append(key)
+        else:
+            parts.append(f"{key} (block {blocks[0]})" if len(blocks) == 1 else
+                         f"{key} (blocks {min(blocks)}-{max(blocks)})")
     return ", ".join(parts)
+
+
+def storage(quantize):
+    """'full precision', or '4-bit nf4, blocks of 64, double quantization' for a QLoRA base."""
+    if not isinstance(quantize, dict):
+        return "full precision"
+    return (f"4-bit {quantize['quantize']}, blocks of {quantize['quant_block_size']}"
+            + (", double quantization" if quantize["double_quant"] else "") + " (QLoRA)")
 
 
 def report(info):
     lines = [f"adapter file  {info['file']}  ({info['bytes'] / 2**10:,.1f} KiB)",
              f"adapter       {info['adapter_name']!r}: {info['kind']}, r {info['r']}, alpha {info['alpha']:g}, "
              f"scaling {info['scaling']:.4g}, dropout {info['dropout']:g}, biases trained: {info['bias']}",
-             f"base storage  {info['base_storage']}",
+             f"base storage  {storage(info['base_storage'])}",
              f"parameters    {info['parameters']:,} in {len(info['targets'])} layers"
              + (f" and {len(info['trained_biases'])} biases" if info["trained_biases"] else ""),
              f"targets       {target_pattern([t['layer'] for t in info['targets']])}"]

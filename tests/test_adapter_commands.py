@@ -146,7 +146,7 @@ def test_inspect_shows_config_targets_parameters_and_base(files, capsys):
 
 def test_inspect_qlora_and_adalora_files(files, tmp_path, capsys):
     inspect_adapter.main([make_adapter(files["base"], tmp_path / "q.pt", "qlora")])
-    assert "'quantize': 'nf4'" in capsys.readouterr().out
+    assert "4-bit nf4, blocks of 64, double quantization (QLoRA)" in capsys.readouterr().out
     info = inspect_adapter.main([make_adapter(files["base"], tmp_path / "ada.pt", "adalora")])
     assert "AdaLoRA (init_r 4, target_r 2)" in capsys.readouterr().out
     assert [t["rank"] for t in info["targets"]] == [3] * 12  # the pruned triplet is not in the file
