@@ -49,6 +49,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from experiments.bench_lora import paired_ratio
 from minilora import (add_adapter, apply_lora, disable_lora, load_adapter, lora_layers, merge_lora, mixed_adapters,
                       save_adapter, set_adapter, unmerge_lora)
 from nanogpt.model import GPT
@@ -96,15 +97,6 @@ def preset_list(text):
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"must be comma-separated presets from {sorted(PRESETS)}, got {text!r}")
     return names
-
-
-def paired_ratio(times_a, times_b):
-    """(median, first quartile, third quartile) over rounds of times_a[i] / times_b[i]."""
-    per_round = [a / b for a, b in zip(times_a, times_b)]
-    if len(per_round) == 1:
-        return per_round[0], per_round[0], per_round[0]
-    q1, q2, q3 = statistics.quantiles(per_round, n=4)
-    return q2, q1, q3
 
 
 def timed(fn, *args):
