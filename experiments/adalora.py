@@ -33,7 +33,8 @@ import statistics
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_float,
+                                positive_int, run_kwargs)
 from experiments.plots import finish, write_report
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.tuning import LR_GRID, grid_index, grid_neighbours, tune
@@ -232,17 +233,17 @@ def next_grid_rate(lr):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/adalora")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per contender (3+ to call a difference)")
-    p.add_argument("--adalora-lr", type=float,
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per contender (3+ to call a difference)")
+    p.add_argument("--adalora-lr", type=positive_float,
                    help="AdaLoRA's first guess for the rate tuner, on its grid (default: one step above --lora-lr)")
-    p.add_argument("--init-r", type=int, default=12, help="AdaLoRA's initial rank per matrix")
-    p.add_argument("--target-r", type=int, default=8,
+    p.add_argument("--init-r", type=positive_int, default=12, help="AdaLoRA's initial rank per matrix")
+    p.add_argument("--target-r", type=positive_int, default=8,
                    help="AdaLoRA's final rank per matrix, on average; LoRA runs at this rank and at --init-r")
     p.add_argument("--t-init", type=nonnegative_int,
                    help="AdaLoRA warm-up steps before pruning (default: a tenth of --max-iters)")
     p.add_argument("--t-final", type=nonnegative_int,
                    help="steps at the fixed final mask (default: a third of --max-iters)")
-    p.add_argument("--delta-t", type=int, help="steps between reallocations (default: --max-iters / 60, at least 1)")
+    p.add_argument("--delta-t", type=positive_int, help="steps between reallocations (default: --max-iters / 60, at least 1)")
     p.add_argument("--beta1", type=number_flag(0, 1), default=0.85, help="EMA of the sensitivity (the paper's 0.85)")
     p.add_argument("--beta2", type=number_flag(0, 1), default=0.85, help="EMA of its uncertainty (the paper's 0.85)")
     p.add_argument("--gamma", type=number_flag(0), default=0.1,
@@ -265,6 +266,7 @@ def main(argv=None):
         if lr is not None and not any(abs(lr / g - 1) < 1e-9 for g in LR_GRID):
             p.error(f"{flag}={lr:g} is not on the tuning grid {list(LR_GRID)}")
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=[args.target_r, args.init_r])
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

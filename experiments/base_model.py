@@ -11,10 +11,12 @@ import os
 
 import torch
 
-from nanogpt.checkpoint import load_model
+from nanogpt.checkpoint import load_checkpoint, load_model
 from nanogpt.data import load_corpus
+from nanogpt.flags import CommandError
 from nanogpt.model import GPT
-from nanogpt.train import train, write_json
+from nanogpt.run_folder import clean_stale_temporaries
+from nanogpt.train import configure_optimizer, restore_training_state, train, write_json
 
 
 def settings_key(settings):
@@ -31,22 +33,56 @@ def pretrain_settings(corpus, config, max_iters, batch_size, lr, seed, device):
 
 
 def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, cache_dir, force=False,
-                   progress=True):
+                   rebuild_broken=False, progress=True):
     """(base GPT on `device`, path of its checkpoint), pretraining it first if not cached.
-    corpus: a nanogpt.data.Corpus (its bytes decide the cache key), or a corpus name or path."""
+    corpus: a nanogpt.data.Corpus (its bytes decide the cache key), or a corpus name or path.
+
+    force: pretrain again even if cached. An interrupted pretraining (a checkpoint without the
+    finished marker) continues from its checkpoint. A cached model that cannot be read (a damaged
+    file, non-finite weights) is an error naming the folder, unless rebuild_broken: then it is
+    pretrained again (the experiments' --force)."""
     if isinstance(corpus, str):
         corpus = load_corpus(corpus, config.block_size)
     settings = pretrain_settings(corpus, config, max_iters, batch_size, lr, seed, device)
     out_dir = os.path.join(cache_dir, f"base-{settings_key(settings)}")
     ckpt = os.path.join(out_dir, "ckpt.pt")
     done_marker = os.path.join(out_dir, "settings.json")  # written last: only a finished run has it
-    if force or not os.path.exists(done_marker):
+    if os.path.isdir(out_dir):
+        clean_stale_temporaries(out_dir)
+    if not force and os.path.exists(done_marker):
+        try:
+            model, _ = load_model(ckpt, map_location=device)
+            return model, ckpt
+        except (ValueError, OSError) as e:
+            if not rebuild_broken:
+                raise CommandError(f"the cached base model in {out_dir!r} cannot be used: {e}. Run again with "
+                                   f"--force to pretrain it again, or delete that folder") from None
+            print(f"the cached base model in {out_dir} cannot be used ({e}); pretraining it again")
+    torch.manual_seed(seed)
+    model = GPT(config)
+    optimizer = configure_optimizer(model, lr, 0.1)
+    start_step, history, elapsed = 0, [], 0.0
+    resumable = _interrupted_run(ckpt, settings) if not force and not os.path.exists(done_marker) else None
+    if resumable is not None:
+        start_step, history, elapsed = restore_training_state(resumable, model, optimizer, out_dir)
+        print(f"continuing the interrupted pretraining in {out_dir} from step {start_step} of {max_iters}")
+    else:
         print(f"pretraining the base model on {corpus.name} ({max_iters} steps) -> {out_dir}")
-        torch.manual_seed(seed)
-        model = GPT(config)
-        train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, max_iters=max_iters,
-              batch_size=batch_size, lr=lr, eval_interval=max(1, max_iters // 4), device=device, seed=seed,
-              out_dir=out_dir, corpus_name=corpus.name, progress=progress)
-        write_json({**settings, "corpus_name": corpus.name}, done_marker)
+    train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, max_iters=max_iters,
+          batch_size=batch_size, lr=lr, eval_interval=max(1, max_iters // 4), device=device, seed=seed,
+          optimizer=optimizer, start_step=start_step, history=history, elapsed_offset=elapsed,
+          out_dir=out_dir, corpus_name=corpus.name, settings=settings, progress=progress)
+    write_json({**settings, "corpus_name": corpus.name}, done_marker)
     model, _ = load_model(ckpt, map_location=device)
     return model, ckpt
+
+
+def _interrupted_run(ckpt, settings):
+    """The checkpoint of an unfinished pretraining with exactly these settings, or None."""
+    if not os.path.exists(ckpt):
+        return None
+    try:
+        checkpoint = load_checkpoint(ckpt)
+    except (ValueError, OSError):
+        return None
+    return checkpoint if checkpoint.get("settings") == settings else None

@@ -15,7 +15,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_targets, positive_ints, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_targets, positive_int, positive_ints, run_kwargs
 from experiments.plots import finish, log2_axis, write_report
 from experiments.seeds import run_seeds, seed_list, separated, show, spread
 from nanogpt.train import write_json
@@ -50,12 +50,13 @@ def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/batch_size")
     p.add_argument("--batch-sizes", type=lambda t: positive_ints(t, "--batch-sizes"), default=[4, 8, 16, 32, 64],
                    help="comma-separated, e.g. 4,16,64")
-    p.add_argument("--sequences", type=int, default=7200,
+    p.add_argument("--sequences", type=positive_int, default=7200,
                    help="sequences seen per run (default 600 steps x batch 12, as the other experiments)")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per point")
-    p.add_argument("--evals", type=int, default=6, help="evaluations per run, spread evenly")
+    p.add_argument("--r", type=positive_int, default=8, help="LoRA rank")
+    p.add_argument("--seeds", type=positive_int, default=2, help="fine-tuning seeds per point")
+    p.add_argument("--evals", type=positive_int, default=6, help="evaluations per run, spread evenly")
     args = p.parse_args(argv)
+    check_runs(args, ranks=[args.r])
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     for k in ("seed", "steps", "batch_size", "eval_interval"):

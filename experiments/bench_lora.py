@@ -39,7 +39,9 @@ from tqdm import tqdm
 from experiments.memory import SavedActivations, parameter_bytes
 from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
 from nanogpt.model import GPT
+from nanogpt.flags import CommandError, choice, positive_float, positive_int, seed
 from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
@@ -109,23 +111,29 @@ def saved_activation_bytes(model, x, y):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--steps", type=int, default=15, help="timed rounds (one step of each variant per round)")
-    parser.add_argument("--forward-rounds", type=int, default=10)
+    parser.add_argument("--preset", type=choice(PRESETS), default="small")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--r", type=positive_int, default=8)
+    parser.add_argument("--alpha", type=positive_float, default=16.0)
+    parser.add_argument("--steps", type=positive_int, default=15, help="timed rounds (one step of each variant per round)")
+    parser.add_argument("--forward-rounds", type=positive_int, default=10)
     parser.add_argument("--out", default="results/bench_lora")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+    config = config_from_preset(args.preset)
+    widest_rank = min(config.n_embd, 4 * config.n_embd)  # every target maps n_embd to n_embd or 4 n_embd
+    if args.r > widest_rank:
+        parser.error(f"argument --r: r={args.r} is above the rank of the {args.preset} model's layers; "
+                     f"valid ranks are 1..{widest_rank}")
+    try:
+        check_writable_folder(args.out, "--out")
+    except CommandError as e:
+        parser.error(str(e))
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = config_from_preset(args.preset)
     base = GPT(config)
     x = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size))  # (B, T)
     y = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size))  # (B, T)

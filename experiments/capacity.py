@@ -17,7 +17,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, positive_ints, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_ranks, parse_targets, positive_ints, run_kwargs
 from experiments.facts import facts_corpus, make_facts, recall
 from experiments.finetune import run_finetune
 from experiments.plots import finish, label, log2_axis, write_report
@@ -151,6 +151,7 @@ def markdown(rows, estimates):
 
 def main(argv=None):
     args = make_capacity_parser().parse_args(argv)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, _, device = load_setup(args)  # the facts replace the prose target
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

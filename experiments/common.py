@@ -5,19 +5,26 @@ fine-tune on `python-docs` (English prose), so there is something to learn (pros
 something to forget (code). Flag names match `nanogpt.train` where they mean the same thing.
 """
 import argparse
+import copy
+import math
 import os
 import sys
 import time
 
 import torch
 
+import minilora
 from experiments import runs
 from experiments.base_model import get_base_model, pretrain_settings, settings_key
 from experiments.finetune import METHODS
 from experiments.runs import default_workers
+from experiments.tuning import LR_GRID
 from nanogpt.data import load_corpus
-from nanogpt.device import DEVICE_CHOICES, resolve_device
+from nanogpt.flags import (DEVICE_HELP, CommandError, choice, comma_list, device, finite_float, fraction,  # noqa: F401
+                           non_negative_float, non_negative_int, positive_float, positive_int, seed)
+from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import write_json
 
 # Each method at its own learning rate: the best grid rate (lowest final docs loss, mean of three
@@ -34,12 +41,9 @@ def positive_ints(text, flag):
     """'1,2,4' -> [1, 2, 4]; anything else is a clear error naming the flag."""
     message = f"{flag} must be comma-separated positive integers like 1,2,4; got {text!r}"
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
+        return comma_list(positive_int, "1,2,4")(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(message) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(message)
-    return values
 
 
 def parse_ranks(text):
@@ -50,12 +54,17 @@ def parse_batch_sizes(text):
     return positive_ints(text, "--memory-batches")
 
 
+positive_floats = comma_list(positive_float, "1e-4,1e-3")  # learning-rate lists and the like
+
+
 def parse_methods(text):
-    """'full,lora' -> ['full', 'lora']; an unknown method is a clear error."""
+    """'full,lora' -> ['full', 'lora']; an unknown method, or none, is a clear error."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
             raise argparse.ArgumentTypeError(f"unknown method {m!r}; choose one of {list(METHODS)}")
+    if not methods:
+        raise argparse.ArgumentTypeError(f"give at least one method of {list(METHODS)}, comma-separated")
     return methods
 
 
@@ -63,55 +72,114 @@ def make_parser(description, default_out):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--source", default="python-code", help="corpus the base model is pretrained on")
     p.add_argument("--target", default="python-docs", help="corpus the fine-tuning learns")
-    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
-    p.add_argument("--device", default="cpu", help=f"one of {list(DEVICE_CHOICES)}")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--max-iters", type=int, default=600, help="fine-tuning steps per run")
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--eval-interval", type=int, default=100)
-    p.add_argument("--eval-iters", type=int, default=20, help="fixed batches per evaluation")
-    p.add_argument("--pretrain-iters", type=int, default=2000, help="steps for the base model (cached)")
-    p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--pretrain-batch-size", type=int, default=12,
+    p.add_argument("--preset", type=choice(PRESETS), default="tiny", help=f"model size: {', '.join(PRESETS)}")
+    p.add_argument("--device", type=device, default="cpu", help=DEVICE_HELP)
+    p.add_argument("--seed", type=seed, default=1337)
+    p.add_argument("--max-iters", type=positive_int, default=600, help="fine-tuning steps per run")
+    p.add_argument("--batch-size", type=positive_int, default=12)
+    p.add_argument("--eval-interval", type=positive_int, default=100)
+    p.add_argument("--eval-iters", type=positive_int, default=20, help="fixed batches per evaluation")
+    p.add_argument("--pretrain-iters", type=positive_int, default=2000, help="steps for the base model (cached)")
+    p.add_argument("--pretrain-lr", type=positive_float, default=1e-3)
+    p.add_argument("--pretrain-batch-size", type=positive_int, default=12,
                    help="batch for the base model; separate from --batch-size, so a batch sweep shares one base")
-    p.add_argument("--full-lr", type=float, default=DEFAULT_LR["full"])
-    p.add_argument("--lora-lr", type=float, default=DEFAULT_LR["lora"])
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha, fixed across ranks as in the paper")
+    p.add_argument("--full-lr", type=positive_float, default=DEFAULT_LR["full"])
+    p.add_argument("--lora-lr", type=positive_float, default=DEFAULT_LR["lora"])
+    p.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA alpha, fixed across ranks as in the paper")
     p.add_argument("--targets", default=",".join(ALL_BLOCK_LINEARS),
                    help="comma-separated module names to adapt, or all-linear")
     p.add_argument("--out", default=default_out)
     p.add_argument("--cache", default="runs/cache", help="base checkpoints and finished run records")
-    p.add_argument("--force", action="store_true", help="recompute runs even if cached")
+    p.add_argument("--force", action="store_true",
+                   help="recompute runs even if cached (and rebuild a cached base model that cannot be read)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="fine-tuning runs trained side by side, one thread each (default: one per CPU core; "
                         "1 on a GPU); a speed trick only: the records are the same")
     # model-size overrides, as in nanogpt.train
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--block-size", type=int)
+    p.add_argument("--n-layer", type=positive_int)
+    p.add_argument("--n-head", type=positive_int)
+    p.add_argument("--n-embd", type=positive_int)
+    p.add_argument("--block-size", type=positive_int)
     return p
 
 
 def parse_targets(text):
+    """'q_proj,v_proj' -> ['q_proj', 'v_proj']; 'all-linear' stays as it is."""
     return text if text == "all-linear" else [t.strip() for t in text.split(",") if t.strip()]
 
 
+def stop(message):
+    """End an experiment before any work with one line, as a bad flag does: no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def model_config(args):
+    return config_from_preset(args.preset, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                              block_size=args.block_size)
+
+
+def check_runs(args, ranks=(), planned=None, variants=("lora",), lr_on_grid=False):
+    """Check every run an experiment plans, before the base model is pretrained: a bad rank,
+    target, alpha, --out or --cache then stops the command at once instead of after minutes.
+
+    ranks: the LoRA ranks it trains on --targets. planned: for ranks that depend on the layer
+    sizes, a function of the (untrained) model returning more [(targets, r)] pairs. variants:
+    those it trains ("dora" and "pissa" add their own checks). lr_on_grid: the experiment tunes
+    its rates starting at --lora-lr, which must then be a rate of the tuning grid.
+    Each planned adapter is applied, exactly as the run will apply it, to a copy of the model on
+    the meta device (no memory, no arithmetic). A problem ends the command with one line (stop)
+    naming the run and what is wrong."""
+    try:
+        config = model_config(args)
+    except ValueError as e:
+        stop(f"the model flags (--preset, --n-layer, --n-head, --n-embd, --block-size) do not fit together: {e}")
+    try:
+        check_writable_folder(args.out, "--out")
+        check_writable_folder(args.cache, "--cache")
+    except CommandError as e:
+        stop(str(e))
+    if lr_on_grid and not any(math.isclose(args.lora_lr, g, rel_tol=1e-9) for g in LR_GRID):
+        stop(f"--lora-lr {args.lora_lr:g} is where this experiment starts tuning each rate, so it must be a rate of "
+             f"the tuning grid: one of {[f'{g:g}' for g in LR_GRID]}")
+    with torch.device("meta"):
+        model = GPT(config)
+    targets = parse_targets(args.targets)
+    pairs = [(targets, r) for r in ranks] + (list(planned(model)) if planned is not None else [])
+    for t, r in pairs or [(targets, 1)]:  # with no rank planned, the targets must still exist
+        for variant in variants:
+            try:
+                minilora.apply_lora(copy.deepcopy(model), t, r, args.alpha, dora=variant == "dora",
+                                    pissa=variant == "pissa", rslora=variant == "rslora")
+            except (ValueError, TypeError) as e:
+                where = t if isinstance(t, str) else ",".join(t)
+                stop(f"a planned run cannot be made (LoRA{'' if variant == 'lora' else ' ' + variant} r={r} on "
+                     f"{where!r}): {e}")
+
+
 def load_setup(args):
-    """Base model (pretrained or from the cache), its key, and the two corpora."""
+    """Base model (pretrained or from the cache), its key, and the two corpora.
+
+    Everything is checked first (check_runs, the corpora), so a bad flag or file stops the
+    command before the base model is pretrained."""
     args.started = time.time()
-    device = resolve_device(args.device)
-    config = config_from_preset(args.preset, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                block_size=args.block_size)
-    source = load_corpus(args.source, config.block_size)
-    target = load_corpus(args.target, config.block_size)
-    base, _ = get_base_model(source, config, max_iters=args.pretrain_iters, batch_size=args.pretrain_batch_size,
-                             lr=args.pretrain_lr, seed=args.seed, device=device, cache_dir=args.cache,
-                             force=False, progress=not args.no_progress)
+    check_runs(args)
+    device = args.device
+    config = model_config(args)
+    try:
+        source = load_corpus(args.source, config.block_size)
+        target = load_corpus(args.target, config.block_size)
+    except (ValueError, RuntimeError) as e:
+        stop(f"{e} (--source {args.source!r}, --target {args.target!r})")
+    try:
+        base, _ = get_base_model(source, config, max_iters=args.pretrain_iters, batch_size=args.pretrain_batch_size,
+                                 lr=args.pretrain_lr, seed=args.seed, device=device, cache_dir=args.cache,
+                                 force=False, rebuild_broken=args.force, progress=not args.no_progress)
+    except CommandError as e:
+        stop(str(e))
     base_key = settings_key(pretrain_settings(source, config, args.pretrain_iters, args.pretrain_batch_size,
                                               args.pretrain_lr, args.seed, device))
-    os.makedirs(args.out, exist_ok=True)
     if args.workers is None:
         args.workers = default_workers(device)
     args.setup_s = time.time() - args.started
@@ -125,7 +193,7 @@ def finish_experiment(args, argv=None):
     info = {"command": " ".join(sys.argv[1:] if argv is None else argv), "wall_time_s": time.time() - args.started,
             "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
             "workers": args.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "device": str(resolve_device(args.device)), "date": time.strftime("%Y-%m-%d")}
+            "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
     write_json(info, os.path.join(args.out, "run_info.json"))
     return info
 

@@ -7,10 +7,12 @@ holds the corpora by the SHA-256 of their bytes, so an edited corpus file is a n
 """
 import copy
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
+import warnings
 
 import torch
 
@@ -20,7 +22,7 @@ from experiments.memory import measure_training_memory
 from minilora.quantize import QUANT_TYPES
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
-from nanogpt.train import configure_optimizer, train, write_json
+from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
 
 METHODS = ("full", "lora")
 VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa", "adalora")
@@ -92,6 +94,23 @@ def measure_step_memory(model, spec, data, batch_size, seed, device, weight_deca
     return measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
 
 
+def read_cached_record(path):
+    """The cached record at path, or None when there is none or it cannot be read (a damaged
+    cache file is then recomputed, with a warning naming it)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if isinstance(record, dict) and "history" in record:
+            return record
+        problem = "it is not a run record"
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    warnings.warn(f"the cached run record {path!r} cannot be read ({problem}); running it again", stacklevel=3)
+    return None
+
+
 def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, eval_interval=100,
             eval_iters=20, weight_decay=0.0, final_eval=None, **_not_in_the_key):
     """The cache key of a run: a hash of everything that decides its record (the corpora by the
@@ -130,13 +149,11 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     path = os.path.join(cache_dir, "runs", f"{key}.json")
     adapter_path = os.path.join(cache_dir, "runs", f"{key}.adapter.pt")
     want_adapter = keep_adapter and spec["method"] == "lora"
-    if os.path.exists(path) and not force:
-        with open(path) as f:
-            record = json.load(f)
-        if not want_adapter or os.path.exists(adapter_path):
-            if want_adapter:
-                record["adapter_path"] = adapter_path
-            return record
+    record = None if force else read_cached_record(path)
+    if record is not None and (not want_adapter or os.path.exists(adapter_path)):
+        if want_adapter:
+            record["adapter_path"] = adapter_path
+        return record
     if cached_only:
         return None
 
@@ -152,18 +169,30 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         torch.cuda.reset_peak_memory_stats()
     allocator, hooks = (adalora_hooks(model, spec, steps) if spec.get("variant") == "adalora" else (None, {}))
     start = time.perf_counter()
-    result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
-                   batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
-                   weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
-                   device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
-                   progress=progress, **hooks)
+    diverged_at = None
+    try:
+        result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
+                       batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
+                       weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
+                       device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
+                       progress=progress, **hooks)
+    except NonFiniteLossError as e:
+        # A diverged run is a result (a learning rate too high), kept as such: its final losses are
+        # NaN, which the experiments read as "worst", and the record says where it diverged.
+        print(f"run diverged: {e}")
+        result, diverged_at = e.result, e.step
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished runs are kept in {os.path.join(cache_dir, 'runs')}: the same command "
+              f"continues with the first unfinished run")
+        raise
     wall_time = time.perf_counter() - start
     if is_cuda:
         memory["cuda_peak"] = torch.cuda.max_memory_allocated()
 
     trainable, total, _ = minilora.count_parameters(model)
-    median_step = statistics.median(result["step_times"])
+    median_step = statistics.median(result["step_times"]) if result["step_times"] else math.nan
     history = result["history"]
+    final = history[-1] if diverged_at is None else {"target_loss": math.nan, "source_loss": math.nan}
     record = {
         "method": spec["method"],
         "variant": spec.get("variant") if spec["method"] == "lora" else None,
@@ -188,14 +217,16 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                     for h in history],
         "base_target_loss": history[0]["target_loss"],
         "base_source_loss": history[0]["source_loss"],
-        "final_target_loss": history[-1]["target_loss"],
-        "final_source_loss": history[-1]["source_loss"],
+        "final_target_loss": final["target_loss"],
+        "final_source_loss": final["source_loss"],
         "wall_time_s": wall_time,
         "median_step_s": median_step,
         "tokens_per_s": batch_size * block_size / median_step,
         "saved_bytes": saved_bytes(model, spec),
         "memory": memory,
     }
+    if diverged_at is not None:
+        record["diverged_at_step"] = diverged_at
     if allocator is not None:
         record["adalora"] = {"budget": [b for _, b in allocator.budgets],
                              "allocations": [{"step": s, "ranks": ranks} for s, ranks in allocator.allocations],

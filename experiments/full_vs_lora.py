@@ -8,7 +8,8 @@ measured step per batch size: where LoRA's memory saving goes as activations gro
 """
 import os
 
-from experiments.common import load_setup, make_parser, parse_batch_sizes, parse_methods, parse_targets, run_kwargs
+from experiments.common import (check_runs, load_setup, make_parser,
+                                parse_batch_sizes, parse_methods, parse_targets, positive_int, run_kwargs)
 from experiments.finetune import measure_step_memory, prepare_model, run_finetune
 from experiments.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
 from nanogpt.train import write_json
@@ -16,11 +17,12 @@ from nanogpt.train import write_json
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/full_vs_lora")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--r", type=positive_int, default=8, help="LoRA rank")
     p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 4, 16, 64],
                    help="batch sizes for memory_vs_batch.png, e.g. 1,4,16,64")
     p.add_argument("--methods", type=parse_methods, default=["full", "lora"], help="comma-separated: full, lora")
     args = p.parse_args(argv)
+    check_runs(args, ranks=[args.r] if "lora" in args.methods else [])
     base, base_key, source, target, device = load_setup(args)
     specs = {
         "full": {"method": "full", "lr": args.full_lr},

@@ -16,7 +16,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import check_runs, load_setup, make_parser, parse_ranks, parse_targets, positive_int, run_kwargs
 from experiments.plots import finish, write_report
 from experiments.seeds import run_seeds, seed_list, show, spread
 from nanogpt.train import write_json
@@ -58,8 +58,9 @@ def plot_learn_forget(groups, path, title):
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/learn_forget")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64], help="comma-separated, e.g. 1,4,16")
-    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per method")
+    p.add_argument("--seeds", type=positive_int, default=2, help="fine-tuning seeds per method")
     args = p.parse_args(argv)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     kwargs.pop("seed")

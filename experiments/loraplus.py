@@ -17,7 +17,8 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                positive_int, run_kwargs)
 from experiments.plots import finish, log2_axis, write_report
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.tuning import LR_GRID, grid_neighbours, tune
@@ -74,9 +75,10 @@ def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/loraplus")
     p.add_argument("--ratios", type=parse_ratios, default=[1.0, 4.0, 16.0], help="lambda values, e.g. 1,4,16")
     p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="LoRA ranks, e.g. 8,64")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per point")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per point")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

@@ -18,7 +18,8 @@ import statistics
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                positive_int, run_kwargs)
 from experiments.plots import finish, lr_text, write_report
 from experiments.runs import run_all
 from experiments.seeds import seed_list, show, spread
@@ -32,7 +33,7 @@ def parse_lrs(text, flag="--lrs"):
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(message) from None
-    if len(values) < 3 or any(not v > 0 for v in values):
+    if len(values) < 3 or any(not 0 < v < math.inf for v in values):
         raise argparse.ArgumentTypeError(message + " (at least three, to find a minimum)")
     return sorted(values)
 
@@ -110,9 +111,10 @@ def main(argv=None):
     p.add_argument("--lora-lrs", type=lambda t: parse_lrs(t, "--lora-lrs"), default=[3e-3, 5.6e-3, 1e-2, 1.8e-2],
                    help="comma-separated learning rates for LoRA, the same at every rank")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 8, 64], help="LoRA ranks, e.g. 1,8,64")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per rate")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per rate")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import minilora
-from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
 from experiments.plots import MIB, finish, plot_memory_bars, write_report
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
@@ -290,12 +290,13 @@ def report(summary, errors, gaussian_name, quantized_targets):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/qlora")
-    p.add_argument("--r", type=int, default=8, help="the rank of LoRA and QLoRA")
+    p.add_argument("--r", type=positive_int("--r"), default=8, help="the rank of LoRA and QLoRA")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=3,
                    help="fine-tuning seeds per method (3+ to call a difference)")
     p.add_argument("--gaussian-values", type=positive_int("--gaussian-values"), default=2 ** 20,
                    help="how many N(0, 1) values the data types' error is measured on")
     args = p.parse_args(argv)
+    check_runs(args, ranks=[args.r])
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     kwargs.pop("seed")

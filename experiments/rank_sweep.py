@@ -19,7 +19,8 @@ import statistics
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                positive_int, run_kwargs)
 from experiments.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
 from experiments.runs import run_all
 from experiments.seeds import seed_list, show, spread
@@ -138,11 +139,12 @@ def results_table(groups):
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/rank_sweep")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64], help="comma-separated, e.g. 1,2,4")
-    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per run (the README's results: 3)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="fine-tuning seeds per run (the README's results: 3)")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     p.add_argument("--no-rslora", action="store_true", help="skip the rsLoRA series (alpha/sqrt(r))")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

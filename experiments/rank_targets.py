@@ -15,7 +15,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_ranks, run_kwargs
+from experiments.common import check_runs, finish_experiment, load_setup, make_parser, parse_ranks, positive_int, run_kwargs
 from experiments.plots import finish, log2_axis, write_report
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
@@ -44,10 +44,12 @@ def plot_rank_targets(rows, base_target, path, title):
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/rank_targets")
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 8, 64], help="LoRA ranks, e.g. 1,2,8,64")
-    p.add_argument("--tune-r", type=int, default=8, help="the rank at which each set's rate is tuned")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per point")
+    p.add_argument("--tune-r", type=positive_int, default=8, help="the rank at which each set's rate is tuned")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per point")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, planned=lambda model: [(t, r) for t in TARGET_SETS.values() for r in [*args.ranks, args.tune_r]],
+               lr_on_grid=True)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
 

@@ -65,6 +65,6 @@ def run_all(plan, workers=1, progress=True, desc="runs"):
     by_key = {}  # every run is in the cache now; a run planned twice comes back as one record
     for kwargs in plan:
         key = run_key(**kwargs)
-        if key not in by_key:
-            by_key[key] = run_finetune(**kwargs)
+        if key not in by_key:  # read back only: with force=True each run would otherwise train twice
+            by_key[key] = run_finetune(**{**kwargs, "force": False})
     return [by_key[run_key(**kwargs)] for kwargs in plan]

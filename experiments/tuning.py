@@ -42,10 +42,13 @@ def tune(contenders, seeds, *, workers=1, max_extra=2, progress=True):
     """
     tried = {name: sorted(rates) for name, (_, rates) in contenders.items()}
     first_seed = seeds[0]
+    done = set()  # (name, lr, seed) already trained by this call: --force retrains a run once, not per stage
 
     def entry(name, lr, seed):
         kwargs, _ = contenders[name]
-        return {**kwargs, "spec": {**kwargs["spec"], "lr": lr}, "seed": seed}
+        force = kwargs.get("force", False) and (name, lr, seed) not in done
+        done.add((name, lr, seed))
+        return {**kwargs, "spec": {**kwargs["spec"], "lr": lr}, "seed": seed, "force": force}
 
     def losses_of(name):
         plan = [entry(name, lr, first_seed) for lr in tried[name]]

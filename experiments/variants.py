@@ -23,7 +23,8 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
+                                parse_targets, positive_int, run_kwargs)
 from experiments.plots import finish, write_report
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
@@ -67,11 +68,13 @@ def group(name, runs, lr, **extra):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/variants")
-    p.add_argument("--r", type=int, default=8, help="the rank every variant trains at")
-    p.add_argument("--high-r", type=int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
-    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per variant")
+    p.add_argument("--r", type=positive_int, default=8, help="the rank every variant trains at")
+    p.add_argument("--high-r", type=non_negative_int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per variant")
     args = p.parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
+    check_runs(args, ranks=[args.r] + ([args.high_r] if args.high_r else []), variants=("lora", "dora", "pissa"),
+               lr_on_grid=True)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
     targets = parse_targets(args.targets)

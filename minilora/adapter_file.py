@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from minilora.adalora import AdaLoRAAdapter, apply_adalora
 from minilora.base_fingerprint import base_fingerprint, base_mismatch
+from minilora.checks import check_finite_tensors
 from minilora.inject import apply_lora
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
@@ -46,6 +47,9 @@ MUST_MATCH = ("r", "alpha", "rslora", "dora", "pissa")  # change what the tensor
 def _atomic_save(obj, path):
     """torch.save to a temporary file in path's folder, then os.replace: a crash mid-write never
     leaves a half-written file under path."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save the adapter to {path!r}: it is a folder; give a file path "
+                                f"such as {os.path.join(path, 'adapter.pt')!r}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
@@ -138,6 +142,9 @@ def read_adapter_file(path):
     missing = [k for k in CONFIG_KEYS if not isinstance(config, dict) or k not in config]
     if missing or not isinstance(obj.get("tensors"), dict) or not isinstance(obj.get("biases"), dict):
         raise ValueError(f"adapter file {path!r} is incomplete (config keys missing: {missing})")
+    not_tensors = [k for part in ("tensors", "biases") for k, v in obj[part].items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise ValueError(f"adapter file {path!r} is damaged: {not_tensors[:3]} should be tensors")
     return obj
 
 
@@ -222,6 +229,7 @@ def load_adapter(model, path, adapter_name=None, check_base=True, quantize_as_tr
                                    "it anyway")
     if problems:
         raise ValueError(f"adapter file {path!r} does not fit the model:\n  - " + "\n  - ".join(problems))
+    check_finite_tensors({**tensors, **biases}, f"adapter file {path!r}")
     merged = [n for n, layer in lora_layers(model) if layer.merged]
     if merged:
         raise RuntimeError(f"the model has a merged adapter (e.g. {merged[0]!r}); unmerge_lora(model) first")

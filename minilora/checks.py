@@ -6,6 +6,8 @@ flips the update's sign), so every public entry point validates its input here f
 import math
 import numbers
 
+import torch
+
 
 def check_rank(r, in_features, out_features, where):
     """r must be an integer in 1..min(in_features, out_features): delta W = B A has rank <= r,
@@ -54,3 +56,25 @@ def check_adapter_name(name):
             f"(e.g. 'default', 'french')"
         )
     return name
+
+
+def check_finite_tensors(tensors, where):
+    """Every floating tensor in {name: tensor} must be finite: a NaN or inf in an adapter turns
+    every output of the layer into NaN, silently."""
+    bad = [name for name, t in tensors.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{where} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
+                         f"({len(bad)} tensor(s)); it comes from a diverged run or is damaged")
+
+
+def check_weights(weights, n):
+    """n finite real numbers, one per adapter, for add_weighted_adapter."""
+    if (not isinstance(weights, (list, tuple)) or len(weights) != n
+            or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights)):
+        raise ValueError(f"weights must be a list of {n} numbers, one per adapter, got {weights!r}")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weights must be finite numbers, got {weights!r}: a NaN or inf weight makes the "
+                         f"combined adapter NaN or inf")
+    return [float(w) for w in weights]

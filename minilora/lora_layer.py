@@ -9,6 +9,8 @@ is active, and merging it into the base weight.
     layer.row_adapters     None, or a mixed batch's adapters gathered per row (mixed_batch.py)
 
 Merging is an explicit call (merge() / merge_lora), never a side effect of .train()/.eval().
+Whether an adapter is merged is saved in state_dict() with the weights (get_extra_state), so a
+state_dict taken after merging loads as a merged model: delta W is never added twice.
 """
 import torch
 import torch.nn as nn
@@ -117,8 +119,31 @@ class LoRALayer(nn.Module):
             if self._dora_norm is None:
                 raise RuntimeError("this DoRA layer was merged elsewhere; its pre-merge norm is lost, "
                                    "so it cannot be unmerged")
-            unmerge_dora_(weight, delta, adapter.magnitude, self._dora_norm)
+            unmerge_dora_(weight, delta, adapter.magnitude, self._dora_norm.to(weight.device))
             self._dora_norm = None
         else:
             weight.sub_(delta)
         self.merged_adapter = None
+
+    # -- what state_dict() holds besides the tensors -------------------------------------
+
+    def get_extra_state(self):
+        """Saved by state_dict() beside the weights: which adapter is merged into base.weight
+        (and, for DoRA, the norm unmerge() needs). A merged layer's base.weight holds W0 + delta W;
+        without this, loading it into an unmerged layer would add delta W a second time in forward."""
+        return {"merged_adapter": self.merged_adapter, "dora_norm": self._dora_norm}
+
+    def set_extra_state(self, state):
+        """Called by load_state_dict (before the weights are copied in): the layer takes the saved
+        merged state, so that the loaded base.weight and the adapters mean what they meant."""
+        if not isinstance(state, dict) or "merged_adapter" not in state:
+            raise ValueError(f"this LoRA layer's saved state is not one minilora writes: {state!r}")
+        merged = state["merged_adapter"]
+        if merged is not None and merged not in self.adapters:
+            raise ValueError(
+                f"the state_dict has adapter {merged!r} merged into this layer's base weight, but the layer "
+                f"has no adapter {merged!r} (its adapters: {list(self.adapters)}); add that adapter first "
+                f"(add_adapter with the same r and alpha) so the loaded weights can be unmerged")
+        norm = state.get("dora_norm")
+        self.merged_adapter = merged
+        self._dora_norm = None if norm is None else norm.to(self.base.weight.device)

@@ -8,11 +8,9 @@
 Switching changes only which (A, B) forward uses, so switching back gives the same outputs
 bit for bit. Biases trained with bias="lora_only"/"all" belong to the base and are shared.
 """
-import numbers
-
 import torch
 
-from minilora.checks import check_adapter_name, check_rank
+from minilora.checks import check_adapter_name, check_rank, check_weights
 from minilora.inject import apply_lora
 from minilora.model_ops import _require_lora_layers, adapter_names
 
@@ -63,9 +61,7 @@ def add_weighted_adapter(model, adapters, weights, name):
     unknown = [a for a in adapters if a not in names]
     if unknown:
         raise ValueError(f"unknown adapter(s) {unknown}; the model's adapters: {names}")
-    if (not isinstance(weights, (list, tuple)) or len(weights) != len(adapters)
-            or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights)):
-        raise ValueError(f"weights must be a list of {len(adapters)} numbers, one per adapter, got {weights!r}")
+    weights = check_weights(weights, len(adapters))
     layers = [(n, layer) for n, layer in _require_lora_layers(model, "add_weighted_adapter")
               if any(a in layer.adapters for a in adapters)]
     for n, layer in layers:  # validate everything before adding anything

@@ -82,9 +82,17 @@ def load_bytes(name_or_path, cache_dir=None):
         return python_docs_bytes()
     if name_or_path == "shakespeare":
         return shakespeare_bytes(cache_dir)
+    if os.path.isdir(name_or_path):
+        raise ValueError(f"corpus {name_or_path!r} is a folder; give one file (its bytes are the corpus), "
+                         f"or one of {list(CORPUS_NAMES)}")
     if os.path.isfile(name_or_path):
-        with open(name_or_path, "rb") as f:
-            data = f.read()
+        try:
+            with open(name_or_path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read corpus file {name_or_path!r}: {e.strerror or e}") from None
+        if not data:
+            raise ValueError(f"corpus file {name_or_path!r} is empty")
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as e:

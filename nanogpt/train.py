@@ -11,16 +11,23 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 
 import torch
 from tqdm import tqdm
 
-from nanogpt.checkpoint import load_checkpoint, save_checkpoint
+from nanogpt.checkpoint import (atomic_write, check_plain_gpt_weights, config_from_checkpoint, load_checkpoint,
+                                save_checkpoint)
 from nanogpt.data import fixed_batches, get_batch, load_corpus
-from nanogpt.device import DEVICE_CHOICES, autocast, resolve_device
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.device import autocast
+from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
+                           positive_float, positive_int, run_main)
+from nanogpt.flags import device as device_flag
+from nanogpt.flags import seed as seed_flag
+from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.run_folder import check_run_folder, resolve_settings, resume_history
 
 
 def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.99), extra_groups=None):
@@ -62,11 +69,42 @@ def evaluate(model, batches, device):
 
 
 def write_json(obj, path):
-    """JSON to a temporary file, then rename: readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """JSON, atomically (atomic_write): readers never see half a file."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: training stopped, and nothing after the last good checkpoint was
+    saved. .step is where it happened; .result is what train() had recorded up to there (its
+    history, step losses and times), for callers that keep a diverged run as a result."""
+
+    def __init__(self, message, step, result):
+        super().__init__(message)
+        self.step = step
+        self.result = result
+
+
+def _check_train_args(**values):
+    """train()'s numbers, checked before any work: a clear error naming the bad one."""
+    rules = {
+        "max_iters": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+        "start_step": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+        "warmup_iters": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+        "batch_size": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+        "eval_interval": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+        "eval_iters": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+        "lr": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+        "min_lr": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+        "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+        "grad_clip": ("a finite number >= 0 (0 = no clipping)", lambda v: math.isfinite(v) and v >= 0),
+    }
+    for name, value in values.items():
+        need, ok = rules[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"train(): {name} must be {need}, got {value!r}")
 
 
 def train(
@@ -91,6 +129,7 @@ def train(
     elapsed_offset=0.0,
     out_dir=None,
     corpus_name=None,
+    settings=None,
     progress=True,
     extra_loss=None,
     after_step=None,
@@ -102,7 +141,9 @@ def train(
     optimizer: None builds AdamW over the trainable parameters (configure_optimizer); pass one
         to choose parameter groups yourself (LoRA+ does). Its groups' "lr" is scheduled; a group
         with "lr_ratio" gets that multiple of the schedule.
-    out_dir: if given, ckpt.pt and history.json are written there at every evaluation.
+    out_dir: if given, ckpt.pt and history.json are written there at every evaluation. The
+        checkpoint also holds `settings` (what defines the run, for --resume: see run_folder.py),
+        the history so far, and the random-number state.
     extra_loss: optional fn(model) -> scalar tensor added to the loss before backward (a
         regulariser, e.g. AdaLoRA's); the recorded losses are the model's alone.
     after_step: optional fn(step) called after each optimizer step, while that step's gradients
@@ -110,9 +151,15 @@ def train(
     Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
     batches the uninterrupted run would have seen.
 
+    A loss that becomes NaN or inf stops training with NonFiniteLossError naming the step; no
+    checkpoint is written after the last good evaluation, so out_dir keeps the last good one.
+
     Returns {"history": [...], "step_losses": [...], "step_times": [...], "optimizer": ...}.
     """
     min_lr = lr / 10 if min_lr is None else min_lr
+    _check_train_args(max_iters=max_iters, start_step=start_step, warmup_iters=warmup_iters, batch_size=batch_size,
+                      eval_interval=eval_interval, eval_iters=eval_iters, lr=lr, min_lr=min_lr,
+                      weight_decay=weight_decay, grad_clip=grad_clip)
     block_size = model.config.block_size
     model.to(device)
     model.train()
@@ -124,120 +171,210 @@ def train(
     step_losses, step_times = [], []
     tokens_per_step = batch_size * block_size
     start_time = time.perf_counter()
+    ckpt_path = os.path.join(out_dir, "ckpt.pt") if out_dir is not None else None
+    saved_step = start_step if start_step > 0 else None  # the step the checkpoint on disk holds
+
+    def result():
+        return {"history": history, "step_losses": step_losses, "step_times": step_times, "optimizer": optimizer}
+
+    def kept():
+        if ckpt_path is None:
+            return ""
+        if saved_step is None:
+            return f" No checkpoint was written to {ckpt_path}."
+        return f" The last good checkpoint, step {saved_step}, is kept in {ckpt_path}."
 
     def record(step):
+        nonlocal saved_step
         entry = {"step": step}
         for name, batches in eval_batches.items():
             entry[f"{name}_loss"] = evaluate(model, batches, device)
+        bad = {k: v for k, v in entry.items() if k != "step" and not math.isfinite(v)}
+        if bad:
+            raise NonFiniteLossError(f"the evaluation at step {step} gave {bad}: the model's weights are no "
+                                     f"longer finite, so training stopped.{kept()} Train again with a lower "
+                                     f"learning rate", step, result())
         entry["lr"] = learning_rate(step, max_iters, lr, min_lr, warmup_iters)
         entry["elapsed_s"] = elapsed_offset + time.perf_counter() - start_time
         entry["tokens_seen"] = step * tokens_per_step
         history.append(entry)
         if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
-            save_checkpoint(os.path.join(out_dir, "ckpt.pt"), model, optimizer, step, corpus_name,
-                            elapsed_s=entry["elapsed_s"])
+            rng = {"rng_state": torch.get_rng_state()}
+            if str(device).startswith("cuda"):
+                rng["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+            # The checkpoint first, with the history inside it: a kill before history.json is
+            # written loses nothing, since --resume reads the history from the checkpoint.
+            save_checkpoint(ckpt_path, model, optimizer, step, corpus_name, elapsed_s=entry["elapsed_s"],
+                            settings=settings, history=history, **rng)
+            saved_step = step
             write_json(history, os.path.join(out_dir, "history.json"))
         return entry
 
     bar = tqdm(range(start_step, max_iters), desc="train", disable=not progress, dynamic_ncols=True)
     if start_step == 0 or not history:
         record(start_step)
-    for step in bar:
-        t0 = time.perf_counter()
-        step_lr = learning_rate(step, max_iters, lr, min_lr, warmup_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr * group.get("lr_ratio", 1.0)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x, y = get_batch(train_data, batch_size, block_size, generator=g, device=device)  # (B, T) each
-        with autocast(device):
-            _, loss = model(x, y)
-        objective = loss if extra_loss is None else loss + extra_loss(model)
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        optimizer.step()
-        if after_step is not None:
-            after_step(step)
-        loss_value = loss.item()  # .item() waits for the device, so the step time below is real
-        step_times.append(time.perf_counter() - t0)
-        step_losses.append(loss_value)
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / step_times[-1]:.0f}", refresh=False)
-        done = step + 1
-        if done % eval_interval == 0 or done == max_iters:
-            entry = record(done)
-            bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
-    return {"history": history, "step_losses": step_losses, "step_times": step_times, "optimizer": optimizer}
+    step = start_step
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            step_lr = learning_rate(step, max_iters, lr, min_lr, warmup_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr * group.get("lr_ratio", 1.0)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            x, y = get_batch(train_data, batch_size, block_size, generator=g, device=device)  # (B, T) each
+            with autocast(device):
+                _, loss = model(x, y)
+            objective = loss if extra_loss is None else loss + extra_loss(model)
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            loss_value = loss.item()  # .item() waits for the device, so the step time below is real
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss_value} at step {step + 1} of {max_iters} (learning rate "
+                    f"{step_lr:.3g}), so training stopped.{kept()} Train again with a lower learning rate, a "
+                    f"longer warm-up, or gradient clipping on", step + 1, result())
+            step_times.append(time.perf_counter() - t0)
+            step_losses.append(loss_value)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / step_times[-1]:.0f}", refresh=False)
+            done = step + 1
+            if done % eval_interval == 0 or done == max_iters:
+                entry = record(done)
+                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+    except KeyboardInterrupt:
+        where = f"; {ckpt_path} holds step {saved_step}" if ckpt_path and saved_step is not None else ""
+        raise KeyboardInterrupt(f"training stopped during step {step + 1}{where}") from None
+    finally:
+        bar.close()
+    return result()
+
+
+def restore_training_state(checkpoint, model, optimizer, folder):
+    """For --resume: load a checkpoint's weights, optimizer state and random-number state into
+    model and optimizer. Returns (start_step, history, elapsed_s) to pass on to train()."""
+    if isinstance(checkpoint.get("step"), bool) or not isinstance(checkpoint.get("step"), int) or checkpoint["step"] < 0:
+        raise ValueError(f"the checkpoint in {folder!r} has no valid step ({checkpoint.get('step')!r}): it cannot be resumed")
+    model.load_state_dict(checkpoint["model"])
+    if checkpoint.get("optimizer"):
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if "rng_state" in checkpoint:  # dropout masks continue as in the uninterrupted run
+        torch.set_rng_state(checkpoint["rng_state"])
+    if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
+        torch.cuda.set_rng_state(checkpoint["cuda_rng_state"])
+    return checkpoint["step"], resume_history(checkpoint, folder), checkpoint.get("elapsed_s", 0.0)
+
+
+# The flags that define a run, and their defaults. The parser's defaults are None ("not given"),
+# so that --resume can tell a flag given again from a default (see run_folder.resolve_settings).
+RUN_DEFAULTS = dict(corpus="python-code", preset="tiny", n_layer=None, n_head=None, n_embd=None, block_size=None,
+                    dropout=None, max_iters=3000, batch_size=12, lr=1e-3, min_lr=None, warmup_iters=100,
+                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20, seed=1337)
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+
+
+def make_parser():
+    d = RUN_DEFAULTS
+    p = argparse.ArgumentParser(
+        description="Train the GPT on a byte-level corpus.",
+        epilog="A folder that already holds a run is continued only with --resume (which reuses the run's "
+               "saved settings) and replaced only with --overwrite.")
+    p.add_argument("--corpus", help=f"python-code, python-docs, shakespeare, or a file path (default {d['corpus']})")
+    p.add_argument("--preset", type=choice(PRESETS), help=f"model size: {', '.join(PRESETS)} (default {d['preset']})")
+    p.add_argument("--max-iters", type=positive_int, help=f"training steps (default {d['max_iters']})")
+    p.add_argument("--out", default="runs/base", help="folder for ckpt.pt and history.json (default runs/base)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint, with its settings")
+    p.add_argument("--overwrite", action="store_true", help="start over in OUT, replacing the run it holds")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")
+    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d['lr']:g})")
+    p.add_argument("--min-lr", type=non_negative_float, help="end of the cosine decay (default lr/10)")
+    p.add_argument("--warmup-iters", type=non_negative_int, help=f"default {d['warmup_iters']}")
+    p.add_argument("--weight-decay", type=non_negative_float, help=f"default {d['weight_decay']:g}")
+    p.add_argument("--grad-clip", type=non_negative_float, help=f"gradient norm limit, 0 = off (default {d['grad_clip']:g})")
+    p.add_argument("--eval-interval", type=positive_int, help=f"steps between evaluations (default {d['eval_interval']})")
+    p.add_argument("--eval-iters", type=positive_int, help=f"batches per evaluation (default {d['eval_iters']})")
+    p.add_argument("--device", type=device_flag, default="auto", help=DEVICE_HELP + " (default auto)")
+    p.add_argument("--seed", type=seed_flag, help=f"default {d['seed']}")
+    p.add_argument("--n-layer", type=positive_int)
+    p.add_argument("--n-head", type=positive_int)
+    p.add_argument("--n-embd", type=positive_int)
+    p.add_argument("--block-size", type=positive_int)
+    p.add_argument("--dropout", type=fraction)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train the GPT on a byte-level corpus.")
-    p.add_argument("--corpus", default="python-code", help="python-code, python-docs, shakespeare, or a text file path")
-    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
-    p.add_argument("--max-iters", type=int, default=3000)
-    p.add_argument("--out", default="runs/base", help="folder for ckpt.pt and history.json")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt up to --max-iters")
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr", type=float, default=None, help="end of the cosine decay (default lr/10)")
-    p.add_argument("--warmup-iters", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-interval", type=int, default=250)
-    p.add_argument("--eval-iters", type=int, default=20)
-    p.add_argument("--device", default="auto", help=f"one of {list(DEVICE_CHOICES)}")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--block-size", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    args = make_parser().parse_args(argv)
+    device = args.device
+    out = args.out
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    given = {name: getattr(args, name) for name in RUN_DEFAULTS}
 
-    device = resolve_device(args.device)
-    ckpt_path = os.path.join(args.out, "ckpt.pt")
-    history, start_step, elapsed = [], 0, 0.0
+    # Everything is checked before any work: the folder, the settings, the model, the corpus.
+    check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    checkpoint, saved_sha256 = None, None
     if args.resume:
         checkpoint = load_checkpoint(ckpt_path)
-        config = GPTConfig(**checkpoint["config"])
-        corpus_name = checkpoint["corpus"] or args.corpus
-        start_step, elapsed = checkpoint["step"], checkpoint.get("elapsed_s", 0.0)
-        history_path = os.path.join(args.out, "history.json")
-        if os.path.exists(history_path):
-            with open(history_path) as f:
-                history = [h for h in json.load(f) if h["step"] <= start_step]
+        check_plain_gpt_weights(checkpoint["model"], ckpt_path)
+        config = config_from_checkpoint(checkpoint, ckpt_path)
+        saved = dict(checkpoint.get("settings") or {})
+        saved.update({name: getattr(config, name) for name in MODEL_FLAGS})  # the model is the checkpoint's
+        if "corpus" not in saved and checkpoint.get("corpus"):
+            saved["corpus"] = checkpoint["corpus"]
+        settings = resolve_settings(given, RUN_DEFAULTS, saved, source=repr(out))
+        saved_sha256 = saved.get("corpus_sha256")
     else:
-        config = config_from_preset(args.preset, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                    block_size=args.block_size, dropout=args.dropout)
-        corpus_name = args.corpus
-    corpus = load_corpus(corpus_name, config.block_size)
-    torch.manual_seed(args.seed)
+        settings = resolve_settings(given, RUN_DEFAULTS)
+        config = config_from_preset(settings["preset"], **{name: settings[name] for name in MODEL_FLAGS})
+        settings.update({name: getattr(config, name) for name in MODEL_FLAGS})
+    if settings["min_lr"] is None:
+        settings["min_lr"] = settings["lr"] / 10
+    if settings["min_lr"] > settings["lr"]:
+        raise CommandError(f"--min-lr {settings['min_lr']:g} is above --lr {settings['lr']:g}: the schedule decays "
+                           f"from --lr down to --min-lr; give a --min-lr at most --lr")
+    corpus = load_corpus(settings["corpus"], config.block_size)
+    if saved_sha256 is not None and saved_sha256 != corpus.sha256:
+        raise CommandError(
+            f"the corpus {settings['corpus']!r} has changed since the run in {out!r} started (SHA-256 "
+            f"{saved_sha256[:12]}... then, {corpus.sha256[:12]}... now): resuming would train on "
+            f"other bytes. Restore the file, or start a new run on it (another --out, or --overwrite)")
+    settings["corpus_sha256"] = corpus.sha256
+
+    torch.manual_seed(settings["seed"])
     model = GPT(config).to(device)
-    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
-    if args.resume:
-        model.load_state_dict(checkpoint["model"])
-        if checkpoint.get("optimizer"):
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        print(f"resuming {ckpt_path} at step {start_step}")
-    print(f"{model.num_parameters():,} parameters | corpus {corpus_name}: {len(corpus.train):,} train bytes, "
+    optimizer = configure_optimizer(model, settings["lr"], settings["weight_decay"])
+    history, start_step, elapsed = [], 0, 0.0
+    if checkpoint is not None:
+        start_step, history, elapsed = restore_training_state(checkpoint, model, optimizer, out)
+        print(f"resuming {ckpt_path} at step {start_step} of {settings['max_iters']}")
+    print(f"{model.num_parameters():,} parameters | corpus {settings['corpus']}: {len(corpus.train):,} train bytes, "
           f"{len(corpus.val):,} val bytes | device {device}")
-    result = train(
-        model, corpus.train, {"train": corpus.train, "val": corpus.val},
-        max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-        warmup_iters=args.warmup_iters, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        eval_interval=args.eval_interval, eval_iters=args.eval_iters, device=device, seed=args.seed,
-        optimizer=optimizer, start_step=start_step, history=history, elapsed_offset=elapsed,
-        out_dir=args.out, corpus_name=corpus_name, progress=not args.no_progress,
-    )
+    try:
+        result = train(
+            model, corpus.train, {"train": corpus.train, "val": corpus.val},
+            max_iters=settings["max_iters"], batch_size=settings["batch_size"], lr=settings["lr"],
+            min_lr=settings["min_lr"], warmup_iters=settings["warmup_iters"], weight_decay=settings["weight_decay"],
+            grad_clip=settings["grad_clip"], eval_interval=settings["eval_interval"], eval_iters=settings["eval_iters"],
+            device=device, seed=settings["seed"], optimizer=optimizer, start_step=start_step, history=history,
+            elapsed_offset=elapsed, out_dir=out, corpus_name=settings["corpus"], settings=settings,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt as e:
+        raise KeyboardInterrupt(f"{e}. Continue the run with: python -m nanogpt.train --out {out} --resume") from None
     last = result["history"][-1]
-    times = sorted(result["step_times"]) or [float("nan")]
-    median = times[len(times) // 2]
+    if not result["step_times"]:
+        print(f"nothing to do: the run in {out} is at step {last['step']} of {settings['max_iters']}")
+        return
+    median = statistics.median(result["step_times"])
     print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f} "
-          f"nats/byte, {last['elapsed_s']:.0f} s, {args.batch_size * config.block_size / median:,.0f} tokens/s "
+          f"nats/byte, {last['elapsed_s']:.0f} s, {settings['batch_size'] * config.block_size / median:,.0f} tokens/s "
           f"(median step) -> {ckpt_path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -305,3 +305,10 @@ def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, cor
     assert all(r["lr"] == 1e-3 for r in result["records"])
     with pytest.raises(ValueError, match="not on the tuning grid"):
         grid_neighbours(2e-3)
+    # --force retrains each run once, not once per stage that reads it back.
+    from experiments import runs
+    runs.COUNTS.update(planned=0, trained=0)
+    again = tune({"full": ({**entry, "force": True}, [1e-4, 1.8e-4, 3e-4])}, [1337, 1338], max_extra=2,
+                 progress=False)["full"]
+    assert runs.COUNTS["trained"] == 5 + 1  # five rates on the first seed, the chosen one on the second
+    assert again["losses"] == result["losses"]
