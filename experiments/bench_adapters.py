@@ -40,7 +40,6 @@ tokens per second of one adapter at a time with merge swaps, with the `tiny` and
 on a CPU. Timings are wall-clock: run it on an otherwise idle machine.
 """
 import argparse
-import math
 import os
 import statistics
 import tempfile
@@ -52,51 +51,12 @@ from tqdm import tqdm
 from experiments.bench_lora import paired_ratio
 from minilora import (add_adapter, apply_lora, disable_lora, load_adapter, lora_layers, merge_lora, mixed_adapters,
                       save_adapter, set_adapter, unmerge_lora)
+from nanogpt.flags import CommandError, choice, comma_list, positive_float, positive_int, run_main, seed
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
 from nanogpt.train import write_json
 
 TARGET_ADAPTERS, TARGET_RATIO = 16, 2.0  # the issue's target: >= 2x at 16 adapters with 2 requests each
-
-
-def int_list(text):
-    """'1,4,16' -> [1, 4, 16] (each an integer >= 1)."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1 like 1,4,16, got {text!r}")
-    return values
-
-
-def positive(text):
-    """One integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def preset_list(text):
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in PRESETS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"must be comma-separated presets from {sorted(PRESETS)}, got {text!r}")
-    return names
 
 
 def timed(fn, *args):
@@ -235,8 +195,8 @@ def bench_preset(preset, args):
     overrides = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
     config = config_from_preset(preset, **overrides)
     if args.prompt_len + args.new_tokens > config.block_size:
-        raise SystemExit(f"error: --prompt-len + --new-tokens ({args.prompt_len + args.new_tokens}) exceeds the "
-                         f"{preset} preset's block_size {config.block_size}")
+        raise CommandError(f"--prompt-len + --new-tokens ({args.prompt_len + args.new_tokens}) exceeds the "
+                           f"{preset} preset's block_size {config.block_size}: give fewer tokens")
     torch.manual_seed(args.seed)
     model = GPT(config).eval()
     model.requires_grad_(False)
@@ -308,24 +268,24 @@ def print_preset(preset, result, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Timings are wall-clock: run on an otherwise idle machine.")
-    p.add_argument("--presets", type=preset_list, default=["tiny", "small"],
+    p.add_argument("--presets", type=comma_list(choice(PRESETS), "tiny,small"), default=["tiny", "small"],
                    help=f"comma-separated model sizes from {sorted(PRESETS)} (default tiny,small)")
-    p.add_argument("--n-adapters", type=int_list, default=[1, 4, 16, 64],
+    p.add_argument("--n-adapters", type=comma_list(positive_int, "1,4,16,64"), default=[1, 4, 16, 64],
                    help="comma-separated numbers of resident adapters (default 1,4,16,64)")
-    p.add_argument("--requests-per-adapter", type=positive, default=2, help="requests served per adapter (default 2)")
-    p.add_argument("--prompt-len", type=positive, default=8, help="tokens per prompt (default 8)")
-    p.add_argument("--new-tokens", type=positive, default=24, help="tokens generated per request (default 24)")
-    p.add_argument("--r", type=positive, default=8, help="each adapter's rank (default 8)")
+    p.add_argument("--requests-per-adapter", type=positive_int, default=2, help="requests served per adapter (default 2)")
+    p.add_argument("--prompt-len", type=positive_int, default=8, help="tokens per prompt (default 8)")
+    p.add_argument("--new-tokens", type=positive_int, default=24, help="tokens generated per request (default 24)")
+    p.add_argument("--r", type=positive_int, default=8, help="each adapter's rank (default 8)")
     p.add_argument("--alpha", type=positive_float, default=16.0, help="each adapter's alpha (default 16)")
-    p.add_argument("--switch-rounds", type=positive, default=30,
+    p.add_argument("--switch-rounds", type=positive_int, default=30,
                    help="timed rounds of set_adapter / merge swap / load (default 30; plus a warm-up round)")
-    p.add_argument("--gen-rounds", type=positive, default=3,
+    p.add_argument("--gen-rounds", type=positive_int, default=3,
                    help="timed rounds of mixed / one-at-a-time serving (default 3; plus a warm-up round)")
-    p.add_argument("--seed", type=int, default=0, help="base weights, adapters and prompts (default 0)")
-    p.add_argument("--threads", type=positive, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=seed, default=0, help="base weights, adapters and prompts (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default="results/bench_adapters", help="folder for bench_adapters.json")
     for flag in ("n-layer", "n-head", "n-embd", "block-size"):
-        p.add_argument(f"--{flag}", type=positive, default=None, help="override every preset's value (for tests)")
+        p.add_argument(f"--{flag}", type=positive_int, default=None, help="override every preset's value (for tests)")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -344,4 +304,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

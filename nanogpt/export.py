@@ -17,13 +17,14 @@ the largest difference (float rounding, about 1e-6 of the logits).
 """
 import argparse
 import os
-import sys
 
 import torch
 
 from minilora import lora_layers, unload_lora
 from nanogpt.adapters import add_adapter_flags, apply_adapter_files, check_adapter_flags
 from nanogpt.checkpoint import load_model, save_checkpoint
+from nanogpt.flags import run_main
+from nanogpt.run_folder import check_writable_folder
 
 
 @torch.no_grad()
@@ -43,6 +44,7 @@ def export(base, adapters, out, weights=None, overwrite=False):
         raise FileExistsError(f"{path!r} already exists; add --overwrite to replace it, or choose another --out")
     if not adapters:
         raise ValueError("give at least one --adapter to merge into the base")
+    check_writable_folder(out, "--out")
     model, checkpoint = load_model(base)
     model.eval()
     what = apply_adapter_files(model, adapters, weights)
@@ -80,8 +82,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -21,6 +21,7 @@ import sys
 from minilora import load_adapter, read_adapter_file
 from minilora.base_fingerprint import short_id
 from nanogpt.checkpoint import load_model
+from nanogpt.flags import run_main
 
 
 def kind(config):
@@ -147,9 +148,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        result = main()
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0 if result.get("fits", {}).get("fits", True) else 1)  # with --base: exit 1 if it does not fit
+    # With --base, the exit code says whether the adapter fits: 0 yes, 1 no.
+    run_main(lambda: sys.exit(0 if main().get("fits", {}).get("fits", True) else 1))

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from experiments import bench_adapters
+from nanogpt.flags import CommandError
 
 TOY = ["--presets", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",
        "--switch-rounds", "2", "--gen-rounds", "1", "--prompt-len", "3", "--new-tokens", "4", "--r", "2"]
@@ -31,9 +32,9 @@ def test_writes_ratios_and_exact_memory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--presets", "huge"], "comma-separated presets"),
-    (["--n-adapters", "0,4"], "integers >= 1"),
-    (["--prompt-len", "x"], "integer >= 1"),
+    (["--presets", "huge"], "argument --presets: must be comma-separated values like tiny,small; an item must be one of"),
+    (["--n-adapters", "0,4"], "argument --n-adapters: must be comma-separated values like 1,4,16,64; an item must be an integer >= 1"),
+    (["--prompt-len", "x"], "argument --prompt-len: must be an integer, got 'x'"),
 ])
 def test_bad_flags_are_refused_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -42,5 +43,5 @@ def test_bad_flags_are_refused_at_parse_time(flags, message, capsys):
 
 
 def test_prompt_longer_than_the_context_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="exceeds"):
+    with pytest.raises(CommandError, match="exceeds"):
         bench_adapters.main(TOY + ["--n-adapters", "1", "--new-tokens", "20", "--out", str(tmp_path)])
