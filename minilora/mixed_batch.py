@@ -41,8 +41,9 @@ How the names reach every layer: mixed_adapters sets each LoRA layer's `row_adap
 otherwise) to a RowAdapters for that layer, and the layer's forward hands its input over to it.
 It is a setting of this model's layers for the duration of the `with`, not a global.
 
-The factors are read at every forward, so gradients reach each row's adapter (several adapters
-can train in one batch). Merged layers are refused (merging serves one adapter; unmerge first),
+The adapters' tensors are looked up on entry and their values read at every forward, so gradients reach
+each row's adapter (several adapters can train in one batch), and an adapter changed in place
+inside the `with` is seen (one added or replaced there is not). Merged layers are refused (merging serves one adapter; unmerge first),
 and so is adapter dropout in training mode (each adapter would need its own mask).
 """
 import contextlib
@@ -53,16 +54,6 @@ import torch.nn.functional as F
 from minilora.dora import weight_norm
 from minilora.embedding import LoRAEmbedding
 from minilora.model_ops import _require_lora_layers, adapter_names
-
-
-def _factors(layer, name):
-    """(A (r, in), B (out, r), DoRA magnitude m (out,) or None) of adapter name on layer, read now,
-    in the layer's in/out layout (an embedding's in is its vocabulary)."""
-    adapter = layer.adapters[name]
-    A = adapter.lora_A  # (r, in)
-    if hasattr(adapter, "lora_E"):  # AdaLoRA: delta W = s P diag(lambda) Q, so A = diag(lambda) Q, B = P
-        A = adapter.lora_E.unsqueeze(1) * A  # (r, in)
-    return A, adapter.lora_B, adapter.magnitude
 
 
 def _pad_rank(t, r_max, dim):
@@ -77,36 +68,57 @@ def _pad_rank(t, r_max, dim):
 
 class RowAdapters:
     """One layer's part in a mixed batch: which adapter each row uses there. The layer's forward
-    calls it (see layer.row_adapters) instead of its single-adapter path."""
+    calls it (see layer.row_adapters) instead of its single-adapter path.
+
+    On entry it looks up, once, the adapters the rows use on this layer (its "slots", their
+    tensors) and each row's slot; a last slot of zeros serves the rows whose adapter this layer
+    lacks. At each forward gather() reads the slots' current values and stacks each row's."""
 
     def __init__(self, layer, names):
         self.layer = layer
-        self.names = [n if n in layer.adapters else None for n in names]  # None: the base layer for that row
+        names = [n if n in layer.adapters else None for n in names]  # None: the base layer for that row
+        used = list(dict.fromkeys(n for n in names if n is not None))
+        adapters = [layer.adapters[n] for n in used]
         self.n_rows = len(names)
+        self.row_slot = [len(used) if n is None else used.index(n) for n in names]
+        # Each slot's tensors: A (r, in), AdaLoRA's lambda (r,) or None, B (out, r), DoRA's m (out,) or None
+        self.slots = [(a.lora_A, getattr(a, "lora_E", None), a.lora_B, a.magnitude, a.scaling) for a in adapters]
+        self.r_max = max((a.r for a in adapters), default=1)
         like = next(iter(layer.adapters.values())).lora_A  # the adapters' device and dtype
-        scales = [0.0 if n is None else layer.adapters[n].scaling for n in self.names]
+        n_in, n_out = _in_out(layer)
+        self.zeros = None if None not in names else (like.new_zeros(self.r_max, n_in), like.new_zeros(n_out, self.r_max))
+        scales = [0.0 if n is None else layer.adapters[n].scaling for n in names]
         self.s_rows = torch.tensor(scales, device=like.device, dtype=like.dtype).view(-1, 1, 1)  # (n_rows, 1, 1)
+        self.dora = any(m is not None for _, _, _, m, _ in self.slots)
 
     def gather(self):
         """(A_rows (n_rows, r_max, in), B_rows (n_rows, out, r_max), DoRA's row scale (n_rows, 1, out)
-        or None): each row's adapter's factors, zero-padded to the largest rank among the rows."""
-        used = {n: _factors(self.layer, n) for n in dict.fromkeys(self.names) if n is not None}
-        r_max = max((A.shape[0] for A, _, _ in used.values()), default=1)
-        n_in, n_out = _in_out(self.layer)
-        like = next(iter(self.layer.adapters.values())).lora_A
-        padded = {n: (_pad_rank(A, r_max, 0), _pad_rank(B, r_max, 1)) for n, (A, B, _) in used.items()}
-        zero = (like.new_zeros(r_max, n_in), like.new_zeros(n_out, r_max))  # rows on their base layer here
-        A_rows = torch.stack([padded[n][0] if n is not None else zero[0] for n in self.names])
-        B_rows = torch.stack([padded[n][1] if n is not None else zero[1] for n in self.names])
-        dora = {n: m for n, (_, _, m) in used.items() if m is not None}
-        if not dora:
+        or None): each row's adapter's factors, read now, zero-padded to the largest rank."""
+        As, Bs = [], []
+        for A, E, B, _, _ in self.slots:
+            if E is not None:  # AdaLoRA: delta W = s P diag(lambda) Q, so A = diag(lambda) Q, B = P
+                A = E.unsqueeze(1) * A  # (r, in)
+            As.append(_pad_rank(A, self.r_max, 0))  # (r_max, in)
+            Bs.append(_pad_rank(B, self.r_max, 1))  # (out, r_max)
+        if self.zeros is not None:
+            As.append(self.zeros[0])
+            Bs.append(self.zeros[1])
+        A_rows = torch.stack([As[i] for i in self.row_slot])  # (n_rows, r_max, in): row i gets its slot's A
+        B_rows = torch.stack([Bs[i] for i in self.row_slot])  # (n_rows, out, r_max)
+        if not self.dora:
             return A_rows, B_rows, None
-        weight = self.layer.base.weight  # DoRA: y = (m / ||W0 + s B A||_row) (W0 x + s B A x) + b (dora.py)
-        with torch.no_grad():  # the norm is a constant in backward, as in dora.py
-            norms = {n: weight_norm(weight, self.layer.delta_weight(n)) for n in dora}
-        ones = like.new_ones(n_out)
-        row_scale = torch.stack([dora[n] / norms[n] if n in dora else ones for n in self.names])  # (n_rows, out)
-        return A_rows, B_rows, row_scale.unsqueeze(1)
+        # DoRA: y = (m / ||W0 + s B A||_row) (W0 x + s B A x) + b (dora.py); 1 for the other slots
+        ones = Bs[0].new_ones(Bs[0].shape[0])
+        scale = []
+        for A, _, B, m, s in self.slots:
+            if m is None:
+                scale.append(ones)
+                continue
+            with torch.no_grad():  # the norm is a constant in backward, as in dora.py
+                norm = weight_norm(self.layer.base.weight, s * (B @ A))  # (out,)
+            scale.append(m / norm)
+        scale.append(ones)  # the zero slot, if any
+        return A_rows, B_rows, torch.stack([scale[i] for i in self.row_slot]).unsqueeze(1)  # (n_rows, 1, out)
 
     def _check_rows(self, x):
         if x.dim() < 2 or x.shape[0] != self.n_rows:

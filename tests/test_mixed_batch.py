@@ -213,3 +213,15 @@ def test_gradients_reach_each_rows_adapter_as_when_run_alone():
     for p, expected in zip(adapters, alone_grads):
         torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, expected, rtol=1e-4, atol=1e-5)
     assert any(g.abs().sum() > 0 for g in alone_grads)
+
+
+def test_an_adapter_changed_inside_the_block_is_seen():
+    model = three_adapters()
+    idx = tokens(2)
+    with torch.no_grad(), mixed_adapters(model, ["a", "b"]):
+        before = model(idx)[0]
+        for _, layer in lora_layers(model):
+            layer.adapters["b"].lora_B.mul_(2.0)  # in place, as an optimizer step or load_adapter writes
+        after = model(idx)[0]
+    assert torch.equal(after[0], before[0]) and not torch.allclose(after[1], before[1])
+    torch.testing.assert_close(after[1:2], alone(model, "b", idx[1:2]), **TOL)
