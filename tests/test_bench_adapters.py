@@ -21,6 +21,7 @@ def test_writes_ratios_and_exact_memory(tmp_path, capsys):
         assert row["same_tokens_share"] == 1.0  # mixed and merged-one-at-a-time generate the same tokens
         assert all(v > 0 for v in row["ratios"].values())
         assert len(row["seconds_all"]["set_adapter"]) == 2 and len(row["seconds_all"]["mixed"]) == 1
+        assert len(row["seconds_all"]["step_one_at_a_time"]) == 1
         b = row["bytes"]
         # one block, width 32: q, k, v, o (32 -> 32) and up, down (32 <-> 128), r=2, fp32
         per_adapter = 4 * 2 * (4 * (32 + 32) + 2 * (32 + 128))
@@ -28,7 +29,7 @@ def test_writes_ratios_and_exact_memory(tmp_path, capsys):
         assert b["merged_copies"] == n * b["base"]
         assert b["resident / merged_copies"] == pytest.approx((b["base"] + n * per_adapter) / (n * b["base"]))
     out = capsys.readouterr().out
-    assert "mixed/1-at-a-time" in out and "wrote" in out
+    assert "mixed / 1-at-a-time" in out and "decode steps" in out and "wrote" in out
 
 
 @pytest.mark.parametrize("flags, message", [
