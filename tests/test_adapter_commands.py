@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from minilora import apply_adalora, apply_lora, load_adapter, lora_layers, save_adapter, set_adapter
+from minilora import apply_adalora, apply_lora, load_adapter, lora_layers, save_adapter
 from nanogpt import export, inspect_adapter, sample
 from nanogpt.adapters import apply_adapter_files
 from nanogpt.checkpoint import load_model, save_checkpoint
