@@ -41,10 +41,16 @@ How the names reach every layer: mixed_adapters sets each LoRA layer's `row_adap
 otherwise) to a RowAdapters for that layer, and the layer's forward hands its input over to it.
 It is a setting of this model's layers for the duration of the `with`, not a global.
 
-The adapters' tensors are looked up on entry and their values read at every forward, so gradients reach
-each row's adapter (several adapters can train in one batch), and an adapter changed in place
-inside the `with` is seen (one added or replaced there is not). Merged layers are refused (merging serves one adapter; unmerge first),
-and so is adapter dropout in training mode (each adapter would need its own mask).
+The adapters' tensors are looked up on entry and their values read at every forward, so
+gradients reach each row's adapter (several adapters can train in one batch), and an adapter
+changed in place inside the `with` is seen (one added or replaced there is not). Merged layers
+are refused (merging serves one adapter; unmerge first), and so is adapter dropout in training
+mode (each adapter would need its own mask).
+
+Cost: the two batched products are thin (rank r_max) and the gather copies each row's factors at
+every forward, so on a CPU the mixed batch runs somewhat slower than the base model on the same
+batch; what it saves is the merge per adapter and the many small batches of serving one adapter
+at a time (experiments/bench_adapters.py measures both).
 """
 import contextlib
 
@@ -181,9 +187,10 @@ def mixed_adapters(model, names):
     """Inside the `with`, row i of every batch runs with adapter names[i] (None: the base model),
     all rows in one forward pass, the adapters unmerged (see the module docstring). Every batch
     must have len(names) rows. On exit the model is as before."""
-    layers = [layer for _, layer in _require_lora_layers(model, "mixed_adapters")]
+    named_layers = _require_lora_layers(model, "mixed_adapters")
+    layers = [layer for _, layer in named_layers]
     names = _check_names(model, names)
-    merged = [n for n, layer in _require_lora_layers(model, "mixed_adapters") if layer.merged]
+    merged = [n for n, layer in named_layers if layer.merged]
     if merged:
         raise RuntimeError(f"an adapter is merged into the base weights (e.g. {merged[0]!r}); a mixed batch "
                            f"needs the base unmerged: call unmerge_lora(model) first")
@@ -193,8 +200,9 @@ def mixed_adapters(model, names):
         dropping = sorted({n for layer in layers for n in set(names) if n in layer.adapters
                            and layer.adapters[n].dropout.p > 0})
         if dropping:
-            raise RuntimeError(f"adapter(s) {dropping} have dropout and the model is in training mode; mixed "
-                               f"batches are for inference: call model.eval() first")
+            raise RuntimeError(f"adapter(s) {dropping} have dropout and the model is in training mode, but a "
+                               f"mixed batch applies no adapter dropout: call model.eval() first, or train "
+                               f"adapters with dropout=0")
     if len(set(names)) == 1:  # one adapter for every row: nothing to gather, the ordinary path
         previous = [layer.active_adapter for layer in layers]
         for layer in layers:
