@@ -170,7 +170,14 @@ def build_model(config, settings, device, base_weights=None):
 def load_corpora(settings, block_size, out, saved=None):
     """(new text, base corpus or None), checked against the hashes a resumed run recorded."""
     corpus = load_corpus(settings["corpus"], block_size)
-    base_corpus = None if settings["base_corpus"] == "none" else load_corpus(settings["base_corpus"], block_size)
+    base_corpus = None
+    if settings["base_corpus"] != "none":
+        try:
+            base_corpus = load_corpus(settings["base_corpus"], block_size)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CommandError(f"the base's own corpus {settings['base_corpus']!r} (for base_val_loss, what is "
+                               f"forgotten) cannot be read: {e}. Give it with --base-corpus PATH, or --base-corpus "
+                               f"none to skip it") from None
     for name, c in (("corpus", corpus), ("base_corpus", base_corpus)):
         if c is None:
             continue

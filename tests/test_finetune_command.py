@@ -117,6 +117,8 @@ def test_bad_flags_are_refused_at_parse_time(flag, value, message, tmp_path, cap
 def test_settings_problems_are_named_before_training(setup, tmp_path):
     with pytest.raises(CommandError, match="required for a new run: --corpus"):
         finetune.main(["--base", setup["base"], "--out", str(tmp_path / "a")])
+    with pytest.raises(CommandError, match="--base-corpus none"):
+        run(setup, tmp_path / "c", "--base-corpus", str(tmp_path / "gone.txt"))
     with pytest.raises(CommandError, match="target 'nope' matches no module"):
         run(setup, tmp_path / "b", "--lora-targets", "nope")
     assert not (tmp_path / "b" / "ckpt.pt").exists()
