@@ -5,6 +5,7 @@ fine-tune on `python-docs` (English prose), so there is something to learn (pros
 something to forget (code). Flag names match `nanogpt.train` where they mean the same thing.
 """
 import argparse
+import json
 import copy
 import math
 import os
@@ -196,7 +197,16 @@ def finish_experiment(args, argv=None):
             "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
             "workers": args.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
-    write_json(info, os.path.join(args.out, "run_info.json"))
+    path = os.path.join(args.out, "run_info.json")
+    if info["runs_trained"] == 0 and os.path.exists(path):  # all from the cache: keep how long training took
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+            info["last_training_run"] = previous.get("last_training_run") or (
+                previous if previous.get("runs_trained") else None)
+        except (OSError, ValueError):
+            pass
+    write_json(info, path)
     return info
 
 

@@ -30,6 +30,11 @@ BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)
                    re.DOTALL)
 
 
+def section_ref(name):
+    """'section N' for an experiment's section in REPRODUCTIONS.md (its place in SECTIONS)."""
+    return f"section {SECTIONS.index(name) + 1}"
+
+
 class Results:
     """Reads results/<experiment>/<file>; `has` says whether an experiment has been run."""
 

@@ -80,6 +80,7 @@ def run_times(results, sections):
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, _ in sections:
         info = results.json(name, "run_info.json")
+        info = info.get("last_training_run") or info  # the last invocation that trained runs
         lines.append(f"| `python -m experiments.{name}` | {info['runs_planned']} | {info['runs_trained']} / "
                      f"{info['runs_planned'] - info['runs_trained']} | {info['wall_time_s'] / 60:.1f} min | "
                      f"{info['workers']} | {info['cpu_count']} cores, torch {info['torch']} |")
