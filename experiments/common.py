@@ -21,6 +21,7 @@ from experiments.finetune import METHODS
 from experiments.runs import default_workers
 from experiments.tuning import LR_GRID
 from nanogpt.data import load_corpus
+from nanogpt.finetune import DEFAULT_LR  # noqa: F401 (experiments import it from here)
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, comma_list, device, finite_float, fraction,  # noqa: F401
                            non_negative_float, non_negative_int, positive_float, positive_int, seed)
 from nanogpt.model import GPT
@@ -28,13 +29,14 @@ from nanogpt.presets import PRESETS, config_from_preset
 from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import write_json
 
-# Each method at its own learning rate: the best grid rate (lowest final docs loss, mean of three
-# seeds) of `python -m experiments.lr_sweep` on the default setup, for full fine-tuning and for
-# LoRA r=8 (results/lr_sweep/lr_sweep.json, section 1 of experiments/REPRODUCTIONS.md). LoRA
-# wants a higher rate than full fine-tuning, as "LoRA Without Regret" (Schulman et al. 2025)
-# reports, though here by about 3x rather than its 10x. Other contenders are tuned per
-# experiment around these (experiments/tuning.py).
-DEFAULT_LR = {"full": 1.8e-3, "lora": 5.6e-3}
+# DEFAULT_LR = {"full": 1.8e-3, "lora": 5.6e-3}, imported above from nanogpt/finetune.py, whose
+# defaults are this setup too (python -m nanogpt.finetune); change the numbers there. Each method at
+# its own learning rate: the best grid rate (lowest final docs loss, mean of three seeds) of
+# `python -m experiments.lr_sweep` on the default setup, for full fine-tuning and for LoRA r=8
+# (results/lr_sweep/lr_sweep.json, section 1 of experiments/REPRODUCTIONS.md). LoRA wants a higher
+# rate than full fine-tuning, as "LoRA Without Regret" (Schulman et al. 2025) reports, though here
+# by about 3x rather than its 10x. Other contenders are tuned per experiment around these
+# (experiments/tuning.py).
 ALL_BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 

@@ -10,6 +10,7 @@ Layers:     LoRALinear (layer.py), LoRAEmbedding (embedding.py), the fast path (
 Model ops:  apply_lora (inject.py); merge/unmerge/unload/disable/count/summary (model_ops.py)
 Files:      save_adapter, load_adapter (adapter_file.py)
 Adapters:   add_adapter, set_adapter, add_weighted_adapter (multi_adapter.py)
+Serving:    mixed_adapters: one batch, each row its own adapter (mixed_batch.py)
 Variants:   rsLoRA (adapter.py), DoRA (dora.py), PiSSA (pissa.py), LoRA+ (loraplus.py)
 QLoRA:      apply_lora(..., quantize="nf4"); quantize_nf4/fp4/int4 (quantize.py); Linear4bit, QLoRALinear (qlora.py)
 AdaLoRA:    apply_adalora, orthogonal_regularizer (adalora.py), RankAllocator (rank_allocator.py)
@@ -23,6 +24,7 @@ from minilora.inject import apply_lora, find_targets, set_trainable
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
 from minilora.loraplus import loraplus_param_groups
+from minilora.mixed_batch import mixed_adapters
 from minilora.model_ops import (
     active_adapter,
     adapter_names,
@@ -45,7 +47,7 @@ __all__ = [
     "merge_lora", "unmerge_lora", "unload_lora", "disable_lora", "count_parameters", "lora_summary",
     "lora_layers", "adapter_names", "active_adapter",
     "save_adapter", "load_adapter", "read_adapter_file",
-    "add_adapter", "set_adapter", "add_weighted_adapter",
+    "add_adapter", "set_adapter", "add_weighted_adapter", "mixed_adapters",
     "loraplus_param_groups",
     "quantize_nf4", "quantize_fp4", "quantize_int4", "quantize_4bit", "QuantizedWeight",
     "Linear4bit", "QLoRALinear", "requantization_error",

@@ -9,6 +9,14 @@ torch.load(weights_only=True):
      "tensors": {"<layer>.lora_A": (r, in), "<layer>.lora_B": (out, r), "<layer>.magnitude": (out,)},
      "biases":  {"<module>.bias": tensor}}       only when biases trained (bias != "none")
 
+Two optional config entries (files written before them still load):
+    "base":     the fingerprint of the base model the adapter was trained on (base_fingerprint.py);
+                load_adapter refuses an adapter made for another base
+    "quantize": {"quantize", "quant_block_size", "double_quant"} when the adapter was trained on a
+                4-bit base (QLoRA, qlora.py), else None. load_adapter puts the adapter on whatever base
+                it is given; with quantize_as_trained=True it first stores a plain base's target layers
+                in 4 bits as in training, so that the model computes what it computed then
+
 An AdaLoRA adapter (adalora.py) keeps only its triplets with lambda_i != 0, so the file shrinks with
 the rank: "<layer>.lora_A" Q (k, in), "<layer>.lora_E" lambda (k,), "<layer>.lora_B" P (out, k),
 and the config adds "adalora": True, "target_r", and "ranks": {layer: k}; "r" is init_r.
@@ -23,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from minilora.adalora import AdaLoRAAdapter, apply_adalora
+from minilora.base_fingerprint import base_fingerprint, base_mismatch
 from minilora.checks import check_finite_tensors
 from minilora.inject import apply_lora
 from minilora.lora_layer import LoRALayer
@@ -74,9 +83,18 @@ def _saved_biases(model, layer_names, mode):
     return {}
 
 
+def _quantization(layer):
+    """How a layer's base is stored, as apply_lora's arguments: a dict for a 4-bit base, else None."""
+    if not isinstance(layer.base, Linear4bit):
+        return None
+    weight = layer.base.weight
+    return {"quantize": weight.quant_type, "quant_block_size": weight.block_size, "double_quant": weight.double_quant}
+
+
 def save_adapter(model, path, adapter_name=None):
     """Write adapter adapter_name (default: the active one) to path, atomically: its A, B
-    (and DoRA m) for every layer that holds it, its config, and trained biases if any."""
+    (and DoRA m) for every layer that holds it, its config, trained biases if any, the
+    fingerprint of the base model, and the base's 4-bit storage for QLoRA."""
     name = active_adapter(model) if adapter_name is None else adapter_name
     layers = [(n, layer) for n, layer in lora_layers(model) if name is not None and name in layer.adapters]
     if not layers:
@@ -86,7 +104,11 @@ def save_adapter(model, path, adapter_name=None):
     if any(c != configs[0] for c in configs):
         raise ValueError(f"adapter {name!r} has different hyperparameters on different layers; "
                          f"save_adapter needs one config")
-    config = dict(adapter_name=name, targets=[n for n, _ in layers], **configs[0])
+    quantization = [_quantization(layer) for _, layer in layers]
+    if any(q != quantization[0] for q in quantization):
+        raise ValueError(f"adapter {name!r} sits on layers with different base storage ({quantization[0]} and "
+                         f"{next(q for q in quantization if q != quantization[0])}); save_adapter needs one")
+    config = dict(adapter_name=name, targets=[n for n, _ in layers], **configs[0], quantize=quantization[0])
     if config.get("adalora"):
         config["ranks"] = {n: layer.adapters[name].rank for n, layer in layers}
     tensors = {}
@@ -99,6 +121,7 @@ def save_adapter(model, path, adapter_name=None):
                 tensors[f"{n}.{key}"] = p.detach().cpu().clone()  # clone: save just this tensor's data
     biases = {k: v.detach().cpu().clone()
               for k, v in _saved_biases(model, config["targets"], config["bias"]).items()}
+    config["base"] = base_fingerprint(model, skip=set(biases))
     _atomic_save(dict(format=FORMAT, version=VERSION, config=config, tensors=tensors, biases=biases), path)
 
 
@@ -140,13 +163,17 @@ def _expected_shapes(module, r, dora, adalora_rank=None):
     return shapes
 
 
-def load_adapter(model, path, adapter_name=None):
+def load_adapter(model, path, adapter_name=None, check_base=True, quantize_as_trained=False):
     """Load an adapter file into model, in place, as adapter adapter_name (default: the name
     in the file). If the model has no adapter of that name yet, it is first added with the
     file's config, as apply_lora would (so a fresh base model works; for PiSSA this recomputes
     the residual from the original W0). If it has one, its config must match the file's.
-    Every mismatch (r, alpha, variants, targets, shapes) is listed in one error, raised before
-    anything changes. Returns model."""
+    Every mismatch (r, alpha, variants, targets, shapes, the base model it was made for) is
+    listed in one error, raised before anything changes.
+    check_base=False loads an adapter onto another base than its own, knowingly.
+    quantize_as_trained=True: for an adapter trained on a 4-bit base (QLoRA), plain target layers
+    are quantized as they were in training (the file's "quantize"); otherwise the adapter runs on
+    the base as given (full precision, or the 4-bit layers the model already has). Returns model."""
     obj = read_adapter_file(path)
     config, tensors, biases = obj["config"], obj["tensors"], obj["biases"]
     name = config["adapter_name"] if adapter_name is None else adapter_name
@@ -195,6 +222,11 @@ def load_adapter(model, path, adapter_name=None):
         elif tuple(value.shape) != tuple(model_biases[key].shape):
             problems.append(f"bias {key!r}: shape {tuple(value.shape)} in the file, "
                             f"the model has {tuple(model_biases[key].shape)}")
+    quantize = config.get("quantize") if quantize_as_trained else None
+    mismatch = base_mismatch(model, config.get("base"), skip=set(biases)) if check_base else None
+    if mismatch:
+        problems.append(mismatch + "; load it onto the base it was trained on, or pass check_base=False to load "
+                                   "it anyway")
     if problems:
         raise ValueError(f"adapter file {path!r} does not fit the model:\n  - " + "\n  - ".join(problems))
     check_finite_tensors({**tensors, **biases}, f"adapter file {path!r}")
@@ -209,7 +241,8 @@ def load_adapter(model, path, adapter_name=None):
                           bias=config["bias"], adapter_name=name)
         else:
             apply_lora(model, exact, config["r"], config["alpha"], config["dropout"], bias=config["bias"],
-                       rslora=config["rslora"], dora=config["dora"], pissa=config["pissa"], adapter_name=name)
+                       rslora=config["rslora"], dora=config["dora"], pissa=config["pissa"], adapter_name=name,
+                       **(quantize or {}))
     with torch.no_grad():
         for t in config["targets"]:
             adapter = model.get_submodule(t).adapters[name]

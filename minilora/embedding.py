@@ -56,6 +56,8 @@ class LoRAEmbedding(LoRALayer):
         return adapter.scaling * (adapter.lora_B @ adapter.lora_A).t()  # (num_embeddings, dim)
 
     def forward(self, idx):
+        if self.row_adapters is not None:  # a mixed batch: each row its own adapter (mixed_batch.py)
+            return self.row_adapters(idx)
         h = self.base(idx)  # (..., dim)
         adapter = self._forward_adapter()
         if adapter is None:

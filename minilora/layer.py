@@ -79,6 +79,8 @@ class LoRALinear(LoRALayer):
 
     def forward(self, x):
         """h = W0 x + b + (alpha / r) B A dropout(x), for x of shape (..., in)."""
+        if self.row_adapters is not None:  # a mixed batch: each row its own adapter (mixed_batch.py)
+            return self.row_adapters(x)
         adapter = self._forward_adapter()
         if adapter is None:
             return self.base(x)  # nothing active, or merged: the base layer itself

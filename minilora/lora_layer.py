@@ -6,6 +6,7 @@ is active, and merging it into the base weight.
     layer.active_adapter   the name forward uses; None = the base layer alone
     layer.merged_adapter   the name folded into base.weight, or None
     layer.lora_A/lora_B/scaling   the active adapter's, so the one-adapter case reads simply
+    layer.row_adapters     None, or a mixed batch's adapters gathered per row (mixed_batch.py)
 
 Merging is an explicit call (merge() / merge_lora), never a side effect of .train()/.eval().
 Whether an adapter is merged is saved in state_dict() with the weights (get_extra_state), so a
@@ -19,6 +20,8 @@ from minilora.dora import merge_dora_, unmerge_dora_
 
 
 class LoRALayer(nn.Module):
+    row_adapters = None  # set by mixed_batch.mixed_adapters: forward then gives each row its own adapter
+
     def __init__(self, base):
         super().__init__()
         self.base = base
