@@ -188,3 +188,38 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert distributed.setup("cpu", "auto") == "cpu"
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_main()
     assert "over all processes" in make_parser().format_help()  # --batch-size says it is the global batch
+
+
+# -- experiments/bench_ddp.py, checked at small sizes without a launch ----------------------------
+
+def test_bench_worker_measures_one_process_steps(tmp_path):
+    from experiments import bench_ddp
+    path = tmp_path / "m.json"
+    bench_ddp.main(["--worker", str(path), "--presets", "tiny", "--methods", "lora", "--steps", "2", "--warmup", "1",
+                    "--batch-size", "2"])
+    m = json.loads(path.read_text())
+    assert len(m["step_s"]) == 2 and m["communication"] is None  # one process: nothing all-reduced
+    # r (in + out) per adapted matrix: q, k, v, o (128 -> 128) and up, down (128 <-> 512), 4 blocks
+    assert m["trainable_params"] == 4 * 8 * (4 * 256 + 2 * 640) and m["base_params"] == 834_304
+
+
+def test_bench_summary_divides_lora_bytes_by_full_bytes_and_pairs_rounds():
+    from experiments import bench_ddp
+    counts = {("tiny", m): {"trainable_params": n, "total_params": n, "base_params": 1000,
+                            "communication": {"allreduce_bytes_per_step": 4 * n, "buckets_per_step": 1.0}}
+              for m, n in (("full", 1000), ("lora", 50))}
+    times = {("tiny", "lora", "1 process, 2 threads"): [1.0, 4.0, 5.0],
+             ("tiny", "lora", "2 processes, 1 thread each"): [2.0, 2.0, 6.0]}
+    summary = bench_ddp.summarise(times, counts)
+    lora = next(c for c in summary["communication"] if c["method"] == "lora")
+    assert lora["bytes_over_full_finetuning"] == 0.05 == lora["trainable_fraction_of_base"]
+    [ratio] = summary["step_time_ratios"]
+    assert ratio["ratio"] == "2 processes, 1 thread each / 1 process, 2 threads"
+    assert ratio["median"] == pytest.approx(1.2)  # of the per-round ratios 2, 0.5, 1.2; not 2 / 4, the medians
+    assert "| tiny | lora | 50 (5.00%) | 200 (0.00 MiB) | 0.0500 |" in bench_ddp.table(summary)
+
+
+def test_bench_refuses_a_batch_two_processes_cannot_split(tmp_path):
+    from experiments import bench_ddp
+    with pytest.raises(CommandError, match="--batch-size 3 is the global batch"):
+        bench_ddp.main(["--presets", "tiny", "--batch-size", "3", "--out", str(tmp_path)])
