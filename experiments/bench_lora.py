@@ -47,13 +47,19 @@ from nanogpt.train import write_json
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
+def make_floor(model):
+    """The floor, in place: every weight frozen, no adapter, only the LayerNorm parameters train."""
+    model.requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.requires_grad_(True)
+    return model
+
+
 def make_variants(base, r, alpha):
     """name -> model, each a deepcopy of base so that no state is shared."""
     full = copy.deepcopy(base)
-    floor = copy.deepcopy(base).requires_grad_(False)
-    for module in floor.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.requires_grad_(True)
+    floor = make_floor(copy.deepcopy(base))
     lora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
     ref = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
     for _, layer in lora_layers(ref):

@@ -89,7 +89,10 @@ class SavedActivations:
         ptr = storage.data_ptr()
         if ptr not in self.param_storages:
             self.storages[(ptr, tensor.device)] = storage.nbytes()
-        return tensor
+        # Detached: the same storage, without the grad_fn (autograd restores it on unpack). Kept as
+        # it came, a saved output would hold its own graph alive in a cycle that, without a
+        # backward pass to break it, no garbage collection frees (a forward-only count leaked).
+        return tensor.detach()
 
     def __enter__(self):
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
