@@ -10,7 +10,8 @@ fraction of full fine-tuning's. This measures it, for full fine-tuning and LoRA 
 up, down of every block) on each preset:
 
   bytes    the bytes DDP all-reduces per step, counted by its communication hook in a 2-process
-           launch (train()'s "communication"), beside 4 bytes per trainable fp32 parameter
+           launch (train()'s "communication"), beside 4 bytes per trainable fp32 parameter; and
+           that count for every preset, GPT-2's sizes too, made on the meta device (no training)
   time     the median training step of three set-ups, at the same global batch:
              1 process, 1 thread   (python -m ...)
              1 process, 2 threads  (python -m ...)
@@ -117,6 +118,22 @@ def quartiles(values):
     return q2, q1, q3
 
 
+def counted_bytes(r):
+    """{preset: (full, LoRA) bytes all-reduced per step} for every preset, counted on the meta device
+    (no memory, no training): 4 bytes per trainable fp32 parameter, which is what the launches
+    measure (the test suite checks that DDP's buckets hold exactly those)."""
+    counted = {}
+    for preset in PRESETS:
+        if r > config_from_preset(preset).n_embd:
+            continue
+        with torch.device("meta"):
+            model = GPT(config_from_preset(preset))
+            full = sum(p.numel() for p in model.parameters())
+            apply_lora(model, TARGETS, r=r, alpha=2 * r)
+        counted[preset] = {"full": 4 * full, "lora": 4 * count_parameters(model).trainable}
+    return counted
+
+
 def summarise(times, counts):
     """times[(preset, method, setup)] = [median step s of each round]; counts[(preset, method)] =
     a 2-process measurement. Returns the JSON-able summary."""
@@ -139,8 +156,8 @@ def summarise(times, counts):
         steps.append({"preset": preset, "method": method, "setup": setup, "median_step_s": median,
                       "quartiles_s": [q1, q3], "per_round_s": per_round})
     ratios = []
-    pairs = [("2 processes, 1 thread each", "1 process, 2 threads"), ("2 processes, 1 thread each", "1 process, 1 thread"),
-             ("1 process, 2 threads", "1 process, 1 thread")]
+    one_1, one_2, two = SETUPS  # 2 processes against 1 process with 2 threads, and each against 1 thread
+    pairs = [(two, one_2), (two, one_1), (one_2, one_1)]
     for preset, method in {(p, m) for p, m, _ in times}:
         for a, b in pairs:
             if (preset, method, a) in times and (preset, method, b) in times:
@@ -154,13 +171,20 @@ def summarise(times, counts):
 
 
 def table(summary):
-    lines = ["| preset | method | trainable params (of the base's) | bytes all-reduced per step | of full fine-tuning's |",
+    lines = ["| preset | method | trainable params (of the base's) | bytes all-reduced per step "
+             "| of full fine-tuning's |",
              "| --- | --- | ---: | ---: | ---: |"]
     for c in summary["communication"]:
         share = "" if c["bytes_over_full_finetuning"] is None else f"{c['bytes_over_full_finetuning']:.4f}"
         lines.append(f"| {c['preset']} | {c['method']} | {c['trainable_params']:,} "
                      f"({100 * c['trainable_fraction_of_base']:.2f}%) | {c['allreduce_bytes_per_step']:,} "
                      f"({c['allreduce_bytes_per_step'] / 2**20:.2f} MiB) | {share} |")
+    if "counted_bytes_per_step" in summary:
+        lines += ["", "| preset | full fine-tuning, bytes per step (counted) | LoRA | LoRA / full |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {p} | {c['full']:,} ({c['full'] / 2**20:.2f} MiB) | {c['lora']:,} "
+                  f"({c['lora'] / 2**20:.2f} MiB) | {c['lora'] / c['full']:.4f} |"
+                  for p, c in summary["counted_bytes_per_step"].items()]
     lines += ["", "| preset | method | set-up | median step (ms) |", "| --- | --- | --- | ---: |"]
     lines += [f"| {s['preset']} | {s['method']} | {s['setup']} | {1000 * s['median_step_s']:.1f} |"
               for s in summary["step_time"]]
@@ -172,8 +196,9 @@ def table(summary):
 
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", type=comma_list(choice(PRESETS), "tiny,small"), default=list(PRESETS),
-                   help=f"comma-separated, of {', '.join(PRESETS)} (default all)")
+    p.add_argument("--presets", type=comma_list(choice(PRESETS), "tiny,small"), default=["tiny", "small"],
+                   help=f"presets to launch, comma-separated, of {', '.join(PRESETS)} (default tiny,small; the "
+                        f"bytes of every preset are also counted without training)")
     p.add_argument("--methods", type=comma_list(choice(METHODS), "full,lora"), default=list(METHODS),
                    help="comma-separated, of full, lora (default both)")
     p.add_argument("--batch-size", type=positive_int,
@@ -193,15 +218,15 @@ def main(argv=None):
     if args.worker:
         return run_worker(args)
     for preset in args.presets:
+        width = config_from_preset(preset).n_embd
+        if args.r > width:
+            raise CommandError(f"--r {args.r} is above the width of the {preset} model's layers ({width}); "
+                               f"valid ranks are 1..{width}")
         batch = args.batch_size or BATCH.get(preset, 16)
         try:
             distributed.batch_share(batch, world=2, what="--batch-size")
         except ValueError as e:
             raise CommandError(str(e)) from None
-        config = config_from_preset(preset)
-        if args.r > config.n_embd:
-            raise CommandError(f"--r {args.r} is above the width of the {preset} model's layers ({config.n_embd}); "
-                               f"valid ranks are 1..{config.n_embd}")
     check_writable_folder(args.out, "--out")
     jobs = [(preset, method, setup) for preset in args.presets for method in args.methods for setup in SETUPS]
     times, counts = {}, {}
@@ -216,9 +241,10 @@ def main(argv=None):
             bar.update()
     bar.close()
     summary = summarise(times, counts)
+    summary["counted_bytes_per_step"] = counted_bytes(args.r)
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "no_progress")},
-              "batch_sizes": {p: args.batch_size or BATCH.get(p, 16) for p in args.presets}, "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, **summary}
+              "batch_sizes": {p: args.batch_size or BATCH.get(p, 16) for p in args.presets},
+              "cpu_count": os.cpu_count(), "torch": torch.__version__, **summary}
     path = os.path.join(args.out, "bench_ddp.json")
     write_json(result, path)
     print(table(summary))

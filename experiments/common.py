@@ -213,7 +213,8 @@ def finish_experiment(args, argv=None):
     trained now rather than read from the cache), for the run-time table of REPRODUCTIONS.md."""
     info = {"command": " ".join(sys.argv[1:] if argv is None else argv), "wall_time_s": time.time() - args.started,
             "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
-            "workers": args.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "workers": args.workers, "processes": distributed.world_size(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
     path = os.path.join(args.out, "run_info.json")
     if info["runs_trained"] == 0 and os.path.exists(path):  # all from the cache: keep how long training took

@@ -25,7 +25,8 @@ from nanogpt.train import train
 TOY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
 STEPS = 20
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-TEXT = "def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 60 + "The quick brown fox jumps over the lazy dog.\n" * 60
+TEXT = ("def f(x):\n    return x * 2\n\nclass A:\n    pass\n" * 60
+        + "The quick brown fox jumps over the lazy dog.\n" * 60)
 
 
 def toy_corpus(folder):

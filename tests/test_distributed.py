@@ -201,6 +201,7 @@ def test_bench_worker_measures_one_process_steps(tmp_path):
     assert len(m["step_s"]) == 2 and m["communication"] is None  # one process: nothing all-reduced
     # r (in + out) per adapted matrix: q, k, v, o (128 -> 128) and up, down (128 <-> 512), 4 blocks
     assert m["trainable_params"] == 4 * 8 * (4 * 256 + 2 * 640) and m["base_params"] == 834_304
+    assert bench_ddp.counted_bytes(8)["tiny"] == {"full": 4 * 834_304, "lora": 4 * m["trainable_params"]}
 
 
 def test_bench_summary_divides_lora_bytes_by_full_bytes_and_pairs_rounds():
