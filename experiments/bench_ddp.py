@@ -94,9 +94,12 @@ def launch(setup, preset, method, args):
                              text=True, start_new_session=True)
         try:
             output, _ = p.communicate(timeout=LAUNCH_LIMIT_S)
-        except subprocess.TimeoutExpired:
+        except BaseException as e:  # a hang, or Ctrl-C: no process is left behind
             os.killpg(p.pid, signal.SIGKILL)
-            raise CommandError(f"{setup}, {preset} {method}: no result after {LAUNCH_LIMIT_S} s (killed)") from None
+            p.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise CommandError(f"{setup}, {preset} {method}: no result after {LAUNCH_LIMIT_S} s (killed)") from None
+            raise
         if p.returncode != 0 or not os.path.exists(out):
             raise CommandError(f"{setup}, {preset} {method} failed (exit code {p.returncode}):\n{output[-3000:]}")
         with open(out) as f:

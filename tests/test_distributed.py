@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -34,30 +33,32 @@ LIMIT_S = 240  # the launch takes about 10 s on an idle 2-core machine; this is 
 
 
 def torchrun(nproc, args, limit_s=LIMIT_S):
-    """(exit code, output, seconds) of `torchrun --standalone --nproc_per_node nproc args`; on a
+    """(exit code, output) of `torchrun --standalone --nproc_per_node nproc args`; on a
     hang, the launcher and its workers (one process group) are killed and the test fails."""
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    start = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                           str(nproc), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = p.communicate(timeout=limit_s)
-    except subprocess.TimeoutExpired:
+    except BaseException as e:  # a hang, or the test run interrupted: no process is left behind
         os.killpg(p.pid, signal.SIGKILL)
         output, _ = p.communicate()
-        pytest.fail(f"torchrun did not finish in {limit_s} s (killed):\n{output[-4000:]}")
-    return p.returncode, output, time.monotonic() - start
+        if isinstance(e, subprocess.TimeoutExpired):
+            pytest.fail(f"torchrun did not finish in {limit_s} s (killed):\n{output[-4000:]}")
+        raise
+    return p.returncode, output
 
 
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    code, output, seconds = torchrun(2, [os.path.join("tests", "ddp_worker.py"), str(out)])
+    code, output = torchrun(2, [os.path.join("tests", "ddp_worker.py"), str(out)])
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    return types.SimpleNamespace(out=out, code=code, output=output, seconds=seconds, results=results,
-                                 corpus=load_corpus(str(out / "toy.txt"), ddp_worker.TOY.block_size))
+    text = out / "toy.txt"  # written by the launch
+    corpus = load_corpus(str(text), ddp_worker.TOY.block_size) if text.exists() else None
+    return types.SimpleNamespace(out=out, code=code, output=output, results=results, corpus=corpus)
 
 
 def stage(launch, name):
@@ -153,7 +154,7 @@ def test_a_rank_that_dies_ends_the_launch_with_an_error(launch):
     assert "after_death" not in launch.results  # rank 0 did not train on alone
     assert launch.code != 0
     assert "exitcode" in launch.output and ": 7" in launch.output  # torchrun names the failed rank's exit code
-    assert launch.seconds < LIMIT_S
+    # (and it ended: torchrun() kills a launch still running after LIMIT_S and fails the test)
 
 
 # -- one process: the pieces, without a launch --------------------------------------------------
