@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from nanogpt import distributed
 from nanogpt.checkpoint import load_checkpoint, load_model
 from nanogpt.data import load_corpus
 from nanogpt.flags import CommandError
@@ -49,6 +50,7 @@ def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, c
     done_marker = os.path.join(out_dir, "settings.json")  # written last: only a finished run has it
     if os.path.isdir(out_dir):
         clean_stale_temporaries(out_dir)
+    distributed.check_same(os.path.exists(done_marker), f"whether the base model in {out_dir!r} is finished")
     if not force and os.path.exists(done_marker):
         try:
             model, _ = load_model(ckpt, map_location=device)
@@ -72,7 +74,9 @@ def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, c
           batch_size=batch_size, lr=lr, eval_interval=max(1, max_iters // 4), device=device, seed=seed,
           optimizer=optimizer, start_step=start_step, history=history, elapsed_offset=elapsed,
           out_dir=out_dir, corpus_name=corpus.name, settings=settings, progress=progress)
-    write_json({**settings, "corpus_name": corpus.name}, done_marker)
+    if distributed.is_main():  # under torchrun, rank 0 writes; the others read it once it is written
+        write_json({**settings, "corpus_name": corpus.name}, done_marker)
+    distributed.barrier()
     model, _ = load_model(ckpt, map_location=device)
     return model, ckpt
 

@@ -8,8 +8,11 @@ import argparse
 import json
 import copy
 import math
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import torch
@@ -20,6 +23,7 @@ from experiments.base_model import get_base_model, pretrain_settings, settings_k
 from experiments.finetune import METHODS
 from experiments.runs import default_workers
 from experiments.tuning import LR_GRID
+from nanogpt import distributed
 from nanogpt.data import load_corpus
 from nanogpt.finetune import DEFAULT_LR  # noqa: F401 (experiments import it from here)
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, comma_list, device, finite_float, fraction,  # noqa: F401
@@ -77,9 +81,11 @@ def make_parser(description, default_out):
     p.add_argument("--target", default="python-docs", help="corpus the fine-tuning learns")
     p.add_argument("--preset", type=choice(PRESETS), default="tiny", help=f"model size: {', '.join(PRESETS)}")
     p.add_argument("--device", type=device, default="cpu", help=DEVICE_HELP)
+    p.add_argument("--dist-backend", type=distributed.backend_flag, default="auto", help=distributed.BACKEND_HELP)
     p.add_argument("--seed", type=seed, default=1337)
     p.add_argument("--max-iters", type=positive_int, default=600, help="fine-tuning steps per run")
-    p.add_argument("--batch-size", type=positive_int, default=12)
+    p.add_argument("--batch-size", type=positive_int, default=12,
+                   help="sequences per fine-tuning step, over all processes under torchrun (each takes its share)")
     p.add_argument("--eval-interval", type=positive_int, default=100)
     p.add_argument("--eval-iters", type=positive_int, default=20, help="fixed batches per evaluation")
     p.add_argument("--pretrain-iters", type=positive_int, default=2000, help="steps for the base model (cached)")
@@ -165,8 +171,22 @@ def load_setup(args):
     """Base model (pretrained or from the cache), its key, and the two corpora.
 
     Everything is checked first (check_runs, the corpora), so a bad flag or file stops the
-    command before the base model is pretrained."""
+    command before the base model is pretrained.
+
+    Launched by torchrun, this is where the processes join (nanogpt.distributed.setup): each run
+    then trains on all of them, --cache is shared (rank 0 writes it), and the processes other
+    than rank 0 write their copies of the experiment's outputs to a temporary folder, removed at
+    exit, so that --out holds rank 0's alone."""
     args.started = time.time()
+    args.device = distributed.setup(args.device, args.dist_backend)
+    if not distributed.is_main():
+        args.out = tempfile.mkdtemp(prefix=f"rank{distributed.rank()}-")
+        atexit.register(shutil.rmtree, args.out, True)
+    for flag, batch in (("--batch-size", args.batch_size), ("--pretrain-batch-size", args.pretrain_batch_size)):
+        try:
+            distributed.batch_share(batch, world=distributed.world_size(), what=flag)
+        except ValueError as e:
+            stop(str(e))
     check_runs(args)
     device = args.device
     config = model_config(args)
@@ -195,7 +215,8 @@ def finish_experiment(args, argv=None):
     trained now rather than read from the cache), for the run-time table of REPRODUCTIONS.md."""
     info = {"command": " ".join(sys.argv[1:] if argv is None else argv), "wall_time_s": time.time() - args.started,
             "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
-            "workers": args.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "workers": args.workers, "processes": distributed.world_size(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
     path = os.path.join(args.out, "run_info.json")
     if info["runs_trained"] == 0 and os.path.exists(path):  # all from the cache: keep how long training took

@@ -20,6 +20,7 @@ import minilora
 from experiments.base_model import settings_key
 from experiments.memory import measure_training_memory
 from minilora.quantize import QUANT_TYPES
+from nanogpt import distributed
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
 from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
@@ -145,6 +146,11 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     cached_only: return the cached record, or None if this run has not been made (train nothing).
     eval_batch_size: sequences per evaluation batch (None: batch_size), so that runs at different
         batch sizes can be scored on the same validation sample.
+
+    Under torchrun (after nanogpt.distributed.setup()) the run trains with DistributedDataParallel on
+    all the processes, batch_size being the global batch (train()); rank 0 writes the record and the
+    adapter, and every process returns once they are written. The record then also holds
+    "communication": the processes and the bytes all-reduced per step.
     """
     check_spec(spec)
     key = run_key(base_key, spec, target, source, steps=steps, batch_size=batch_size, seed=seed, device=device,
@@ -238,14 +244,18 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                              # what the kept triplets weigh: k (in + out + 1) per matrix, as save_adapter keeps them
                              "final_params": sum(a.rank * (a.lora_A.shape[1] + a.lora_B.shape[0] + 1)
                                                  for _, a in allocator.adapters)}
+    if "communication" in result:  # trained on several processes (torchrun)
+        record["communication"] = result["communication"]
     if final_eval is not None:
         record["final_eval"] = final_eval[1](model)
     if eval_batch_size not in (None, batch_size):
         record["eval_batch_size"] = eval_batch_size
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if spec["method"] == "lora":  # cheap (the adapter is tiny), and a later experiment may need it
-        minilora.save_adapter(model, adapter_path)
-    write_json(record, path)
+    if distributed.is_main():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if spec["method"] == "lora":  # cheap (the adapter is tiny), and a later experiment may need it
+            minilora.save_adapter(model, adapter_path)
+        write_json(record, path)
+    distributed.barrier()  # under torchrun: the others may read the record back only once it is written
     if want_adapter:
         record["adapter_path"] = adapter_path
     return record

@@ -9,6 +9,9 @@ Why processes: the tiny GPT's matrices are too small to keep two cores busy from
 (a run takes about 25 s with two threads, 37 s with one), but two one-thread processes side by
 side each still take about 37 s, so two workers finish a sweep about 1.35x sooner (measured on
 a 2-core CPU). On a GPU, or with workers=1, runs go one after the other in this process.
+
+Under torchrun every run is trained by all the processes together (DistributedDataParallel, see
+nanogpt/distributed.py), one run after the other: workers is then 1.
 """
 import multiprocessing
 import os
@@ -17,14 +20,18 @@ import torch
 from tqdm import tqdm
 
 from experiments.finetune import run_finetune, run_key
+from nanogpt import distributed
 
 
 COUNTS = {"planned": 0, "trained": 0}  # this process's runs: planned, and trained (not cached)
 
 
 def default_workers(device):
-    """One worker per core on a CPU (each with one thread); one on a GPU, which runs them best alone."""
-    return 1 if not str(device).startswith("cpu") else max(1, os.cpu_count() or 1)
+    """One worker per core on a CPU (each with one thread); one on a GPU, which runs them best alone,
+    and one under torchrun, where the processes train each run together."""
+    if distributed.is_distributed() or not str(device).startswith("cpu"):
+        return 1
+    return max(1, os.cpu_count() or 1)
 
 
 def _one_thread():
@@ -52,8 +59,12 @@ def run_all(plan, workers=1, progress=True, desc="runs"):
         seen.add(key)
     COUNTS["planned"] += len(plan)
     COUNTS["trained"] += len(todo)
+    if distributed.is_distributed():  # every process trains every run, in the same order
+        distributed.check_same([run_key(**plan[i]) for i in todo], "the runs still to train (--cache)")
+        workers = 1
     if len(todo) <= 1 or workers <= 1:
-        for i in tqdm(todo, desc=desc, disable=not progress or len(todo) < 2, dynamic_ncols=True):
+        for i in tqdm(todo, desc=desc, disable=not progress or len(todo) < 2 or not distributed.is_main(),
+                      dynamic_ncols=True):
             run_finetune(**plan[i])
     else:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads

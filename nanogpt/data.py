@@ -142,9 +142,15 @@ def load_corpus(name_or_path, block_size, cache_dir=None):
     return Corpus(name=name_or_path, train=train, val=val, sha256=hashlib.sha256(data).hexdigest())
 
 
-def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
-    """batch_size random windows of data: inputs x and next-byte targets y, both (B, T) int64."""
+def get_batch(data, batch_size, block_size, generator=None, device="cpu", rows=None):
+    """batch_size random windows of data: inputs x and next-byte targets y, both (B, T) int64.
+
+    rows: a slice of the batch to return (one process's share, see nanogpt/distributed.py). The
+    whole batch's windows are drawn all the same, so the shares of all the processes put together
+    are the batch one process draws."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    if rows is not None:
+        ix = ix[rows]  # (B / N,)
     offsets = torch.arange(block_size)  # (T,)
     x = data[ix[:, None] + offsets].long()  # (B, T)
     y = data[ix[:, None] + offsets + 1].long()  # (B, T): the byte after each input byte

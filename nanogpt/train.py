@@ -6,6 +6,8 @@ or only adapters). It knows nothing about LoRA.
 
 Command line (pretrain the tiny model on the standard library's code, about two minutes on a CPU):
     python -m nanogpt.train --corpus python-code --preset tiny --max-iters 3000 --out runs/base
+The same on several processes (GPUs, or CPU processes), with the same result (nanogpt/distributed.py):
+    torchrun --standalone --nproc_per_node 4 -m nanogpt.train --preset small --device cuda --out runs/base
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from nanogpt import distributed
 from nanogpt.checkpoint import (atomic_write, check_plain_gpt_weights, config_from_checkpoint, load_checkpoint,
                                 save_checkpoint)
 from nanogpt.data import fixed_batches, get_batch, load_corpus
@@ -57,6 +60,11 @@ def learning_rate(step, max_iters, lr, min_lr, warmup_iters):
 @torch.no_grad()
 def evaluate(model, batches, device):
     """Mean loss over fixed batches, in eval mode (no dropout); the model's mode is restored."""
+    return _loss_sum(model, batches, device) / len(batches)
+
+
+@torch.no_grad()
+def _loss_sum(model, batches, device):
     was_training = model.training
     model.eval()
     losses = []
@@ -65,7 +73,17 @@ def evaluate(model, batches, device):
             _, loss = model(x.to(device), y.to(device))
         losses.append(loss.item())
     model.train(was_training)
-    return sum(losses) / len(losses)
+    return sum(losses)
+
+
+def evaluate_shared(model, batches, device):
+    """evaluate(), with the batches shared out among the processes of a torchrun launch: process
+    k of N evaluates batches k, k+N, ..., and the sums are added up, so every process gets the
+    mean over all the batches and none is evaluated twice. On one process: evaluate()."""
+    if not distributed.is_distributed():
+        return evaluate(model, batches, device)
+    mine = batches[distributed.rank()::distributed.world_size()]
+    return distributed.sum_over_processes(_loss_sum(model, mine, device)) / len(batches)
 
 
 def write_json(obj, path):
@@ -150,23 +168,38 @@ def train(
         regulariser, e.g. AdaLoRA's); the recorded losses are the model's alone.
     after_step: optional fn(step) called after each optimizer step, while that step's gradients
         are still in .grad (e.g. AdaLoRA's rank allocator).
+    batch_size: the global batch. Launched by torchrun (after nanogpt.distributed.setup()), train()
+        trains with DistributedDataParallel: each of the N processes takes batch_size / N rows of
+        the batch one process would draw, gradients are averaged over the processes, only rank 0
+        writes files and shows the progress bar, and the result is the same as one process's,
+        up to float rounding (see nanogpt/distributed.py). N must divide batch_size.
     Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
     batches the uninterrupted run would have seen.
 
     A loss that becomes NaN or inf stops training with NonFiniteLossError naming the step; no
     checkpoint is written after the last good evaluation, so out_dir keeps the last good one.
 
-    Returns {"history": [...], "step_losses": [...], "step_times": [...], "optimizer": ...}.
+    Returns {"history": [...], "step_losses": [...], "step_times": [...], "optimizer": ...}; under
+    torchrun also "communication" (CommStats.summary: bytes all-reduced per step, ...). The step
+    losses are the global batch's (the mean over the processes).
     """
     min_lr = lr / 10 if min_lr is None else min_lr
     _check_train_args(max_iters=max_iters, start_step=start_step, warmup_iters=warmup_iters, batch_size=batch_size,
                       eval_interval=eval_interval, eval_iters=eval_iters, lr=lr, min_lr=min_lr,
                       weight_decay=weight_decay, grad_clip=grad_clip)
+    rank, world = distributed.rank(), distributed.world_size()
+    rows = distributed.batch_share(batch_size, rank, world, what="train(): batch_size") if world > 1 else None
+    main_process = rank == 0  # the one that writes files and shows progress
     block_size = model.config.block_size
     model.to(device)
     model.train()
     if optimizer is None:
         optimizer = configure_optimizer(model, lr, weight_decay)
+    # The forward and backward go through DDP under torchrun (gradients averaged over the
+    # processes); evaluation, checkpoints and the hooks use the model itself. Wrapping waits for
+    # every process (it broadcasts rank 0's weights), so all have checked their run folder before
+    # rank 0 writes the first checkpoint below.
+    trained, comm = distributed.wrap(model, device) if distributed.is_distributed() else (model, None)
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     eval_batches = {name: fixed_batches(data, eval_iters, eval_batch_size, block_size)
                     for name, data in eval_data.items()}
@@ -179,7 +212,10 @@ def train(
     saved_step = start_step if start_step > 0 else None  # the step the checkpoint on disk holds
 
     def result():
-        return {"history": history, "step_losses": step_losses, "step_times": step_times, "optimizer": optimizer}
+        out = {"history": history, "step_losses": step_losses, "step_times": step_times, "optimizer": optimizer}
+        if comm is not None:
+            out["communication"] = comm.summary()
+        return out
 
     def kept():
         if ckpt_path is None:
@@ -192,7 +228,7 @@ def train(
         nonlocal saved_step
         entry = {"step": step}
         for name, batches in eval_batches.items():
-            entry[f"{name}_loss"] = evaluate(model, batches, device)
+            entry[f"{name}_loss"] = evaluate_shared(model, batches, device)
         bad = {k: v for k, v in entry.items() if k != "step" and not math.isfinite(v)}
         if bad:
             raise NonFiniteLossError(f"the evaluation at step {step} gave {bad}: the model's weights are no "
@@ -202,7 +238,7 @@ def train(
         entry["elapsed_s"] = elapsed_offset + time.perf_counter() - start_time
         entry["tokens_seen"] = step * tokens_per_step
         history.append(entry)
-        if out_dir is not None:
+        if out_dir is not None and main_process:
             os.makedirs(out_dir, exist_ok=True)
             rng = {"rng_state": torch.get_rng_state()}
             if str(device).startswith("cuda"):
@@ -215,7 +251,8 @@ def train(
             write_json(history, os.path.join(out_dir, "history.json"))
         return entry
 
-    bar = tqdm(range(start_step, max_iters), desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(start_step, max_iters), desc="train", disable=not progress or not main_process,
+               dynamic_ncols=True)
     if start_step == 0 or not history:
         record(start_step)
     step = start_step
@@ -226,9 +263,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = step_lr * group.get("lr_ratio", 1.0)
             g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            x, y = get_batch(train_data, batch_size, block_size, generator=g, device=device)  # (B, T) each
+            x, y = get_batch(train_data, batch_size, block_size, generator=g, device=device, rows=rows)  # (B/N, T)
+            if world > 1:  # dropout masks: different in each process, and the same again on --resume
+                torch.manual_seed(((seed * 1_000_003 + step) * 65_537 + rank) % 2**63)
             with autocast(device):
-                _, loss = model(x, y)
+                _, loss = trained(x, y)
             objective = loss if extra_loss is None else loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -237,7 +276,9 @@ def train(
             optimizer.step()
             if after_step is not None:
                 after_step(step)
-            loss_value = loss.item()  # .item() waits for the device, so the step time below is real
+            # the global batch's loss, the same number in every process (so all stop together if
+            # it is not finite); .item() waits for the device, so the step time below is real
+            loss_value = distributed.mean_over_processes(loss).item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"the training loss became {loss_value} at step {step + 1} of {max_iters} (learning rate "
@@ -249,12 +290,15 @@ def train(
             done = step + 1
             if done % eval_interval == 0 or done == max_iters:
                 entry = record(done)
-                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+                if main_process:
+                    bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in entry.items()))
     except KeyboardInterrupt:
         where = f"; {ckpt_path} holds step {saved_step}" if ckpt_path and saved_step is not None else ""
         raise KeyboardInterrupt(f"training stopped during step {step + 1}{where}") from None
     finally:
         bar.close()
+    distributed.barrier()  # rank 0's files are written when train() returns, in every process
     return result()
 
 
@@ -286,14 +330,18 @@ def make_parser():
     p = argparse.ArgumentParser(
         description="Train the GPT on a byte-level corpus.",
         epilog="A folder that already holds a run is continued only with --resume (which reuses the run's "
-               "saved settings) and replaced only with --overwrite.")
+               "saved settings) and replaced only with --overwrite. On several processes: torchrun "
+               "--standalone --nproc_per_node N -m nanogpt.train ... (DistributedDataParallel; --batch-size "
+               "stays the global batch, so the run is the same on any N; see nanogpt/distributed.py).")
     p.add_argument("--corpus", help=f"python-code, python-docs, shakespeare, or a file path (default {d['corpus']})")
     p.add_argument("--preset", type=choice(PRESETS), help=f"model size: {', '.join(PRESETS)} (default {d['preset']})")
     p.add_argument("--max-iters", type=positive_int, help=f"training steps (default {d['max_iters']})")
     p.add_argument("--out", default="runs/base", help="folder for ckpt.pt and history.json (default runs/base)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint, with its settings")
     p.add_argument("--overwrite", action="store_true", help="start over in OUT, replacing the run it holds")
-    p.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")
+    p.add_argument("--batch-size", type=positive_int,
+                   help=f"sequences per optimizer step, over all processes: under torchrun with N processes each "
+                        f"takes batch-size / N of them, so N must divide it (default {d['batch_size']})")
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d['lr']:g})")
     p.add_argument("--min-lr", type=non_negative_float, help="end of the cosine decay (default lr/10)")
     p.add_argument("--warmup-iters", type=non_negative_int, help=f"default {d['warmup_iters']}")
@@ -301,7 +349,9 @@ def make_parser():
     p.add_argument("--grad-clip", type=non_negative_float, help=f"gradient norm limit, 0 = off (default {d['grad_clip']:g})")
     p.add_argument("--eval-interval", type=positive_int, help=f"steps between evaluations (default {d['eval_interval']})")
     p.add_argument("--eval-iters", type=positive_int, help=f"batches per evaluation (default {d['eval_iters']})")
-    p.add_argument("--device", type=device_flag, default="auto", help=DEVICE_HELP + " (default auto)")
+    p.add_argument("--device", type=device_flag, default="auto",
+                   help=DEVICE_HELP + " (default auto; under torchrun, cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--dist-backend", type=distributed.backend_flag, default="auto", help=distributed.BACKEND_HELP)
     p.add_argument("--seed", type=seed_flag, help=f"default {d['seed']}")
     p.add_argument("--n-layer", type=positive_int)
     p.add_argument("--n-head", type=positive_int)
@@ -314,7 +364,7 @@ def make_parser():
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    device = args.device
+    device = distributed.setup(args.device, args.dist_backend)  # under torchrun: join the others
     out = args.out
     ckpt_path = os.path.join(out, "ckpt.pt")
     given = {name: getattr(args, name) for name in RUN_DEFAULTS}
@@ -341,6 +391,7 @@ def main(argv=None):
     if settings["min_lr"] > settings["lr"]:
         raise CommandError(f"--min-lr {settings['min_lr']:g} is above --lr {settings['lr']:g}: the schedule decays "
                            f"from --lr down to --min-lr; give a --min-lr at most --lr")
+    distributed.batch_share(settings["batch_size"], world=distributed.world_size(), what="--batch-size")
     corpus = load_corpus(settings["corpus"], config.block_size)
     if saved_sha256 is not None and saved_sha256 != corpus.sha256:
         raise CommandError(
@@ -356,8 +407,9 @@ def main(argv=None):
     if checkpoint is not None:
         start_step, history, elapsed = restore_training_state(checkpoint, model, optimizer, out)
         print(f"resuming {ckpt_path} at step {start_step} of {settings['max_iters']}")
+    processes = f" | {distributed.world_size()} processes" if distributed.is_distributed() else ""
     print(f"{model.num_parameters():,} parameters | corpus {settings['corpus']}: {len(corpus.train):,} train bytes, "
-          f"{len(corpus.val):,} val bytes | device {device}")
+          f"{len(corpus.val):,} val bytes | device {device}{processes}")
     try:
         result = train(
             model, corpus.train, {"train": corpus.train, "val": corpus.val},
