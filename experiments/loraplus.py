@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
                                 positive_int, run_kwargs)
 from experiments.plots import finish, log2_axis, write_report
+from experiments.report import section_ref
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.train import write_json
@@ -110,7 +111,7 @@ def main(argv=None):
         row["steps_to_target"] = spread(reach) if all(s is not None for s in reach) else None
         row["vs_plain"] = paired(row["target_loss"]["values"], plain["target_loss"]["values"])
     records = [x for row in rows for x in row["runs"]]
-    summary = {"seeds": seeds, "rows": [{k: v for k, v in row.items() if k != "runs"} for row in rows]}
+    summary = {"seeds": seeds, "steps": args.max_iters, "rows": [{k: v for k, v in row.items() if k != "runs"} for row in rows]}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "loraplus.json"))
     title = (f"LoRA+: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, alpha {args.alpha:g}, "
@@ -131,6 +132,69 @@ def results_table(summary):
         lines.append(f"| {row['r']} | {row['ratio']:g} | {row['lr']:g} | {row['lr'] * row['ratio']:.3g} | "
                      f"{show(row['target_loss'])} | {versus} | {reach} |")
     return "\n".join(lines) + "\n"
+
+
+def best_ratio(rows, r):
+    """The row with the lowest mean final loss among ratios above 1 at rank r (None if none ran)."""
+    mine = [row for row in rows if row["r"] == r and row["ratio"] != 1]
+    return min(mine, key=lambda row: row["target_loss"]["mean"]) if mine else None
+
+
+def report(results):
+    """Section of REPRODUCTIONS.md from results/loraplus: is a larger rate for B better and faster,
+    once each ratio has its own tuned base rate?"""
+    summary = results.json("loraplus", "loraplus.json")
+    rows = summary["rows"]
+    ranks = sorted({row["r"] for row in rows})
+    bests = {r: best_ratio(rows, r) for r in ranks}
+    better = [r for r, b in bests.items() if b and b["vs_plain"]["called"] and b["vs_plain"]["mean"] > 0]
+    verdict = "reproduced" if len(better) == len(ranks) else "not reproduced" if not better else "partly"
+    edges = [f"r={row['r']}, lambda {row['ratio']:g}" for row in rows if row["tuning"]["at_grid_edge"]]
+    bullets = []
+    for r, b in bests.items():
+        if b is None:
+            continue
+        d = b["vs_plain"]
+        plain = next(row for row in rows if row["r"] == r and row["ratio"] == 1)
+        state = ("called: better, as claimed" if d["called"] and d["mean"] > 0 else
+                 "called: worse" if d["called"] else "not called: within the seed spread")
+        reach = b["steps_to_target"]
+        speed = (f"it reaches plain LoRA's final loss ({plain['target_loss']['mean']:.3f}) after "
+                 f"{show(reach, digits=0)} of {summary['steps']} steps" if reach else "it never reaches plain LoRA's final loss")
+        bullets.append(f"- r={r}: the best ratio, lambda {b['ratio']:g} at base rate {b['lr']:g} (B at "
+                       f"{b['lr'] * b['ratio']:.3g}), ends at {show(b['target_loss'])} against plain LoRA's "
+                       f"{show(plain['target_loss'])} at {plain['lr']:g}: difference {show_difference(d)} ({state}); "
+                       f"{speed}.")
+    bullets.append(f"- rsLoRA is this knob turned by the scaling: at rank r it is LoRA with lambda = sqrt(r) "
+                   f"({section_ref('variants')}).")
+    if edges:
+        bullets.append(f"- The tuned base rate of {', '.join(edges)} sat at the edge of the rates tried, so its best "
+                       f"may lie further out.")
+    narrow = ("" if verdict == "reproduced" else " The paper's argument is about width, and this model is narrow "
+              "(128 dims): what is not seen here may still hold in wide models.")
+    body = f"""**Claim.** LoRA+ (Hayou et al. 2024): giving B a learning rate lambda times A's (about 16)
+makes LoRA fine-tune better and faster: B starts at zero and A at random, so one shared rate is
+too slow for B or too fast for A in wide models.
+
+**Command.** `python -m experiments.loraplus` (`results/loraplus/`): lambda in
+{{{', '.join(f"{x:g}" for x in sorted({row['ratio'] for row in rows}))}}} (1 is plain LoRA) at ranks
+{', '.join(str(r) for r in ranks)}, each pair at its own tuned base rate (A's), then
+{len(summary['seeds'])} seeds at that rate. "Faster" is read as the steps each needs to reach plain
+LoRA's mean final loss, off the validation curve.
+
+![LoRA+](../results/loraplus/loraplus.png)
+
+{results_table(summary).strip()}
+
+Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called difference.
+
+**Verdict: {verdict}.**{narrow}
+""" + "\n".join(bullets)
+    detail = "; ".join(f"r={r}: lambda {b['ratio']:g} vs 1 {show_difference(b['vs_plain'])}"
+                       for r, b in bests.items() if b)
+    return {"title": "LoRA+: a larger learning rate for B", "source": "LoRA+ (Hayou et al. 2024)",
+            "claim": "B's rate about 16 times A's fine-tunes better and faster than one shared rate",
+            "verdict": verdict, "detail": detail, "body": body}
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ def reproductions_md(results):
     return document(results, sections(results))
 
 
-def readme_blocks(results):
+def readme_blocks(results, secs=None):
     from experiments.write_up import readme_blocks as blocks
 
-    return blocks(results)
+    return blocks(results, secs)
 
 
 def fill_blocks(text, blocks):
@@ -82,9 +82,12 @@ def fill_blocks(text, blocks):
 
 def expected_files(results):
     """{path: the content the records give}."""
+    from experiments.write_up import document  # the prose around the sections
+
     with open(README) as f:
         readme = f.read()
-    return {REPRODUCTIONS: reproductions_md(results), README: fill_blocks(readme, readme_blocks(results))}
+    secs = sections(results)
+    return {REPRODUCTIONS: document(results, secs), README: fill_blocks(readme, readme_blocks(results, secs))}
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 
 Fine-tunes LoRA at a low and a high rank with three seeds each, twice: on W_q and W_v only (the
 paper's setting) and on all six linear layers of each block (the project's default; the same runs
-as `rank_sweep --seeds 3`, shared through the cache). Then asks two questions of the adapters:
+as `rank_sweep`, shared through the cache). Then asks two questions of the adapters:
   (a) subspace similarity (Fig. 3): do the top directions of A at r=8 also appear in A at r=64?
       If only the top one does, the extra rank mostly holds noise.
   (b) amplification (Section 7.3, Table 7): does delta W point along W0's strong directions, or
@@ -638,7 +638,7 @@ amplification factor ||delta W||_F / ||U^T W0 V^T||_F is {PAPER_FACTOR[4]:g} at 
 **Command.** `python -m experiments.subspace` (`results/subspace/`). LoRA at r={r_low} and r={r_high},
 seeds {', '.join(str(s) for s in seeds)}, at the default LoRA rate {lr_text(info['lr'])} (not tuned per
 target set: nothing here compares losses between methods), twice: on {paper} as the paper, and on all six
-linear layers (the runs of `rank_sweep --seeds 3`). Each r={r_low} run is compared with the r={r_high}
+linear layers (the runs of `rank_sweep`). Each r={r_low} run is compared with the r={r_high}
 run of the next seed ({pair_text}): independent initialisations, each run in one pair, so the 95% intervals
 over the {len(info['pairs'])} pairs are honest. Chance is what a random subspace gives, max(i, j)/d; the
 chance-corrected value (phi - chance) / (1 - chance) is 0 there. The control is the same comparison

@@ -19,7 +19,7 @@ And the same energy ranks for three references:
   - a Gaussian random matrix of the same shape. Pure noise is high-rank too (its 90% rank is
     most of the dimension): a high k_90 says the update is not low-rank, not that it is all signal;
   - W0 itself;
-  - LoRA's own delta W = (alpha/r) B A at each of --ranks (the runs of `rank_sweep --seeds 3`,
+  - LoRA's own delta W = (alpha/r) B A at each of --ranks (the runs of `rank_sweep`,
     read from the cache): how much of its rank LoRA uses.
 
 Writes OUT/records.json, OUT/update_spectrum.json, OUT/energy_curves.png, OUT/rank90.png,

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
                                 parse_targets, positive_int, run_kwargs)
 from experiments.plots import finish, write_report
+from experiments.report import section_ref
 from experiments.runs import run_all
 from experiments.seeds import paired, seed_list, show, show_difference, spread
 from experiments.tuning import grid_neighbours, tune
@@ -153,6 +154,80 @@ def results_table(summary):
     lines += [""] + [f"- {i['name']} against {i['twin']}: largest difference in final target loss over the seeds "
                      f"{i['largest_gap']:.4f}" for i in summary["identity"]]
     return "\n".join(lines) + "\n"
+
+
+def claim_verdict(difference):
+    """A claim that one contender beats another, read from their paired difference (the other's
+    loss minus the claimed winner's, seed by seed)."""
+    if difference["called"]:
+        return "reproduced" if difference["mean"] > 0 else "not reproduced"
+    return "not reproduced"  # no difference beyond the seed spread: the claimed gain is not seen
+
+
+def report(results):
+    """Section of REPRODUCTIONS.md from results/variants: rsLoRA, DoRA and PiSSA against LoRA,
+    each at its own tuned rate."""
+    summary = results.json("variants", "variants.json")
+    comps = {c["question"]: c["difference"] for c in summary["comparisons"]}
+    groups = {g["name"]: g for g in summary["groups"]}
+    r, high = summary["r"], summary["high_r"]
+    claims = []  # (claim, question, verdict)
+    if high:
+        claims.append((f"rsLoRA beats LoRA at a high rank (r={high})", f"rsLoRA beats LoRA at r={high}"))
+    claims += [(f"DoRA beats LoRA at r={r}", f"DoRA beats LoRA at r={r}"),
+               (f"PiSSA beats LoRA at r={r}", f"PiSSA beats LoRA at r={r}")]
+    verdicts = [(claim, q, claim_verdict(comps[q])) for claim, q in claims]
+    held = [v for *_, v in verdicts if v == "reproduced"]
+    verdict = "reproduced" if len(held) == len(verdicts) else "not reproduced" if not held else "partly"
+    edges = [g["name"] for g in summary["groups"] if g.get("tuning", {}).get("at_grid_edge")]
+    bullets = []
+    for claim, q, v in verdicts:
+        d = comps[q]
+        state = ("called: as claimed" if d["called"] and d["mean"] > 0 else
+                 "called: the other way" if d["called"] else "not called: within the seed spread")
+        bullets.append(f"- {claim}: difference {show_difference(d)} ({state}); **{v}**.")
+    if high:
+        for kind in ("LoRA", "rsLoRA"):
+            d = comps[f"{kind}: r={high} beats r={r}"]
+            bullets.append(f"- {kind}, r={high} against r={r}, each at its own rate: {show_difference(d)} "
+                           f"({'called' if d['called'] else 'not called'}). rsLoRA's tuned rates: "
+                           f"{groups[f'rsLoRA r={r}']['lr']:g} at r={r}, {groups[f'rsLoRA r={high}']['lr']:g} at "
+                           f"r={high}; LoRA's: {groups[f'LoRA r={r}']['lr']:g} and {groups[f'LoRA r={high}']['lr']:g}."
+                           if kind == "rsLoRA" else
+                           f"- LoRA (alpha/r), r={high} against r={r}, each at its own rate: {show_difference(d)} "
+                           f"({'called: more rank pays under alpha/r too' if d['called'] and d['mean'] > 0 else 'called' if d['called'] else 'not called'}).")
+    for i in summary["identity"]:
+        bullets.append(f"- The identity: {i['name']} at {i['twin']}'s tuned rate ends within {i['largest_gap']:.4f} of "
+                       f"{i['twin']}, seed by seed (gradient clipping is the only thing that tells them apart). With "
+                       f"Adam, rsLoRA is LoRA with a larger rate for B; once each scaling gets its own rate, what is "
+                       f"left to compare is that ratio of rates ({section_ref('loraplus')}).")
+    if edges:
+        bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may lie "
+                       f"further out.")
+    full = groups["full fine-tuning"]
+    body = f"""**Claims.** rsLoRA (Kalajdzievski 2023): scaling the update by alpha/sqrt(r) instead of alpha/r
+keeps high ranks learning, so a high rank pays off where alpha/r stalls. DoRA (Liu et al. 2024)
+and PiSSA (Meng et al. 2024): at the same rank they learn more than LoRA, closing part of the
+gap to full fine-tuning.
+
+**Command.** `python -m experiments.variants` (`results/variants/`): each contender at its own
+tuned rate (`experiments/tuning.py`), then {len(summary['seeds'])} seeds at that rate; alpha 16, all
+six linear layers. Full fine-tuning at {full['lr']:g} for reference: {show(full['target_loss'])}.
+
+![variants](../results/variants/variants.png)
+
+{results_table(summary).strip()}
+
+Final losses in nats/byte, mean ± 95% CI over seeds. A difference is the other's loss minus the
+claimed winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
+
+**Verdict: {verdict}.**
+""" + "\n".join(bullets)
+    detail = "; ".join(f"{claim.split(' beats')[0]} vs LoRA {show_difference(comps[q])}" for claim, q, _ in verdicts)
+    return {"title": "Variants at their own rates: rsLoRA, DoRA, PiSSA",
+            "source": "rsLoRA (Kalajdzievski 2023); DoRA (Liu et al. 2024); PiSSA (Meng et al. 2024)",
+            "claim": "rsLoRA makes a high rank pay off; DoRA and PiSSA learn more than LoRA at the same rank",
+            "verdict": verdict, "detail": detail, "body": body}
 
 
 if __name__ == "__main__":

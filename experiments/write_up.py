@@ -8,6 +8,8 @@ Each experiment module's `report(results)` returns its section as a dict:
     detail          one line for the summary table: the numbers the verdict rests on
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
 """
+from experiments.seeds import show
+
 VERDICTS = ("reproduced", "partly", "not reproduced", "not tested in the claim's regime")
 
 
@@ -95,7 +97,120 @@ def document(results, sections):
     return "\n".join(parts)
 
 
-def readme_blocks(results):
+MIB = 1024 ** 2
+KIB = 1024
+PARTS = ("params", "grads", "optimizer", "activations")
+
+
+def main_results(results):
+    """The README's "Results of the main job": the rank sweep (3 seeds) and full_vs_lora's costs."""
+    sweep = results.json("rank_sweep", "rank_sweep.json")
+    groups = sweep["groups"]
+    full = next(g for g in groups if g["kind"] == "full")
+    lora = {g["r"]: g for g in groups if g["kind"] == "lora"}
+    rs = {g["r"]: g for g in groups if g["kind"] == "rslora"}
+    low, top = min(lora), max(lora)
+    first = results.json("rank_sweep", "records.json")[0]
+    base_t, base_s = first["base_target_loss"], first["base_source_loss"]
+    costs = {r["method"]: r for r in results.json("full_vs_lora", "records.json")}
+    f, l = costs["full"], costs["lora"]
+
+    def total(m):
+        return sum(m[k] for k in PARTS)
+
+    def parts(m):
+        return " / ".join(f"{m[k] / MIB:.2f}" for k in PARTS) + f" ({total(m) / MIB:.1f})"
+
+    batches = results.json("full_vs_lora", "memory_vs_batch.json")
+    shares = ", ".join(f"{100 * total(row['lora']) / total(row['full']):.0f}% at batch {row['batch_size']}"
+                       for row in batches)
+    n = len(sweep["seeds"])
+    r8 = lora[8]
+    share = r8["trainable_params"] / r8["total_params"]
+    return f"""Made by the quickstart command: the `tiny` GPT ({full['trainable_params'] / 1e6:.2f}M parameters)
+pretrained for 2000 steps on `python-code`, then {sweep['steps']} fine-tuning steps at batch
+{first['batch_size']} on `python-docs`, {n} seeds per run. Full fine-tuning trains at lr
+{sweep['full_lr']:g}, LoRA at {sweep['lr']:g}, each the best of a three-seed sweep
+([REPRODUCTIONS](experiments/REPRODUCTIONS.md), section 1), alpha 16 at every rank, on all six
+linear layers of every block. A loss is the cross-entropy of the next byte in nats (a uniform
+guess over 256 bytes scores ln 256 = 5.55; divide by ln 2 for bits per byte); the base model
+starts at {base_t:.3f} on the docs and {base_s:.3f} on the code. Losses are means over the
+seeds ± the 95% confidence interval. Every number in this section is written from
+`results/rank_sweep/` and `results/full_vs_lora/` by `python -m experiments.report`.
+
+![final loss against rank](results/rank_sweep/final_loss_vs_rank.png)
+
+**What is learned and what is forgotten.** Full fine-tuning learns the prose best
+({show(full['target_loss'])}) and forgets the most code ({base_s:.3f} to {full['source_loss']['mean']:.3f}).
+LoRA lands in between at every rank: more rank learns more ({show(lora[low]['target_loss'])} at r={low},
+{show(r8['target_loss'])} at r=8, {show(lora[top]['target_loss'])} at r={top}) and forgets more (code
+loss {lora[low]['source_loss']['mean']:.3f} at r={low}, {r8['source_loss']['mean']:.3f} at r=8,
+{lora[top]['source_loss']['mean']:.3f} at r={top}). Each doubling of the rank buys less than the one
+before, and even r={top} stays {lora[top]['target_loss']['mean'] - full['target_loss']['mean']:.3f}
+above full fine-tuning. With rsLoRA's alpha/sqrt(r) at the same rate, r={top} ends at
+{show(rs[top]['target_loss'])}: the rate tuned for alpha/r is too high for it (a change of scaling
+needs its own rate; REPRODUCTIONS, sections 2 and 10).
+
+![loss curves](results/rank_sweep/loss_curves.png)
+
+![parameters and memory against rank](results/rank_sweep/params_memory_vs_rank.png)
+
+**What the rank costs.** Trainable parameters grow as r (in + out) per adapted matrix:
+{lora[low]['trainable_params']:,} at r={low}, {r8['trainable_params']:,} at r=8 ({100 * share:.1f}% of the adapted
+model's {r8['total_params']:,} parameters, adapters included, as `count_parameters` and PEFT
+count them), {lora[top]['trainable_params']:,} at r={top}. On this model (width 128) r={top} is half the
+width: low rank only pays while r is small next to the layer's width.
+
+![full fine-tuning against LoRA: costs](results/full_vs_lora/costs.png)
+
+| run | trainable params | docs loss | code loss | memory (MiB): weights / grads / optimizer / activations (total) | saved file |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| full fine-tuning | {f['trainable_params']:,} | {f['final_target_loss']:.3f} | {f['final_source_loss']:.3f} | {parts(f['memory'])} | {f['saved_bytes'] / KIB:,.0f} KiB |
+| LoRA r={l['r']} | {l['trainable_params']:,} | {l['final_target_loss']:.3f} | {l['final_source_loss']:.3f} | {parts(l['memory'])} | {l['saved_bytes'] / KIB:,.0f} KiB |
+
+One seed each (`python -m experiments.full_vs_lora`, seed {f['seed']}). Step times are not
+compared here: one run after another on a shared machine is noise. `experiments/bench_lora.py`
+times the two in turns ("Is LoRA faster?" below).
+
+**Where the memory goes.** Parameter, gradient and optimizer bytes are read from the tensors and
+equal the analytic count exactly (tested): 16 bytes per trainable fp32 parameter for full
+fine-tuning (weight, gradient, two AdamW moments), 4 per frozen one. LoRA removes almost all of
+the gradient and optimizer state ({(f['memory']['grads'] + f['memory']['optimizer']) / MIB:.1f} MiB to
+{(l['memory']['grads'] + l['memory']['optimizer']) / MIB:.1f} MiB), but the activations saved for the backward pass
+(counted with `saved_tensors_hooks`, each storage once) do not shrink: LoRA freezes weights, it
+does not shorten the forward pass. So the total only falls from {total(f['memory']) / MIB:.1f} to
+{total(l['memory']) / MIB:.1f} MiB at batch {f['batch_size']}.
+
+![memory against batch size](results/full_vs_lora/memory_vs_batch.png)
+
+As the batch grows the activations dominate and LoRA's saving shrinks: LoRA needs {shares} of
+full fine-tuning's memory. The 25% limit (4 of 16 bytes per parameter) is approached only where
+the weights dwarf the activations, as in the GPT-3 setting of the LoRA paper (1.2 TB to 350 GB);
+[`docs/scale.md`](docs/scale.md) measures how that happens as the model grows.
+
+**File size.** The adapter file is {f['saved_bytes'] / l['saved_bytes']:.1f}x smaller than the full
+checkpoint here ({l['saved_bytes'] / KIB:,.0f} KiB against {f['saved_bytes'] / KIB:,.0f} KiB); the adapter grows
+with the width and the model with its square, so the ratio grows with the model.
+
+![loss curves, full against LoRA](results/full_vs_lora/loss_curves.png)
+"""
+
+
+def reproductions_table(sections):
+    """The README's one-line-per-claim table, from the same sections as REPRODUCTIONS.md."""
+    lines = ["| command | claim (source) | verdict here |", "| --- | --- | --- |"]
+    for name, s in sections:
+        lines.append(f"| `python -m experiments.{name}` | {s['claim']} ({s['source']}) | **{s['verdict']}**: "
+                     f"{s['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_blocks(results, sections=None):
     """{block name: Markdown} for the README's generated blocks."""
-    return {}
+    blocks = {}
+    if results.has("rank_sweep") and results.has("full_vs_lora", "records.json"):
+        blocks["main-results"] = main_results(results)
+    if sections:
+        blocks["reproductions"] = reproductions_table(sections)
+    return blocks
 

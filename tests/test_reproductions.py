@@ -301,6 +301,20 @@ def test_variants_end_to_end(tmp_path, corpora):
         "DoRA beats LoRA at r=2", "PiSSA beats LoRA at r=2"]
     assert all(i["largest_gap"] < 0.05 for i in summary["identity"])  # the same training, up to clipping
     assert is_png(out / "variants.png")
+    (tmp_path / "results").mkdir()
+    out.rename(tmp_path / "results" / "variants")
+    section = variants.report(Results(str(tmp_path / "results")))
+    assert section["verdict"] in VERDICTS
+    for question in ("rsLoRA beats LoRA at r=4", "DoRA beats LoRA at r=2", "PiSSA beats LoRA at r=2"):
+        d = next(c["difference"] for c in summary["comparisons"] if c["question"] == question)
+        assert show_difference(d) in section["body"]
+
+
+def test_a_variant_claim_holds_only_when_its_gain_is_called():
+    gain = {"mean": 0.02, "ci": 0.01, "n": 3, "called": True}
+    assert variants.claim_verdict(gain) == "reproduced"
+    assert variants.claim_verdict({**gain, "mean": -0.02}) == "not reproduced"
+    assert variants.claim_verdict({**gain, "ci": 0.03, "called": False}) == "not reproduced"
 
 
 def test_qlora_end_to_end(tmp_path, corpora, capsys):
@@ -378,6 +392,10 @@ def test_loraplus_end_to_end(tmp_path, corpora):
     records = read(out / "records.json")
     assert [r["variant"] for r in records] == ["lora", "lora", "loraplus", "loraplus"]  # lambda 1 is plain LoRA
     assert is_png(out / "loraplus.png")
+    (tmp_path / "results").mkdir()
+    out.rename(tmp_path / "results" / "loraplus")
+    section = loraplus.report(Results(str(tmp_path / "results")))
+    assert section["verdict"] in VERDICTS and show_difference(rows[1]["vs_plain"]) in section["body"]
     with pytest.raises(SystemExit):
         loraplus.main([*TOY, *corpora, "--ratios", "0.5,4", "--out", str(out)])
 
@@ -400,6 +418,22 @@ def test_rank_targets_end_to_end(tmp_path, corpora):
     assert [(g["set"], g["r"], g["versus_r"]) for g in summary["gaps_to_top_rank"]] == [
         ("q", 1, 4), ("q,v", 1, 4), ("q,k,v,o", 1, 4)]
     assert is_png(out / "rank_targets.png")
+    (tmp_path / "results").mkdir()
+    out.rename(tmp_path / "results" / "rank_targets")
+    section = rank_targets.report(Results(str(tmp_path / "results")))
+    assert section["verdict"] in VERDICTS
+    assert show_difference(summary["gaps_to_top_rank"][1]["difference"]) in section["body"]
+
+
+def test_rank_targets_verdict_needs_a_competitive_small_rank_and_a_larger_gap_for_q_alone():
+    def gap(name, r, mean, called):
+        return {"set": name, "r": r, "difference": {"mean": mean, "ci": 0.01, "n": 3, "called": called}}
+    claim_holds = [gap("q", 1, 0.05, True), gap("q", 2, 0.03, True), gap("q,v", 1, 0.02, True), gap("q,v", 2, 0.005, False)]
+    assert rank_targets.judge(claim_holds) == ("reproduced", True, True)
+    all_called = [{**g, "difference": {**g["difference"], "called": True}} for g in claim_holds]
+    assert rank_targets.judge(all_called) == ("partly", False, True)
+    qv_worse = [gap("q", 1, 0.01, True), gap("q", 2, 0.01, True), gap("q,v", 1, 0.02, True), gap("q,v", 2, 0.03, True)]
+    assert rank_targets.judge(qv_worse) == ("not reproduced", False, False)
 
 
 def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, corpora):
