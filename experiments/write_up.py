@@ -293,6 +293,37 @@ def claims(results):
     return "\n".join(lines) + "\n"
 
 
+def scale(results):
+    """The README's "How LoRA's savings grow with the model", from results/scale (docs/scale.md has it all)."""
+    from experiments import scale_report
+
+    data = results.json("scale", "scale.json")
+    extrapolation = results.json("scale", "extrapolation.json")
+    cores = data["cpu_count"] or 1
+    busy = (data.get("load_average") or {}).get("start", 0) / cores > scale_report.BUSY
+    caveat = (" (the machine was busy during that run: its step-time ratios are a draft; memory, files and FLOPs "
+              "do not depend on it)" if busy and data["device"] == "cpu" else "")
+    rows = ["| claim | paper | cost model | what the cost model counts |", "| --- | ---: | ---: | --- |"]
+    for row in extrapolation["rows"]:
+        ours = f"{row['ours']:.2f}x" if row["unit"] == "x" else scale_report.fmt_bytes(row["ours"])
+        rows.append(f"| {row['claim']} | {row['paper_text']} | {ours} | {row['what']} |")
+    sizes = ", ".join(f"`{r['preset']}`" for r in data["sizes"])
+    return f"""The tiny GPT below is the first point on a curve. `python -m experiments.scale` measures
+full fine-tuning, LoRA, QLoRA and the frozen floor at {sizes} (random
+weights: costs depend on shapes, not values), each part of the memory beside a cost model
+(`experiments/cost_model.py`) that predicts it to the byte{caveat}:
+
+{scale_report.summary(data)}
+
+![where LoRA pays](results/scale/where_lora_pays.png)
+
+The same cost model, applied to the papers' settings ([`docs/scale.md`](docs/scale.md) has the
+tables, the plots, every prediction beside its measurement, and why ours and the papers' differ):
+
+{chr(10).join(rows)}
+"""
+
+
 def reproductions_table(sections):
     """The README's one-line-per-claim table, from the same sections as REPRODUCTIONS.md."""
     lines = ["| command | claim (source) | verdict here |", "| --- | --- | --- |"]
@@ -311,6 +342,8 @@ def readme_blocks(results, sections=None):
         blocks["speed"] = speed(results)
         if "main-results" in blocks:
             blocks["claims"] = claims(results)
+    if results.has("scale", "scale.json") and results.has("scale", "extrapolation.json"):
+        blocks["scale"] = scale(results)
     if sections:
         blocks["reproductions"] = reproductions_table(sections)
     return blocks
