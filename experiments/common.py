@@ -206,7 +206,7 @@ def load_setup(args):
     if args.workers is None:
         args.workers = default_workers(device)
     args.setup_s = time.time() - args.started
-    runs.COUNTS.update(planned=0, trained=0)
+    runs.reset_counts()
     return base, base_key, source, target, device
 
 
@@ -223,8 +223,10 @@ def finish_experiment(args, argv=None):
         try:
             with open(path) as f:
                 previous = json.load(f)
-            info["last_training_run"] = previous.get("last_training_run") or (
-                previous if previous.get("runs_trained") else None)
+            last = previous.get("last_training_run") or (previous if previous.get("runs_trained") else None)
+            if last:  # the distinct runs are counted now (older records counted a re-planned run again)
+                last = {**last, "runs_planned": info["runs_planned"]}
+            info["last_training_run"] = last
         except (OSError, ValueError):
             pass
     write_json(info, path)

@@ -23,7 +23,13 @@ from experiments.finetune import run_finetune, run_key
 from nanogpt import distributed
 
 
-COUNTS = {"planned": 0, "trained": 0}  # this process's runs: planned, and trained (not cached)
+COUNTS = {"planned": 0, "trained": 0}  # this process's distinct runs: planned, and trained (not cached)
+_PLANNED_KEYS = set()  # a run a tuner plans again at its next stage counts once
+
+
+def reset_counts():
+    COUNTS.update(planned=0, trained=0)
+    _PLANNED_KEYS.clear()
 
 
 def default_workers(device):
@@ -57,7 +63,8 @@ def run_all(plan, workers=1, progress=True, desc="runs"):
         if key not in seen and run_finetune(**kwargs, cached_only=True) is None:
             todo.append(i)
         seen.add(key)
-    COUNTS["planned"] += len(plan)
+    _PLANNED_KEYS.update(seen)
+    COUNTS["planned"] = len(_PLANNED_KEYS)
     COUNTS["trained"] += len(todo)
     if distributed.is_distributed():  # every process trains every run, in the same order
         distributed.check_same([run_key(**plan[i]) for i in todo], "the runs still to train (--cache)")

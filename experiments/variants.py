@@ -196,11 +196,13 @@ def report(results):
                            if kind == "rsLoRA" else
                            f"- LoRA (alpha/r), r={high} against r={r}, each at its own rate: {show_difference(d)} "
                            f"({'called: more rank pays under alpha/r too' if d['called'] and d['mean'] > 0 else 'called' if d['called'] else 'not called'}).")
-    for i in summary["identity"]:
-        bullets.append(f"- The identity: {i['name']} at {i['twin']}'s tuned rate ends within {i['largest_gap']:.4f} of "
-                       f"{i['twin']}, seed by seed (gradient clipping is the only thing that tells them apart). With "
-                       f"Adam, rsLoRA is LoRA with a larger rate for B; once each scaling gets its own rate, what is "
-                       f"left to compare is that ratio of rates ({section_ref('loraplus')}).")
+    if summary["identity"]:
+        bullets.append("- The identity: with Adam, rsLoRA at rank r is LoRA with B's rate sqrt(r) times A's. Run that way "
+                       "at rsLoRA's tuned rate, plain LoRA ends within " + ", ".join(
+                           f"{i['largest_gap']:.4f} of {i['twin']}" for i in summary["identity"]) +
+                       " seed by seed (gradient clipping is the only thing that tells them apart). So what rsLoRA "
+                       "wins at a high rank is a larger rate for B than for A, LoRA+'s knob "
+                       f"({section_ref('loraplus')}).")
     if edges:
         bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may lie "
                        f"further out.")

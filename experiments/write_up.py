@@ -77,15 +77,27 @@ def run_times(results, sections):
     lines = ["## Run times at the defaults", "",
              "Measured by each command itself (`results/<name>/run_info.json`): the wall time of the last "
              "invocation that trained runs, how many of its runs it trained and how many it found in the "
-             "cache, with the processes it ran side by side.", "",
-             "| command | runs | trained / from the cache | wall time | processes | machine |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+             "cache (runs shared with an earlier section, or an earlier invocation, are not trained again), "
+             "with the processes it ran side by side. The last column is what the command would take from an "
+             "empty cache: its runs times the median training time of one of them (from its records), over "
+             "its processes. Most runs were trained while other jobs shared the 2 cores, so the run times, "
+             "and that estimate, are upper bounds for an idle machine.", "",
+             "| command | runs | trained / from the cache | wall time | processes | one run (median) | "
+             "from an empty cache (estimate) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, _ in sections:
         info = results.json(name, "run_info.json")
         info = info.get("last_training_run") or info  # the last invocation that trained runs
+        try:
+            times = sorted(r["wall_time_s"] for r in results.json(name, "records.json") if r.get("wall_time_s"))
+        except (OSError, ValueError, KeyError, TypeError):
+            times = []
+        one = times[len(times) // 2] if times else None
+        workers = max(1, info["workers"] or 1)
+        empty = f"{info['runs_planned'] * one / workers / 60:.0f} min" if one else "-"
         lines.append(f"| `python -m experiments.{name}` | {info['runs_planned']} | {info['runs_trained']} / "
                      f"{info['runs_planned'] - info['runs_trained']} | {info['wall_time_s'] / 60:.1f} min | "
-                     f"{info['workers']} | {info['cpu_count']} cores, torch {info['torch']} |")
+                     f"{workers} | {f'{one:.0f} s' if one else '-'} | {empty} |")
     return "\n".join(lines) + "\n"
 
 

@@ -456,8 +456,9 @@ def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, cor
         grid_neighbours(2e-3)
     # --force retrains each run once, not once per stage that reads it back.
     from experiments import runs
-    runs.COUNTS.update(planned=0, trained=0)
+    runs.reset_counts()
     again = tune({"full": ({**entry, "force": True}, [1e-4, 1.8e-4, 3e-4])}, [1337, 1338], max_extra=2,
                  progress=False)["full"]
     assert runs.COUNTS["trained"] == 5 + 1  # five rates on the first seed, the chosen one on the second
+    assert runs.COUNTS["planned"] == 5 + 1  # each stage plans the earlier rates again: counted once
     assert again["losses"] == result["losses"]
