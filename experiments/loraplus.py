@@ -111,7 +111,7 @@ def main(argv=None):
         row["steps_to_target"] = spread(reach) if all(s is not None for s in reach) else None
         row["vs_plain"] = paired(row["target_loss"]["values"], plain["target_loss"]["values"])
     records = [x for row in rows for x in row["runs"]]
-    summary = {"seeds": seeds, "steps": args.max_iters, "rows": [{k: v for k, v in row.items() if k != "runs"} for row in rows]}
+    summary = {"seeds": seeds, "rows": [{k: v for k, v in row.items() if k != "runs"} for row in rows]}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "loraplus.json"))
     title = (f"LoRA+: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, alpha {args.alpha:g}, "
@@ -127,7 +127,8 @@ def results_table(summary):
     lines = ["| r | lambda | tuned base rate (A's) | B's rate | final target loss | plain LoRA minus this, 95% CI | "
              "steps to plain LoRA's final loss |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary["rows"]:
-        reach = "never" if row["steps_to_target"] is None else show(row["steps_to_target"], digits=0)
+        reach = ("-" if row["ratio"] == 1 else "never" if row["steps_to_target"] is None else
+                 show(row["steps_to_target"], digits=0))
         versus = "-" if row["ratio"] == 1 else show_difference(row["vs_plain"])
         lines.append(f"| {row['r']} | {row['ratio']:g} | {row['lr']:g} | {row['lr'] * row['ratio']:.3g} | "
                      f"{show(row['target_loss'])} | {versus} | {reach} |")
@@ -145,6 +146,7 @@ def report(results):
     once each ratio has its own tuned base rate?"""
     summary = results.json("loraplus", "loraplus.json")
     rows = summary["rows"]
+    steps = results.json("loraplus", "records.json")[0]["steps"]
     ranks = sorted({row["r"] for row in rows})
     bests = {r: best_ratio(rows, r) for r in ranks}
     better = [r for r, b in bests.items() if b and b["vs_plain"]["called"] and b["vs_plain"]["mean"] > 0]
@@ -160,7 +162,7 @@ def report(results):
                  "called: worse" if d["called"] else "not called: within the seed spread")
         reach = b["steps_to_target"]
         speed = (f"it reaches plain LoRA's final loss ({plain['target_loss']['mean']:.3f}) after "
-                 f"{show(reach, digits=0)} of {summary['steps']} steps" if reach else "it never reaches plain LoRA's final loss")
+                 f"{show(reach, digits=0)} of {steps} steps" if reach else "it never reaches plain LoRA's final loss")
         bullets.append(f"- r={r}: the best ratio, lambda {b['ratio']:g} at base rate {b['lr']:g} (B at "
                        f"{b['lr'] * b['ratio']:.3g}), ends at {show(b['target_loss'])} against plain LoRA's "
                        f"{show(plain['target_loss'])} at {plain['lr']:g}: difference {show_difference(d)} ({state}); "

@@ -65,11 +65,17 @@ already made reuses it.
 """
 
 
+def section_number(name):
+    from experiments.report import SECTIONS
+
+    return SECTIONS.index(name) + 1
+
+
 def summary_table(sections):
     lines = ["| # | claim | source | verdict |", "| --- | --- | --- | --- |"]
-    for i, (_, s) in enumerate(sections, 1):
+    for name, s in sections:
         assert s["verdict"] in VERDICTS, s["verdict"]
-        lines.append(f"| {i} | {s['claim']} | {s['source']} | **{s['verdict']}**: {s['detail']} |")
+        lines.append(f"| {section_number(name)} | {s['claim']} | {s['source']} | **{s['verdict']}**: {s['detail']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,8 +109,8 @@ def run_times(results, sections):
 
 def document(results, sections):
     parts = [opening(results), "## The claims at a glance\n", summary_table(sections)]
-    for i, (_, s) in enumerate(sections, 1):
-        parts.append(f"## {i}. {s['title']}\n\n{s['body'].strip()}\n")
+    for name, s in sections:  # numbered by their place in report.SECTIONS, as section_ref names them
+        parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
     parts.append(run_times(results, sections))
     return "\n".join(parts)
 
