@@ -224,7 +224,7 @@ def summarize(groups, errors, gaussian_name, base_losses, bits):
     }
 
 
-def report(summary, errors, gaussian_name, quantized_targets):
+def results_tables(summary, errors, gaussian_name, quantized_targets):
     """OUT/results.md's tables."""
     c1, c2, c3 = (summary[k] for k in ("claim_1_quantization_error", "claim_2_qlora_matches_lora",
                                        "claim_3_double_quant_bits"))
@@ -347,10 +347,114 @@ def main(argv=None):
     firsts = [g["runs"][0] for g in groups if g["key"] in ("full", "lora", "nf4")]
     plot_memory(firsts, os.path.join(args.out, "memory.png"), title)
     table = write_report(os.path.join(args.out, "results.md"), "QLoRA", title,
-                         report(summary, errors, gaussian_name, quantized_targets))
+                         results_tables(summary, errors, gaussian_name, quantized_targets))
     finish_experiment(args, argv)
     print(table)
     print(f"wrote {args.out}/records.json, qlora.json, levels.png, quant_error.png, memory.png, results.md")
+
+
+def claim_verdicts(summary):
+    """Each of the three claims' verdict, from the numbers in qlora.json."""
+    c1, c2, c3 = (summary[k] for k in ("claim_1_quantization_error", "claim_2_qlora_matches_lora",
+                                       "claim_3_double_quant_bits"))
+    on_weights = c1["nf4_lowest_on_weights"] == c1["model_weights"]
+    v1 = ("reproduced" if c1["nf4_lowest_on_gaussian"] and on_weights else
+          "partly" if c1["nf4_lowest_on_gaussian"] or c1["nf4_lowest_on_weights"] else "not reproduced")
+    d = c2["qlora_minus_lora"]
+    # "Matches": no difference beyond the seed spread, or QLoRA better.
+    v2 = "not reproduced" if d["called"] and d["mean"] > 0 else "reproduced"
+    v3 = "reproduced" if abs(c3["saving"] - c3["paper_saving"]) < 0.01 else "partly"
+    return v1, v2, v3
+
+
+def report(results):
+    """Section of REPRODUCTIONS.md from results/qlora."""
+    summary = results.json("qlora", "qlora.json")
+    r = next(rec["r"] for rec in results.json("qlora", "records.json") if rec["method"] == "lora")
+    c1, c2, c3 = (summary[k] for k in ("claim_1_quantization_error", "claim_2_qlora_matches_lora",
+                                       "claim_3_double_quant_bits"))
+    v1, v2, v3 = claim_verdicts(summary)
+    verdicts = (v1, v2, v3)
+    verdict = ("reproduced" if all(v == "reproduced" for v in verdicts) else
+               "not reproduced" if all(v == "not reproduced" for v in verdicts) else "partly")
+    rows = {row["key"]: row for row in summary["rows"]}
+    g = c1["gaussian_relative"]
+    w = c1["mean_relative_on_weights"]
+    d = c2["qlora_minus_lora"]
+    n = len(summary["seeds"])
+    base = summary["base_losses_after_quantization"]
+    fp32 = base["fp32 (no quantization)"]["target"]
+    nf4_dq = base["NF4 + double quantization"]["target"]
+    nf4 = rows["nf4"]
+    fe = nf4.get("final_eval", {})
+    lines = ["| run | lr | trainable params | final target loss | final source loss | QLoRA or full minus LoRA "
+             "(paired) | memory (MiB): weights / grads / optimizer / activations | adapter or checkpoint |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary["rows"]:
+        m = row["memory"]
+        apart = show_difference(row["target_minus_lora"]) if "target_minus_lora" in row else "-"
+        lines.append(f"| {row['name']} | {row['lr']:g} | {row['trainable_params']:,} | {show(row['final_target_loss'])} | "
+                     f"{show(row['final_source_loss'])} | {apart} | {m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / "
+                     f"{m['optimizer'] / MIB:.2f} / {m['activations'] / MIB:.2f} | {row['saved_bytes'] / 1024:,.0f} KiB |")
+    bullets = [
+        f"- (1) Quantization error, relative (||W - W_hat|| / ||W||, blocks of 64, double quantization): on N(0, 1) "
+        f"data NF4 {g['nf4']:.4f}, FP4 {g['fp4']:.4f}, Int4 {g['int4']:.4f}; on this model's weights (mean over "
+        f"{c1['model_weights']} matrices) NF4 {w['nf4']:.4f}, FP4 {w['fp4']:.4f}, Int4 {w['int4']:.4f}. NF4 is the "
+        f"lowest on {c1['model_weights'] if c1['nf4_lowest_on_weights'] == c1['model_weights'] else c1['nf4_lowest_on_weights']} "
+        f"of {c1['model_weights']} matrices. **{v1}**.",
+        f"- (2) QLoRA (NF4, double quantization) against fp32 LoRA at the same settings (r={r}, "
+        f"LoRA's rate {nf4['lr']:g}), {n} seeds: {show(c2['qlora_nf4'])} against {show(c2['lora'])}, paired difference "
+        f"{show_difference(d)} ({'called' if d['called'] else 'not called: within the seed spread'}). **{v2}**.",
+        f"- (3) Bits per weight of the quantized base, read from the tensors: {c3['plain']:.4f} without double "
+        f"quantization, {c3['double_quant']:.4f} with it: a saving of {c3['saving']:.3f} bits (the paper's arithmetic: "
+        f"{c3['paper_saving']:.3f}; the small difference is each tensor's fp32 mean of its block constants and a last "
+        f"group of fewer than 256). **{v3}**.",
+        f"- What 4 bits cost before any fine-tuning: the base model's docs loss goes from {fp32:.3f} (fp32) to "
+        f"{nf4_dq:.3f} with NF4 and double quantization; "
+        + ", ".join(f"{k} {v['target']:.3f}" for k, v in base.items() if k not in ("fp32 (no quantization)",
+                                                                                   "NF4 + double quantization")) + ".",
+    ]
+    if fe:
+        bullets.append(
+            f"- The QLoRA adapter on the full-precision base gives {fe['on_full_precision_base']['target']['mean']:.3f} "
+            f"(as trained on the 4-bit base: {nf4['final_target_loss']['mean']:.3f}); merged back into 4 bits it gives "
+            f"{fe['merged_into_4bit']['target']['mean']:.3f}: requantizing W0 + delta W loses part of delta W "
+            f"(error {fe['requantization']['lost']['mean']:.2f} of its norm), which is why `unload_lora` returns a "
+            f"full-precision model.")
+    lora_mem = sum(rows["lora"]["memory"][k] for k in ("params", "grads", "optimizer"))
+    nf4_mem = sum(nf4["memory"][k] for k in ("params", "grads", "optimizer"))
+    bullets.append(f"- Memory: weights, gradients and optimizer state fall from {lora_mem / MIB:.2f} MiB (LoRA) to "
+                   f"{nf4_mem / MIB:.2f} MiB (QLoRA); the activations do not change. The 65B-in-48-GB claim is about "
+                   f"a model whose weights dwarf its activations: [`docs/scale.md`](../docs/scale.md) predicts it "
+                   f"with the cost model.")
+    body = f"""**Claims.** QLoRA (Dettmers et al. 2023): (1) the 4-bit NormalFloat (NF4) data type has lower
+quantization error than FP4 and Int4 on normally distributed weights; (2) LoRA on an NF4 base
+with double quantization matches 16-bit LoRA's fine-tuned quality; (3) double quantization saves
+about 0.37 bits per parameter.
+
+**Command.** `python -m experiments.qlora` (`results/qlora/`): full fine-tuning, LoRA r={r} and
+QLoRA r={r} on NF4, FP4 and Int4 bases (double quantization), {n} seeds each; QLoRA at LoRA's
+rate, as the paper keeps LoRA's hyperparameters. The six block linears are quantized; the
+embeddings, head and norms stay fp32.
+
+![NF4 levels](../results/qlora/levels.png)
+
+![quantization error](../results/qlora/quant_error.png)
+
+![memory](../results/qlora/memory.png)
+
+{chr(10).join(lines)}
+
+Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called difference. All numbers:
+`results/qlora/results.md`.
+
+**Verdict: {verdict}.**
+""" + "\n".join(bullets)
+    detail = (f"(1) NF4 lowest error, {g['nf4']:.3f} vs FP4 {g['fp4']:.3f}, Int4 {g['int4']:.3f} on N(0,1): {v1}; "
+              f"(2) QLoRA - LoRA {show_difference(d)}: {v2}; (3) double quantization saves {c3['saving']:.3f} bits: {v3}")
+    return {"title": "QLoRA: a 4-bit NormalFloat base", "source": "QLoRA (Dettmers et al. 2023)",
+            "claim": "NF4 quantizes normal weights best; QLoRA matches 16-bit LoRA; double quantization saves ~0.37 "
+                     "bits/param", "verdict": verdict, "detail": detail, "body": body}
 
 
 if __name__ == "__main__":

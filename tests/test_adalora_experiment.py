@@ -55,6 +55,11 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     text = (out / "results.md").read_text()
     assert "| AdaLoRA 12->8 |" in text and "Claim 2, the budget goes" in text
     assert json.loads((out / "run_info.json").read_text())["runs_planned"] > 0
+    from experiments.report import Results
+    from experiments.seeds import show_difference
+    from experiments.write_up import VERDICTS
+    section = adalora.report(Results(str(tmp_path)))  # tmp_path/adalora holds the results
+    assert section["verdict"] in VERDICTS and show_difference(first["difference"]) in section["body"]
     saved = [read_adapter_file(p) for p in sorted((tmp_path / "cache" / "runs").glob("*.adapter.pt"))]
     pruned = [s for s in saved if s["config"].get("adalora") and s["config"]["target_r"] == 8]
     assert pruned and all(sum(s["config"]["ranks"].values()) == 48 for s in pruned)

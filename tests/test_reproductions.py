@@ -362,9 +362,26 @@ def test_qlora_end_to_end(tmp_path, corpora, capsys):
     for name in ("levels.png", "quant_error.png", "memory.png"):
         assert is_png(out / name)
     assert "| QLoRA NF4 r=8 |" in (out / "results.md").read_text()
+    (tmp_path / "results").mkdir()
+    (out).rename(tmp_path / "results" / "qlora")
+    section = qlora.report(Results(str(tmp_path / "results")))
+    assert section["verdict"] in VERDICTS and show_difference(claim["qlora_minus_lora"]) in section["body"]
     with pytest.raises(SystemExit):
         qlora.main([*TOY, *corpora, "--seeds", "0", "--out", str(out)])
     assert "--seeds must be a positive integer like 3; got '0'" in capsys.readouterr().err
+
+
+def test_qlora_claims_follow_the_numbers():
+    summary = {"claim_1_quantization_error": {"nf4_lowest_on_gaussian": True, "nf4_lowest_on_weights": 24,
+                                              "model_weights": 24},
+               "claim_2_qlora_matches_lora": {"qlora_minus_lora": {"mean": 0.004, "ci": 0.01, "n": 3, "called": False}},
+               "claim_3_double_quant_bits": {"saving": 0.3725, "paper_saving": 4.5 - (4 + 8 / 64 + 32 / 16384)}}
+    assert qlora.claim_verdicts(summary) == ("reproduced", "reproduced", "reproduced")
+    worse = copy.deepcopy(summary)
+    worse["claim_1_quantization_error"]["nf4_lowest_on_weights"] = 20
+    worse["claim_2_qlora_matches_lora"]["qlora_minus_lora"] = {"mean": 0.02, "ci": 0.01, "n": 3, "called": True}
+    worse["claim_3_double_quant_bits"]["saving"] = 0.30
+    assert qlora.claim_verdicts(worse) == ("partly", "not reproduced", "partly")
 
 
 def test_qlora_final_evaluation_can_be_sent_to_a_worker_process():
