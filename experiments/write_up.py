@@ -84,25 +84,30 @@ def run_times(results, sections):
              "Measured by each command itself (`results/<name>/run_info.json`): the wall time of the last "
              "invocation that trained runs, how many of its runs it trained and how many it found in the "
              "cache (runs shared with an earlier section, or an earlier invocation, are not trained again), "
-             "with the processes it ran side by side. The last column is what the command would take from an "
-             "empty cache: its runs times the median training time of one of them (from its records), over "
-             "its processes. Most runs were trained while other jobs shared the 2 cores, so the run times, "
-             "and that estimate, are upper bounds for an idle machine.", "",
-             "| command | runs | trained / from the cache | wall time | processes | one run (median) | "
-             "from an empty cache (estimate) |",
+             "with the processes it ran side by side. Most runs were trained while other jobs shared the 2 "
+             "cores, which stretched them up to several times: the wall times are upper bounds. The last column "
+             "estimates the command on an idle 2-core machine from an empty cache: its distinct runs times the "
+             "lower quartile of its runs' training times (the least disturbed of them), over its processes. "
+             "Run in this document's order, each command finds its predecessors' runs in the cache and trains "
+             "only its own.", "",
+             "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile) | "
+             "from an empty cache, idle (estimate) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, _ in sections:
-        info = results.json(name, "run_info.json")
-        info = info.get("last_training_run") or info  # the last invocation that trained runs
+        current = results.json(name, "run_info.json")
+        info = current.get("last_training_run") or current  # the last invocation that trained runs
         try:
             times = sorted(r["wall_time_s"] for r in results.json(name, "records.json") if r.get("wall_time_s"))
         except (OSError, ValueError, KeyError, TypeError):
             times = []
-        one = times[len(times) // 2] if times else None
-        workers = max(1, info["workers"] or 1)
+        one = times[len(times) // 4] if times else None
+        recorded = info["runs_trained"] > 0  # else its runs were trained before run_info.json existed
+        workers = max(1, info["workers"] or 1) if recorded else current["cpu_count"]  # then: the default
+        wall = f"{info['wall_time_s'] / 60:.1f} min" if recorded else "not recorded"
         empty = f"{info['runs_planned'] * one / workers / 60:.0f} min" if one else "-"
         lines.append(f"| `python -m experiments.{name}` | {info['runs_planned']} | {info['runs_trained']} / "
-                     f"{info['runs_planned'] - info['runs_trained']} | {info['wall_time_s'] / 60:.1f} min | "
+                     f"{info['runs_planned'] - info['runs_trained']} | "
+                     f"{wall} | "
                      f"{workers} | {f'{one:.0f} s' if one else '-'} | {empty} |")
     return "\n".join(lines) + "\n"
 
@@ -237,8 +242,8 @@ block, {bench['threads']} threads, {bench['torch']}; each round times one step o
 and a ratio is the median over {a['steps']} rounds of the two steps' ratio within a round. A LoRA step was
 {faster('lora_step / full_step')} than a full fine-tuning step; the floor, a step with every weight
 frozen and no adapter at all, {faster('floor_step / full_step')}. The straightforward
-`base(x) + (x @ A.T @ B.T) * scaling` took {ratio['straightforward_lora_step / full_step']:.2f}x a full step:
-minilora's fused path makes the difference.{qlora} A merged LoRA model's forward took
+`base(x) + (x @ A.T @ B.T) * scaling` took {ratio['straightforward_lora_step / full_step']:.2f}x a full step, minilora's
+fused path {ratio['lora_step / full_step']:.2f}x: most of LoRA's gain in step time here comes from the fused path.{qlora} A merged LoRA model's forward took
 {ratio['lora_forward_merged / base_forward']:.2f}x the base model's (the same computation), an unmerged one
 {ratio['lora_forward_unmerged / base_forward']:.2f}x. On the tiny GPT the adapters' thin products and small ops cost
 about what skipping the weight gradients saves ([`docs/performance.md`](docs/performance.md), with the
