@@ -56,7 +56,7 @@ def test_full_vs_lora_end_to_end(tmp_path, corpora):
 
 def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     out = tmp_path / "sweep"
-    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
     assert [(r["method"], r["variant"], r["r"]) for r in records] == [
         ("full", None, None), ("lora", "lora", 1), ("lora", "lora", 2), ("lora", "rslora", 2)]  # rsLoRA r=1 is LoRA r=1
@@ -73,7 +73,7 @@ def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     assert len([f for f in cached if f.endswith(".json")]) == 4
     assert len([f for f in cached if f.endswith(".adapter.pt")]) == 3  # each LoRA run keeps its adapter
     mtimes = [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
-    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--out", str(out)])  # a finished run is not redone
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--out", str(out)])  # a finished run is not redone
     assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
     assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("base-")]) == 1
 

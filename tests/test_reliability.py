@@ -469,7 +469,7 @@ def test_force_trains_each_run_once(tmp_path, corpora, monkeypatch):
 
     real, calls = finetune_module.train, []
     monkeypatch.setattr(finetune_module, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = [*TOY, *corpora, "--out", str(tmp_path / "out"), "--ranks", "1,2", "--no-full", "--no-rslora",
+    args = [*TOY, *corpora, "--out", str(tmp_path / "out"), "--ranks", "1,2", "--seeds", "1", "--no-full", "--no-rslora",
             "--workers", "1"]
     rank_sweep.main(args)
     assert len(calls) == 2
