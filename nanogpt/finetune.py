@@ -5,6 +5,8 @@
         --lora-targets all-linear --max-iters 600 --out runs/my-adapter
     python -m nanogpt.finetune --base runs/base/ckpt.pt --corpus my.txt --qlora --out runs/my-qlora
     python -m nanogpt.finetune --base runs/base/ckpt.pt --corpus my.txt --full --out runs/my-full
+    torchrun --standalone --nproc_per_node 2 -m nanogpt.finetune --base runs/base/ckpt.pt --corpus my.txt \
+        --out runs/my-adapter     # on 2 processes (GPUs, or CPU processes): the same run, see below
 
 OUT gets:
     adapter.pt     the adapter (LoRA only): A, B, the config, and the base's fingerprint (a few
@@ -19,7 +21,11 @@ OUT gets:
 The run is nanogpt.train's: the same loop (train()), progress bar, checks and atomic writes. A
 folder that already holds a run is continued only with --resume (with the settings it was started
 with: a flag given again with another value is refused) and replaced only with --overwrite; a
-loss that becomes NaN or inf stops the run, keeping the last good checkpoint.
+loss that becomes NaN or inf stops the run, keeping the last good checkpoint. Launched by torchrun,
+it trains with DistributedDataParallel as nanogpt.train does (nanogpt/distributed.py): --batch-size
+is the global batch, each of the N processes trains on its share of it, only the adapters'
+gradients are all-reduced, and only rank 0 writes files; the run gives the losses one process
+gives, to float rounding.
 
 The defaults are the setup the project's learning rates were tuned on (see DEFAULT_LR): LoRA r=8,
 alpha 16, on every linear layer of every block, 600 steps at batch 12, a warm-up of a tenth of
@@ -34,6 +40,7 @@ import torch
 
 from minilora import apply_lora, count_parameters, save_adapter
 from minilora.qlora import QUANTIZE_CHOICES
+from nanogpt import distributed
 from nanogpt.checkpoint import check_plain_gpt_weights, config_from_checkpoint, load_checkpoint
 from nanogpt.data import load_corpus
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
@@ -77,7 +84,9 @@ def make_parser():
         description="Fine-tune a trained GPT on a text: a LoRA adapter by default, every weight with --full.",
         epilog="A folder that already holds a run is continued only with --resume (with its saved settings) and "
                "replaced only with --overwrite. Then: python -m nanogpt.sample --ckpt BASE --adapter OUT/adapter.pt; "
-               "python -m nanogpt.export --base BASE --adapter OUT/adapter.pt --out MERGED.")
+               "python -m nanogpt.export --base BASE --adapter OUT/adapter.pt --out MERGED. On several processes: "
+               "torchrun --standalone --nproc_per_node N -m nanogpt.finetune ... (DistributedDataParallel; "
+               "--batch-size stays the global batch; see nanogpt/distributed.py).")
     p.add_argument("--base", metavar="CKPT", help="the trained base model's checkpoint, e.g. runs/base/ckpt.pt "
                                                   "from nanogpt.train (required, except with --resume)")
     p.add_argument("--corpus", help="the text to learn: a file path, or python-code, python-docs, shakespeare "
@@ -99,7 +108,9 @@ def make_parser():
                         "full precision)")
     p.add_argument("--qlora", dest="quantize", action="store_const", const="nf4", help="the same as --quantize nf4")
     p.add_argument("--max-iters", type=positive_int, help=f"training steps (default {RUN_DEFAULTS['max_iters']})")
-    p.add_argument("--batch-size", type=positive_int, help=f"sequences per step (default {RUN_DEFAULTS['batch_size']})")
+    p.add_argument("--batch-size", type=positive_int,
+                   help=f"sequences per optimizer step, over all processes: under torchrun with N processes each "
+                        f"takes batch-size / N of them, so N must divide it (default {RUN_DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=positive_float,
                    help=f"peak learning rate (default {DEFAULT_LR['lora']:g} for LoRA, {DEFAULT_LR['full']:g} with "
                         f"--full: the best rates of experiments.lr_sweep on the default setup; see DEFAULT_LR in "
@@ -116,7 +127,9 @@ def make_parser():
                    help="the base model's own text, evaluated as base_val_loss to show what is forgotten: a name or "
                         "path, or none (default: the corpus the base checkpoint records)")
     p.add_argument("--seed", type=seed_flag, help=f"adapter init and batch order (default {RUN_DEFAULTS['seed']})")
-    p.add_argument("--device", type=device_flag, default="auto", help=DEVICE_HELP + " (default auto)")
+    p.add_argument("--device", type=device_flag, default="auto",
+                   help=DEVICE_HELP + " (default auto; under torchrun, cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--dist-backend", type=distributed.backend_flag, default="auto", help=distributed.BACKEND_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     return p
 
@@ -192,7 +205,8 @@ def load_corpora(settings, block_size, out, saved=None):
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    out, device = args.out, args.device
+    device = distributed.setup(args.device, args.dist_backend)  # under torchrun: join the others
+    out = args.out
     ckpt_path = os.path.join(out, "ckpt.pt")
     given = {name: getattr(args, name) for name in RUN_DEFAULTS}
 
@@ -218,6 +232,7 @@ def main(argv=None):
         if os.path.abspath(ckpt_path) == os.path.abspath(settings["base"]):
             raise CommandError(f"--out {out!r} holds the base checkpoint {settings['base']!r}: the run would replace it; "
                                f"choose another --out")
+    distributed.batch_share(settings["batch_size"], world=distributed.world_size(), what="--batch-size")
     corpus, base_corpus = load_corpora(settings, config.block_size, out, saved)
 
     torch.manual_seed(settings["seed"])
@@ -227,14 +242,15 @@ def main(argv=None):
     if args.resume:
         start_step, history, elapsed = restore_training_state(checkpoint, model, optimizer, out)
         print(f"resuming {ckpt_path} at step {start_step} of {settings['max_iters']}")
-    else:
+    elif distributed.is_main():  # under torchrun, rank 0 writes the files
         write_json(settings, os.path.join(out, SETTINGS))
     trainable, total, percent = count_parameters(model)
     what = "full fine-tuning" if settings["full"] else (
         f"LoRA r={settings['lora_r']} alpha={settings['lora_alpha']:g} on {settings['lora_targets']}"
         + (f", {settings['quantize']} base" if settings["quantize"] else ""))
+    processes = f" | {distributed.world_size()} processes" if distributed.is_distributed() else ""
     print(f"{what}: {trainable:,} of {total:,} parameters train ({percent:.2f}%) | {settings['corpus']}: "
-          f"{len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes | device {device}")
+          f"{len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes | device {device}{processes}")
     eval_data = {"train": corpus.train, "val": corpus.val}
     if base_corpus is not None:
         eval_data["base_val"] = base_corpus.val
@@ -250,6 +266,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         raise KeyboardInterrupt(f"{e}. Continue the run with: python -m nanogpt.finetune --out {out} --resume") from None
     report(model, settings, result, out)
+    distributed.barrier()  # rank 0's adapter is written when main() returns, in every process
     return result
 
 
@@ -268,6 +285,8 @@ def report(model, settings, result, out):
                      f"sample: python -m nanogpt.sample --ckpt {os.path.join(out, 'ckpt.pt')}")
     else:
         adapter = os.path.join(out, ADAPTER)
+        if not distributed.is_main():  # rank 0 writes it: the processes' adapters are identical under DDP
+            return
         save_adapter(model, adapter)
         lines.append(f"adapter: {adapter} ({os.path.getsize(adapter) / 2**10:,.1f} KiB)\n"
                      f"sample:  python -m nanogpt.sample --ckpt {settings['base']} --adapter {adapter}\n"

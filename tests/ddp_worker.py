@@ -4,7 +4,8 @@
 
 Each stage trains the toy GPT with nanogpt.train.train() under DistributedDataParallel and rank 0
 writes what it saw to OUT/results.json (after every stage, so a later failure keeps the earlier
-ones); the test compares it with one process training at the same seed. The last stage kills
+ones); the test compares it with one process training at the same seed. The "cli" stage runs
+the command nanogpt.train itself (the test then fine-tunes its model with torchrun -m nanogpt.finetune). The last stage kills
 rank 1 in the middle of training, to check that the launch then ends with an error instead
 of hanging.
 """
@@ -67,6 +68,13 @@ def experiment_runs(corpus, cache, workers):
                  seed=1, device="cpu", cache_dir=cache, eval_interval=3, eval_iters=2, progress=False)
             for m in ("full", "lora")]
     return run_all(plan, workers=workers, progress=False)
+
+
+def finetune_args(base, text, out):
+    """The flags of a short LoRA fine-tuning of the "cli" stage's model with nanogpt.finetune."""
+    return ["--base", base, "--corpus", text, "--lora-r", "4", "--lora-alpha", "8", "--max-iters", "4",
+            "--batch-size", "4", "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1",
+            "--base-corpus", "none", "--device", "cpu", "--out", out, "--no-progress"]
 
 
 def checksum_everywhere(model):

@@ -22,6 +22,7 @@ from nanogpt import distributed
 from nanogpt.data import get_batch, load_corpus
 from nanogpt.flags import CommandError
 from nanogpt.model import GPT
+from nanogpt.finetune import main as finetune_main
 from nanogpt.train import main as train_main
 from nanogpt.train import make_parser
 
@@ -141,6 +142,37 @@ def test_train_command_under_torchrun_writes_once_what_one_process_writes(launch
     assert [h["step"] for h in two] == [h["step"] for h in one] == [0, 2, 4]
     for key in ("train_loss", "val_loss"):
         assert [h[key] for h in two] == pytest.approx([h[key] for h in one], abs=1e-5, rel=0)
+
+
+def test_finetune_command_under_torchrun_trains_as_one_process_and_writes_once(launch, tmp_path):
+    stage(launch, "cli")  # the base model: the train command's run in the launch
+    base, text = str(launch.out / "cli" / "ckpt.pt"), str(launch.out / "toy.txt")
+    code, output = torchrun(2, ["-m", "nanogpt.finetune", *ddp_worker.finetune_args(base, text, str(tmp_path / "two"))])
+    assert code == 0, output[-4000:]
+    assert "| 2 processes" in output  # the processes joined one group (without it each trains alone)
+    assert sorted(os.listdir(tmp_path / "two")) == ["adapter.pt", "ckpt.pt", "history.json", "settings.json"]
+    finetune_main(ddp_worker.finetune_args(base, text, str(tmp_path / "one")))
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    assert [h["step"] for h in two] == [h["step"] for h in one] == [0, 2, 4]
+    for key in ("train_loss", "val_loss"):
+        assert [h[key] for h in two] == pytest.approx([h[key] for h in one], abs=1e-5, rel=0)
+    assert two[-1]["val_loss"] != two[0]["val_loss"]  # the adapter trained
+    theirs = torch.load(tmp_path / "two" / "adapter.pt", weights_only=True)["tensors"]
+    mine = torch.load(tmp_path / "one" / "adapter.pt", weights_only=True)["tensors"]
+    assert theirs.keys() == mine.keys() and len(mine) == 12  # A and B of the 1-layer base's 6 linears
+    for name in mine:
+        assert torch.allclose(theirs[name], mine[name], atol=1e-5, rtol=0), name
+
+
+def test_finetune_command_refuses_a_batch_its_processes_cannot_split_before_training(launch, tmp_path):
+    stage(launch, "cli")
+    base, text = str(launch.out / "cli" / "ckpt.pt"), str(launch.out / "toy.txt")
+    args = ddp_worker.finetune_args(base, text, str(tmp_path / "odd")) + ["--batch-size", "3"]
+    code, output = torchrun(2, ["-m", "nanogpt.finetune", *args])
+    assert code != 0
+    assert "--batch-size 3 is the global batch, and it cannot be split evenly over 2 processes" in output
+    assert not (tmp_path / "odd" / "ckpt.pt").exists()  # refused before the first step
 
 
 def test_a_batch_the_processes_cannot_split_is_a_clear_error(launch):
