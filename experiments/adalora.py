@@ -26,6 +26,7 @@ OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.
 """
 import argparse
 import itertools
+import math
 import os
 import re
 import statistics
@@ -55,15 +56,15 @@ def nonnegative_int(text):
 
 
 def number_flag(low, below=None):
-    """An argparse type: a number >= low, and < below if given."""
-    what = f"a number >= {low:g}" if below is None else f"a number in [{low:g}, {below:g})"
+    """An argparse type: a finite number >= low, and < below if given."""
+    what = f"a finite number >= {low:g}" if below is None else f"a number in [{low:g}, {below:g})"
 
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not (value >= low and (below is None or value < below)):
+        if not (value >= low and math.isfinite(value) and (below is None or value < below)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse

@@ -69,7 +69,8 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     (["--t-init", "3", "--t-final", "3"], "--t-init \\+ --t-final = 3 \\+ 3 must be less than --max-iters=6"),
     (["--target-r", "13"], "--target-r=13 must be in 1..--init-r=12"),
     (["--beta1", "1"], "expected a number in \\[0, 1\\), got '1'"),
-    (["--gamma", "-0.5"], "expected a number >= 0, got '-0.5'"),
+    (["--gamma", "-0.5"], "expected a finite number >= 0, got '-0.5'"),
+    (["--gamma", "inf"], "expected a finite number >= 0, got 'inf'"),
     (["--adalora-lr", "0.02"], "--adalora-lr=0.02 is not on the tuning grid"),
 ])
 def test_bad_flags_stop_before_any_work(tmp_path, corpora, capsys, flags, message):
