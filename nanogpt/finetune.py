@@ -35,6 +35,7 @@ optimum.
 import argparse
 import os
 import statistics
+import sys
 
 import torch
 
@@ -49,7 +50,7 @@ from nanogpt.flags import device as device_flag
 from nanogpt.flags import seed as seed_flag
 from nanogpt.model import GPT
 from nanogpt.run_folder import check_run_folder, resolve_settings
-from nanogpt.train import configure_optimizer, restore_training_state, train, write_json
+from nanogpt.train import configure_optimizer, divergence_warning, restore_training_state, train, write_json
 
 # The peak learning rate of each method, the best grid rate of `python -m experiments.lr_sweep` (lowest
 # final loss on the new text, mean of three seeds) on the setup the defaults below describe: the tiny GPT
@@ -292,6 +293,9 @@ def report(model, settings, result, out):
                      f"sample:  python -m nanogpt.sample --ckpt {settings['base']} --adapter {adapter}\n"
                      f"merge:   python -m nanogpt.export --base {settings['base']} --adapter {adapter} --out MERGED")
     print("\n".join(lines))
+    warning = divergence_warning(result["history"], model.config.vocab_size)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -302,6 +303,21 @@ def train(
     return result()
 
 
+def divergence_warning(history, vocab_size, flag="--lr"):
+    """A warning when the last evaluation's training loss is worse than guessing: a run can blow up
+    without ever reaching NaN (the loss stays finite but huge), and its exit code 0 must not pass
+    for success. A uniform guess over the vocabulary scores ln(vocab_size) (5.55 nats/byte), and
+    the training loss, unlike the validation loss of an overfitted run, only gets there by diverging.
+    None when it is below that."""
+    loss = history[-1].get("train_loss") if history else None
+    guess = math.log(vocab_size)
+    if not isinstance(loss, float) or loss <= guess:
+        return None
+    return (f"warning: at step {history[-1]['step']} the training loss is {loss:.4g} nats/byte, above a uniform "
+            f"guess over the {vocab_size} byte values (ln {vocab_size} = {guess:.2f}): the run diverged. "
+            f"Try a lower {flag}")
+
+
 def restore_training_state(checkpoint, model, optimizer, folder):
     """For --resume: load a checkpoint's weights, optimizer state and random-number state into
     model and optimizer. Returns (start_step, history, elapsed_s) to pass on to train()."""
@@ -430,6 +446,9 @@ def main(argv=None):
     print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f} "
           f"nats/byte, {last['elapsed_s']:.0f} s, {settings['batch_size'] * config.block_size / median:,.0f} tokens/s "
           f"(median step) -> {ckpt_path}")
+    warning = divergence_warning(result["history"], config.vocab_size)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

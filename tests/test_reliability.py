@@ -207,6 +207,17 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert capsys.readouterr().err.startswith("error: the training loss became nan")
 
 
+def test_a_run_whose_loss_blows_up_but_stays_finite_ends_with_a_warning(tmp_path, corpus, capsys):
+    # lr 30 for 4 steps: the loss climbs to thousands of nats/byte without reaching NaN
+    run_train(corpus, tmp_path / "run", "--max-iters", "4", "--eval-interval", "2", "--lr", "30")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert math.isfinite(history[-1]["train_loss"]) and history[-1]["train_loss"] > math.log(256)
+    err = capsys.readouterr().err
+    assert "warning: at step 4 the training loss is" in err and "the run diverged. Try a lower --lr" in err
+    run_train(corpus, tmp_path / "calm", "--max-iters", "4", "--eval-interval", "2")  # a sound run: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_diverged_fine_tuning_run_is_recorded_as_diverged(tmp_path):
     base = toy_gpt()
     data = load_corpus(str(_write(tmp_path / "t.txt", "hello world, hello code. " * 100)), 16)
