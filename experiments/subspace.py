@@ -444,13 +444,16 @@ def how_to_read(ranks, n_pairs):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/subspace")
-    p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="a low and a high rank, e.g. 8,64")
+    p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="a low rank (at least 2) and a high rank, e.g. 8,64")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per rank (>= 2): --seed, --seed+1, ...")
     p.add_argument("--paper-targets", default=PAPER_TARGETS,
                    help="the paper's target set, run beside --targets ('' to skip it)")
     args = p.parse_args(argv)
     if len(args.ranks) != 2 or args.ranks[0] >= args.ranks[1]:
         p.error(f"--ranks needs a low and a high rank like 8,64; got {args.ranks}")
+    if args.ranks[0] < 2:
+        p.error(f"--ranks: the low rank must be at least 2, got {args.ranks[0]}: the experiment asks whether the "
+                f"low rank's directions 2..r lie in the high rank's subspace, and r=1 has none")
     if args.seeds < 2:
         p.error(f"--seeds must be at least 2 (runs are compared across seeds); got {args.seeds}")
     seeds = seed_list(args.seed, args.seeds)

@@ -78,6 +78,11 @@ def test_seed_spreads_and_the_confidence_interval():
     one = spread([2.0])
     assert math.isnan(one["ci"]) and show(one) == "2.000"
     assert show(a) == "1.200 ± 0.497"
+    # A NaN or inf among the seeds (a diverged run, a measure undefined at a setting): no spread, no call
+    for bad in (math.nan, math.inf):
+        s = spread([1.0, bad, 1.4])
+        assert math.isnan(s["mean"]) and math.isnan(s["ci"]) and s["n"] == 3
+        assert not paired([1.0, 1.1, 1.2], [2.0, bad, 2.2])["called"]
 
 
 def test_a_paired_difference_is_called_only_when_its_interval_excludes_zero():

@@ -211,6 +211,7 @@ def test_bad_ranks_and_seeds_are_clear_errors(tmp_path, corpora, capsys):
     for flags, message in ((["--ranks", "8"], "--ranks needs a low and a high rank"),
                            (["--ranks", "64,8"], "--ranks needs a low and a high rank"),
                            (["--seeds", "1"], "--seeds must be at least 2"),
+                           (["--ranks", "1,8"], "the low rank must be at least 2, got 1"),
                            (["--paper-targets", "q_proj,w_proj"], "a planned run cannot be made"),
                            (["--ranks", "8,64"], "r=64")):  # r=64 does not fit the toy model's 32 dimensions
         with pytest.raises(SystemExit):
