@@ -36,14 +36,16 @@ def spread(values):
     """{"mean", "sd", "ci", "min", "max", "n", "values"} of one number per seed; ci is the half-width
     of the 95% confidence interval of the mean (nan with a single seed: no spread is known). A NaN
     or inf among the values (a diverged run, a measure undefined for a setting) makes the mean, sd
-    and ci NaN: there is no spread to report, and no difference is called on it."""
+    and ci NaN: there is no spread to report, and no difference is called on it. min and max are
+    NaN too when a value is NaN (Python's min and max would depend on where it stands)."""
     values = [float(v) for v in values]
     n = len(values)
     if n == 0:
         raise ValueError("spread of no values")
     if not all(math.isfinite(v) for v in values):
-        return {"mean": math.nan, "sd": math.nan, "ci": math.nan, "min": min(values), "max": max(values),
-                "n": n, "values": values}
+        has_nan = any(math.isnan(v) for v in values)
+        return {"mean": math.nan, "sd": math.nan, "ci": math.nan, "min": math.nan if has_nan else min(values),
+                "max": math.nan if has_nan else max(values), "n": n, "values": values}
     sd = statistics.stdev(values) if n > 1 else math.nan
     ci = t_quantile(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
     return {"mean": statistics.fmean(values), "sd": sd, "ci": ci, "min": min(values), "max": max(values),

@@ -444,7 +444,8 @@ def how_to_read(ranks, n_pairs):
 
 def main(argv=None):
     p = make_parser(__doc__.splitlines()[0], default_out="results/subspace")
-    p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="a low rank (at least 2) and a high rank, e.g. 8,64")
+    p.add_argument("--ranks", type=parse_ranks, default=[8, 64],
+                   help="a low rank (at least 2) and a high rank, e.g. 8,64")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per rank (>= 2): --seed, --seed+1, ...")
     p.add_argument("--paper-targets", default=PAPER_TARGETS,
                    help="the paper's target set, run beside --targets ('' to skip it)")

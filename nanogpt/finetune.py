@@ -24,8 +24,8 @@ with: a flag given again with another value is refused) and replaced only with -
 loss that becomes NaN or inf stops the run, keeping the last good checkpoint. Launched by torchrun,
 it trains with DistributedDataParallel as nanogpt.train does (nanogpt/distributed.py): --batch-size
 is the global batch, each of the N processes trains on its share of it, only the adapters'
-gradients are all-reduced, and only rank 0 writes files; the run gives the losses one process
-gives, to float rounding.
+gradients are all-reduced, and only rank 0 writes the run's files; the run gives the losses one
+process gives, to float rounding.
 
 The defaults are the setup the project's learning rates were tuned on (see DEFAULT_LR): LoRA r=8,
 alpha 16, on every linear layer of every block, 600 steps at batch 12, a warm-up of a tenth of
@@ -272,7 +272,10 @@ def main(argv=None):
 
 
 def report(model, settings, result, out):
-    """Write the adapter (LoRA) and print where things are and what to run next."""
+    """Write the adapter (LoRA) and print where things are and what to run next: on rank 0 only,
+    under torchrun (the processes' models are identical under DDP)."""
+    if not distributed.is_main():
+        return
     last, first = result["history"][-1], result["history"][0]
     lines = [f"step {last['step']}: loss on the new text {first['val_loss']:.4f} -> {last['val_loss']:.4f} nats/byte"]
     if "base_val_loss" in last:
@@ -286,8 +289,6 @@ def report(model, settings, result, out):
                      f"sample: python -m nanogpt.sample --ckpt {os.path.join(out, 'ckpt.pt')}")
     else:
         adapter = os.path.join(out, ADAPTER)
-        if not distributed.is_main():  # rank 0 writes it: the processes' adapters are identical under DDP
-            return
         save_adapter(model, adapter)
         lines.append(f"adapter: {adapter} ({os.path.getsize(adapter) / 2**10:,.1f} KiB)\n"
                      f"sample:  python -m nanogpt.sample --ckpt {settings['base']} --adapter {adapter}\n"

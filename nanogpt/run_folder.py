@@ -22,6 +22,7 @@ import os
 import tempfile
 import warnings
 
+from nanogpt import distributed
 from nanogpt.flags import CommandError
 
 CHECKPOINT = "ckpt.pt"
@@ -90,7 +91,7 @@ def check_run_folder(folder, *, resume, overwrite, flag="--out"):
     - a folder with a run (ckpt.pt or history.json) and neither resume nor overwrite: refused,
       naming the folder and the two ways out;
     - resume with no checkpoint there: refused (nothing to continue);
-    - temporary files left by a killed run are removed.
+    - temporary files left by a killed run are removed (by rank 0 alone, under torchrun).
     The files themselves are replaced only when the new run writes its first checkpoint."""
     if resume and overwrite:
         raise CommandError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
@@ -105,7 +106,8 @@ def check_run_folder(folder, *, resume, overwrite, flag="--out"):
             f"{flag} {folder!r} already holds a run{_describe_run(folder)}; starting again would replace it. "
             f"To continue that run, add --resume; to start over and replace it, add --overwrite; "
             f"or choose another {flag}")
-    clean_stale_temporaries(folder)
+    if distributed.is_main():  # under torchrun, one process tidies: a process id means nothing on another machine
+        clean_stale_temporaries(folder)
 
 
 def resolve_settings(given, defaults, saved=None, source=""):

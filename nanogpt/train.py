@@ -303,19 +303,22 @@ def train(
     return result()
 
 
-def divergence_warning(history, vocab_size, flag="--lr"):
-    """A warning when the last evaluation's training loss is worse than guessing: a run can blow up
-    without ever reaching NaN (the loss stays finite but huge), and its exit code 0 must not pass
-    for success. A uniform guess over the vocabulary scores ln(vocab_size) (5.55 nats/byte), and
-    the training loss, unlike the validation loss of an overfitted run, only gets there by diverging.
-    None when it is below that."""
-    loss = history[-1].get("train_loss") if history else None
+def divergence_warning(history, vocab_size):
+    """A warning when the last evaluation's training loss is worse than guessing and than where the
+    run started: a run can blow up without ever reaching NaN (the loss stays finite but huge), and
+    its exit code 0 must not pass for success. A uniform guess over the vocabulary scores
+    ln(vocab_size) (5.55 nats/byte); a fresh model can start a little above it on a hard text, so
+    the loss must also have risen above its first evaluation. The training loss, unlike the
+    validation loss of an overfitted run, only does both by diverging. None otherwise."""
+    if not history:
+        return None
+    loss, start = history[-1].get("train_loss"), history[0].get("train_loss")
     guess = math.log(vocab_size)
-    if not isinstance(loss, float) or loss <= guess:
+    if not isinstance(loss, float) or loss <= guess or (isinstance(start, float) and loss <= start):
         return None
     return (f"warning: at step {history[-1]['step']} the training loss is {loss:.4g} nats/byte, above a uniform "
-            f"guess over the {vocab_size} byte values (ln {vocab_size} = {guess:.2f}): the run diverged. "
-            f"Try a lower {flag}")
+            f"guess over the {vocab_size} byte values (ln {vocab_size} = {guess:.2f}) and above where it started: "
+            f"the run diverged. Try a lower --lr")
 
 
 def restore_training_state(checkpoint, model, optimizer, folder):
@@ -447,7 +450,7 @@ def main(argv=None):
           f"nats/byte, {last['elapsed_s']:.0f} s, {settings['batch_size'] * config.block_size / median:,.0f} tokens/s "
           f"(median step) -> {ckpt_path}")
     warning = divergence_warning(result["history"], config.vocab_size)
-    if warning:
+    if warning and distributed.is_main():  # stderr is not silenced on the other processes
         print(warning, file=sys.stderr)
 
 

@@ -5,9 +5,9 @@
 Each stage trains the toy GPT with nanogpt.train.train() under DistributedDataParallel and rank 0
 writes what it saw to OUT/results.json (after every stage, so a later failure keeps the earlier
 ones); the test compares it with one process training at the same seed. The "cli" stage runs
-the command nanogpt.train itself (the test then fine-tunes its model with torchrun -m nanogpt.finetune). The last stage kills
-rank 1 in the middle of training, to check that the launch then ends with an error instead
-of hanging.
+the command nanogpt.train itself (the test then fine-tunes its model with torchrun -m
+nanogpt.finetune). The last stage kills rank 1 in the middle of training, to check that the
+launch then ends with an error instead of hanging.
 """
 import json
 import os

@@ -172,7 +172,7 @@ def test_finetune_command_refuses_a_batch_its_processes_cannot_split_before_trai
     code, output = torchrun(2, ["-m", "nanogpt.finetune", *args])
     assert code != 0
     assert "--batch-size 3 is the global batch, and it cannot be split evenly over 2 processes" in output
-    assert not (tmp_path / "odd" / "ckpt.pt").exists()  # refused before the first step
+    assert not (tmp_path / "odd" / "settings.json").exists()  # refused before rank 0 wrote anything
 
 
 def test_a_batch_the_processes_cannot_split_is_a_clear_error(launch):

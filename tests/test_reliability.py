@@ -216,6 +216,15 @@ def test_a_run_whose_loss_blows_up_but_stays_finite_ends_with_a_warning(tmp_path
     assert "warning: at step 4 the training loss is" in err and "the run diverged. Try a lower --lr" in err
     run_train(corpus, tmp_path / "calm", "--max-iters", "4", "--eval-interval", "2")  # a sound run: no warning
     assert "warning" not in capsys.readouterr().err
+    # A fresh model starts a little above ln 256 on random bytes; a run that has not risen from
+    # there has not diverged, even when its loss is above a uniform guess.
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(torch.randint(0, 256, (20_000,), generator=torch.Generator().manual_seed(0)).tolist()))
+    with pytest.warns(UserWarning, match="not valid UTF-8"):  # random bytes: read as they are
+        run_train(str(noise), tmp_path / "noise", "--max-iters", "2", "--eval-interval", "2", "--lr", "1e-6")
+    history = json.loads((tmp_path / "noise" / "history.json").read_text())
+    assert history[-1]["train_loss"] > math.log(256)  # the case the warning must not fire on
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_diverged_fine_tuning_run_is_recorded_as_diverged(tmp_path):

@@ -83,6 +83,8 @@ def test_seed_spreads_and_the_confidence_interval():
         s = spread([1.0, bad, 1.4])
         assert math.isnan(s["mean"]) and math.isnan(s["ci"]) and s["n"] == 3
         assert not paired([1.0, 1.1, 1.2], [2.0, bad, 2.2])["called"]
+    assert all(math.isnan(spread(v)[k]) for v in ([math.nan, 1.0], [1.0, math.nan]) for k in ("min", "max"))
+    assert (spread([1.0, math.inf])["min"], spread([1.0, math.inf])["max"]) == (1.0, math.inf)
 
 
 def test_a_paired_difference_is_called_only_when_its_interval_excludes_zero():
