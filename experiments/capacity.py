@@ -48,7 +48,8 @@ def make_capacity_parser():
     p.add_argument("--ranks", type=parse_ranks, default=[1, 4, 16], help="comma-separated, e.g. 1,4,16")
     p.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     p.add_argument("--seeds", type=positive_int, default=1,
-                   help="fine-tuning seeds per run (the facts stay the same); 1 keeps the default under 15 minutes")
+                   help="fine-tuning seeds per run (the facts stay the same; default 1: each more seed trains "
+                        "every run again)")
     # Memorizing random facts needs many more passes, and a higher rate, than learning prose.
     # Measured on the tiny base (N=256, 300 steps): full at 1e-3 / 3e-3 / 1e-2 reached value loss
     # 2.26 / 2.21 / 2.29 nats/byte (ln 10 = 2.30 is no memorization); LoRA r=16 at N=64, 400 steps:
