@@ -20,9 +20,9 @@ import torch
 from minilora import apply_lora, load_adapter, merge_lora
 from nanogpt import distributed
 from nanogpt.data import get_batch, load_corpus
+from nanogpt.finetune import main as finetune_main
 from nanogpt.flags import CommandError
 from nanogpt.model import GPT
-from nanogpt.finetune import main as finetune_main
 from nanogpt.train import main as train_main
 from nanogpt.train import make_parser
 
