@@ -1,6 +1,6 @@
-"""REPRODUCTIONS.md and the README's results, written from the committed records in results/.
+"""REPRODUCTIONS.md and the results in README.md and docs/, written from the committed records in results/.
 
-    python -m experiments.report            # rewrite experiments/REPRODUCTIONS.md and README.md's generated blocks
+    python -m experiments.report            # rewrite REPRODUCTIONS.md and the generated blocks of README.md and docs/*.md
     python -m experiments.report --check    # exit 1, saying where, if they differ from what results/ gives
 
 Nothing in those tables is typed by hand: each experiment module has a `report(results)` that
@@ -8,11 +8,13 @@ reads its own records and returns its section (claim, command, plot, the numbers
 text around them), and this module puts the sections together. tests/test_report.py fails when
 the committed Markdown is not what the committed records give.
 
-README.md holds generated blocks between `<!-- BEGIN GENERATED: name -->` and
-`<!-- END GENERATED: name -->`; only those are rewritten.
+README.md and the pages in docs/ hold generated blocks between `<!-- BEGIN GENERATED: name -->`
+and `<!-- END GENERATED: name -->`; only those are rewritten. A block may sit in any of these files:
+its links are written from the repository's root and made relative to the file it lands in.
 """
 import argparse
 import difflib
+import glob
 import importlib
 import json
 import os
@@ -22,12 +24,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPRODUCTIONS = os.path.join(ROOT, "experiments", "REPRODUCTIONS.md")
 README = os.path.join(ROOT, "README.md")
+DOCS = os.path.join(ROOT, "docs")
 # The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
 # every other comparison runs each method at its own tuned rate.
 SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
             "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora")
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
                    re.DOTALL)
+# A Markdown link's target: `](path)` or `](path#anchor)`; web addresses and bare anchors are left alone.
+LINK = re.compile(r"(\]\()(?!https?:|mailto:|#|/)([^)\s#]+)")
 
 
 def section_ref(name):
@@ -80,14 +85,34 @@ def fill_blocks(text, blocks):
     return BLOCK.sub(replace, text)
 
 
+def relink(body, path):
+    """body, whose relative links are written from the repository's root, with each link made
+    relative to path's folder: `results/x.png` in docs/results.md becomes `../results/x.png`."""
+    folder = os.path.dirname(path)
+    return LINK.sub(lambda m: m.group(1) + os.path.relpath(os.path.join(ROOT, m.group(2)), folder), body)
+
+
+def block_files():
+    """README.md and docs/*.md that hold at least one generated block: {path: its text}."""
+    out = {}
+    for path in [README] + sorted(glob.glob(os.path.join(DOCS, "*.md"))):
+        with open(path) as f:
+            text = f.read()
+        if BLOCK.search(text):
+            out[path] = text
+    return out
+
+
 def expected_files(results):
     """{path: the content the records give}."""
     from experiments.write_up import document  # the prose around the sections
 
-    with open(README) as f:
-        readme = f.read()
     secs = sections(results)
-    return {REPRODUCTIONS: document(results, secs), README: fill_blocks(readme, readme_blocks(results, secs))}
+    blocks = readme_blocks(results, secs)
+    out = {REPRODUCTIONS: document(results, secs)}
+    for path, text in block_files().items():
+        out[path] = fill_blocks(text, {name: relink(body, path) for name, body in blocks.items()})
+    return out
 
 
 def main(argv=None):
@@ -114,7 +139,7 @@ def main(argv=None):
               f"regenerate with: python -m experiments.report", file=sys.stderr)
         return 1
     if not stale:
-        print("REPRODUCTIONS.md and README.md are what results/ gives")
+        print("REPRODUCTIONS.md and the generated blocks of README.md and docs/ are what results/ gives")
     return 0
 
 

@@ -44,3 +44,27 @@ def test_check_fails_and_names_the_file_when_a_record_changes(tmp_path, monkeypa
     monkeypatch.setattr(report, "Results", lambda: Results(str(results)))
     assert report.main(["--check"]) == 1
     assert "README.md" in capsys.readouterr().err
+
+
+def test_relink_makes_the_blocks_links_relative_to_the_page_they_land_in():
+    text = "![plot](results/a.png) [scale](docs/scale.md#memory) [web](https://example.com) [here](#top)"
+    page = os.path.join(report.ROOT, "docs", "page.md")
+    assert report.relink(text, page) == ("![plot](../results/a.png) [scale](scale.md#memory) "
+                                         "[web](https://example.com) [here](#top)")
+    assert report.relink(text, report.README) == text
+
+
+def test_a_block_in_a_docs_page_is_rewritten_and_checked(tmp_path, monkeypatch, capsys):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("no generated block here\n")
+    page = tmp_path / "docs" / "speed.md"
+    page.write_text("# Speed\n\n<!-- BEGIN GENERATED: speed -->\nstale\n<!-- END GENERATED: speed -->\n")
+    monkeypatch.setattr(report, "ROOT", str(tmp_path))
+    monkeypatch.setattr(report, "README", str(tmp_path / "README.md"))
+    monkeypatch.setattr(report, "DOCS", str(tmp_path / "docs"))
+    expected = report.expected_files(Results())
+    assert str(tmp_path / "README.md") not in expected  # a file without blocks is not touched
+    body = expected[str(page)]
+    assert "stale" not in body and "](performance.md)" in body and "](docs/" not in body
+    assert report.main(["--check"]) == 1
+    assert "docs/speed.md" in capsys.readouterr().err
