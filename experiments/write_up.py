@@ -193,7 +193,7 @@ width: low rank only pays while r is small next to the layer's width.
 
 One seed each (`python -m experiments.full_vs_lora`, seed {f['seed']}). Step times are not
 compared here: one run after another on a shared machine is noise. `experiments/bench_lora.py`
-times the two in turns ("Is LoRA faster?" below).
+times the two in turns ([Is LoRA faster?](docs/results.md#is-lora-faster)).
 
 **Where the memory goes.** Parameter, gradient and optimizer bytes are read from the tensors and
 equal the analytic count exactly (tested): 16 bytes per trainable fp32 parameter for full
@@ -224,6 +224,8 @@ def speed(results):
     bench = results.json("bench_lora", "bench_lora.json")
     ratio, quart = bench["ratios"], bench["ratio_quartiles"]
     a = bench["args"]
+    counts = bench["trainable_parameters"]
+    base_params = counts["total"] - counts["lora"]  # the preset's own size, without the adapters
 
     def faster(key):  # a step-time ratio as "N.NNx faster (quartiles a to b)"
         q = quart[key]
@@ -237,7 +239,7 @@ def speed(results):
                  f"dequantizing was {100 * ratio['qlora_dequantize_time / qlora_step (profile)']:.0f}% of its "
                  f"step in a profile.")
     return f"""Measured by `python -m experiments.bench_lora` (`results/bench_lora/`): the `{a['preset']}` GPT
-({bench['trainable_parameters']['total'] / 1e6:.1f}M parameters), batch {a['batch_size']}, r={a['r']} on the six linear layers of every
+({base_params / 1e6:.2f}M parameters), batch {a['batch_size']}, r={a['r']} on the six linear layers of every
 block, {bench['threads']} threads, {bench['torch']}; each round times one step of every variant in turn,
 and a ratio is the median over {a['steps']} rounds of the two steps' ratio within a round. A LoRA step was
 {faster('lora_step / full_step')} than a full fine-tuning step; the floor, a step with every weight
@@ -331,7 +333,7 @@ def scale(results):
         ours = f"{row['ours']:.2f}x" if row["unit"] == "x" else scale_report.fmt_bytes(row["ours"])
         rows.append(f"| {row['claim']} | {row['paper_text']} | {ours} | {row['what']} |")
     sizes = ", ".join(f"`{r['preset']}`" for r in data["sizes"])
-    return f"""The tiny GPT below is the first point on a curve. `python -m experiments.scale` measures
+    return f"""The tiny GPT of the main results is the first point on a curve. `python -m experiments.scale` measures
 full fine-tuning, LoRA, QLoRA and the frozen floor at {sizes} (random
 weights: costs depend on shapes, not values), each part of the memory beside a cost model
 (`experiments/cost_model.py`) that predicts it to the byte{caveat}:
@@ -413,7 +415,7 @@ def reproductions_table(sections):
 
 
 def readme_blocks(results, sections=None):
-    """{block name: Markdown} for the README's generated blocks."""
+    """{block name: Markdown}: the generated blocks of README.md and the docs/ pages."""
     blocks = {}
     if results.has("rank_sweep") and results.has("full_vs_lora", "records.json"):
         blocks["main-results"] = main_results(results)

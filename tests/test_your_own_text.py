@@ -1,4 +1,4 @@
-"""The README's "Your own text" section, run as written, at toy size: each command a process of its
+"""The "Your own text" section of docs/command-line.md, run as written, at toy size: each command a process of its
 own (as a user types it), with flags appended that make the model and the runs tiny."""
 import os
 import pathlib
@@ -21,7 +21,7 @@ TOY = {  # appended to each command: later flags win in argparse
 
 def readme_commands():
     """The four commands of the section's code block, split as a shell would."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "command-line.md").read_text()
     section = text.split("## Your own text", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [shlex.split(line) for line in block.strip().splitlines()]
