@@ -4,7 +4,7 @@ from nanogpt.model import GPTConfig
 PRESETS = {
     # A laptop CPU: the base model trains in about two minutes on 2 cores (0.8M parameters).
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
-    # A GPU: about nanoGPT's Shakespeare-char size (10.84M parameters).
+    # A GPU: about nanoGPT's Shakespeare-char size (10.7M parameters).
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     # GPT-2's shapes (Radford et al. 2019) with byte tokens (vocabulary 256, not 50257), so the
     # parameters are GPT-2's less most of its embedding: 86M, 304M and 710M. For measuring costs
