@@ -35,9 +35,9 @@ def test_fill_blocks_rewrites_only_the_marked_blocks():
 
 def test_check_fails_and_names_the_file_when_a_record_changes(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
-    for name in ("lr_sweep", "rank_sweep", "full_vs_lora"):  # the README block's inputs and the opening's
+    for name in ("lr_sweep", "rank_sweep_reproduction", "full_vs_lora"):  # the README block's inputs and the opening's
         shutil.copytree(os.path.join(Results().root, name), results / name)
-    summary_path = results / "rank_sweep" / "rank_sweep.json"
+    summary_path = results / "rank_sweep_reproduction" / "rank_sweep.json"
     summary = json.loads(summary_path.read_text())
     summary["groups"][0]["target_loss"]["mean"] += 0.5  # a record that no longer matches the text
     summary_path.write_text(json.dumps(summary))
