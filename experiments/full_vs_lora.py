@@ -4,14 +4,17 @@
     python -m experiments.full_vs_lora --device cuda --preset small
 
 Writes OUT/records.json, OUT/loss_curves.png, OUT/costs.png, OUT/memory_vs_batch.png (one
-measured step per batch size: where LoRA's memory saving goes as activations grow) and OUT/results.md.
+measured step per batch size: where LoRA's memory saving goes as activations grow), OUT/results.md
+and OUT/run_info.json (its wall time: the second part of the quickstart, after rank_sweep, whose
+runs it finds in the cache).
 """
 import os
 
-from experiments.common import (check_runs, load_setup, make_parser,
+from experiments.common import (check_runs, finish_experiment, load_setup, make_parser,
                                 parse_batch_sizes, parse_methods, parse_targets, positive_int, run_kwargs)
-from experiments.finetune import measure_step_memory, prepare_model, run_finetune
+from experiments.finetune import measure_step_memory, prepare_model
 from experiments.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
+from experiments.runs import run_all
 from nanogpt.train import write_json
 
 
@@ -29,10 +32,12 @@ def main(argv=None):
         "lora": {"method": "lora", "variant": "lora", "r": args.r, "alpha": args.alpha,
                  "targets": parse_targets(args.targets), "lr": args.lora_lr},
     }
-    records = []
-    for method in args.methods:
-        print(f"fine-tuning: {method}")
-        records.append(run_finetune(base, base_key, specs[method], target, source, **run_kwargs(args, device)))
+    # One run after the other in this process (each with every thread), as this command always ran
+    # them; run_all reads back the runs rank_sweep already made and counts them for run_info.json.
+    args.workers = 1
+    plan = [dict(base=base, base_key=base_key, spec=specs[m], target=target, source=source, **run_kwargs(args, device))
+            for m in args.methods]
+    records = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="full vs LoRA")
     write_json(records, os.path.join(args.out, "records.json"))
     title = f"{args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, batch {args.batch_size}, {device}"
     plot_loss_curves(records, os.path.join(args.out, "loss_curves.png"), title)
@@ -47,8 +52,9 @@ def main(argv=None):
         write_json(rows, os.path.join(args.out, "memory_vs_batch.json"))
         plot_memory_vs_batch(rows, os.path.join(args.out, "memory_vs_batch.png"), title)
     table = write_markdown(os.path.join(args.out, "results.md"), "Full fine-tuning vs LoRA", title, records)
+    finish_experiment(args, argv)
     print(table)
-    print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, memory_vs_batch.png, results.md")
+    print(f"wrote {args.out}/records.json, loss_curves.png, costs.png, memory_vs_batch.png, results.md, run_info.json")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 """Sweep the LoRA rank, with alpha fixed (alpha/r) and with rsLoRA (alpha/sqrt(r)), against full fine-tuning.
 
-    python -m experiments.rank_sweep                          # ranks 1..64, 3 seeds, CPU, tiny, offline
-    python -m experiments.rank_sweep --seeds 1                # a quick look (a third of the runs)
-    python -m experiments.rank_sweep --ranks 1,4,16 --device cuda --preset small
+    python -m experiments.rank_sweep                          # the quickstart: ranks 1,4,8,16,64, one seed
+    python -m experiments.rank_sweep --reproduce              # REPRODUCTIONS.md's sweep: ranks 1..64, 3 seeds, rsLoRA too
+    python -m experiments.rank_sweep --ranks 1,4,16 --seeds 3 --rslora --device cuda --preset small
+
+Two sweeps, one per use. The default is the quickstart (minutes on a laptop CPU): one seed of
+full fine-tuning and of LoRA at five ranks, alpha/r, into results/rank_sweep/. Its runs are the
+first seed of the reproduction's runs (same settings, same seed, same cache key), so they give
+the same losses. --reproduce is the three-seed sweep that REPRODUCTIONS.md's rank section and
+the README's results read (results/rank_sweep_reproduction/): ranks 1 to 64, both scalings.
 
 Two scalings side by side, because the shape of the curve depends on it. With alpha fixed (as in
 the LoRA paper and loralib), the update is scaled by alpha/r, which falls from 16 at r=1 to 0.25
@@ -12,10 +18,12 @@ tuned for r=8 with alpha/r (see lr_sweep.py).
 
 Writes OUT/records.json, OUT/rank_sweep.json (per run group: losses over seeds),
 OUT/final_loss_vs_rank.png, OUT/params_memory_vs_rank.png, OUT/loss_curves.png,
-OUT/early_curves.png and OUT/results.md.
+OUT/early_curves.png, OUT/results.md and OUT/run_info.json.
 """
+import argparse
 import os
 import statistics
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 
@@ -30,6 +38,25 @@ from nanogpt.train import write_json
 SCALINGS = {"lora": "LoRA, alpha/r", "rslora": "rsLoRA, alpha/sqrt(r)"}
 EARLY_STEPS = (25, 50, 100, 200, 600)  # where the early training curves are compared
 SMOOTHING = 25  # steps in the moving average of the training loss (one batch is noisy)
+REPORT_FOLDER = "rank_sweep_reproduction"  # under results/: the sweep REPRODUCTIONS.md and the README read
+COMMAND = "python -m experiments.rank_sweep --reproduce"  # the command that writes it
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a rank sweep trains, and where it writes: the settings --reproduce fixes together."""
+    ranks: tuple  # LoRA ranks, each with every scaling
+    seeds: int  # fine-tuning seeds per run
+    rslora: bool  # also the rsLoRA series (alpha/sqrt(r)) beside alpha/r
+    out: str  # the results folder
+
+
+# The quickstart: full fine-tuning and five ranks, one seed: six runs, two at a time on two cores.
+# 1, 4, 16, 64 draw the curve; r=8 is the rank LoRA's rate was tuned at and full_vs_lora's default,
+# so full_vs_lora then finds both its runs in the cache.
+QUICKSTART = Sweep(ranks=(1, 4, 8, 16, 64), seeds=1, rslora=False, out="results/rank_sweep")
+# REPRODUCTIONS.md's section: 42 distinct runs (results/rank_sweep_reproduction/run_info.json has its time).
+REPRODUCTION = Sweep(ranks=(1, 2, 4, 8, 16, 32, 64), seeds=3, rslora=True, out=os.path.join("results", REPORT_FOLDER))
 
 
 def group_summary(name, kind, r, runs):
@@ -137,31 +164,62 @@ def results_table(groups):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/rank_sweep")
-    p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64], help="comma-separated, e.g. 1,2,4")
-    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per run (3 to call a difference; 1 for a quick look)")
+def parse_args(argv=None):
+    """The flags, with the sweep's shape filled in: the quickstart's, or with --reproduce the
+    reproduction's (which fixes ranks, seeds and scalings, and writes its own folder unless --out says)."""
+    p = make_parser(__doc__.splitlines()[0], default_out=QUICKSTART.out)
+    p.add_argument("--reproduce", action="store_true",
+                   help=f"the three-seed sweep of REPRODUCTIONS.md: ranks {','.join(map(str, REPRODUCTION.ranks))}, "
+                        f"{REPRODUCTION.seeds} seeds, alpha/r and rsLoRA, full fine-tuning; writes {REPRODUCTION.out}")
+    p.add_argument("--ranks", type=parse_ranks,
+                   help=f"comma-separated, e.g. 1,2,4 (default {','.join(map(str, QUICKSTART.ranks))})")
+    p.add_argument("--seeds", type=positive_int,
+                   help=f"fine-tuning seeds per run (default {QUICKSTART.seeds}: a quick look; 3 to call a difference)")
+    p.add_argument("--rslora", action=argparse.BooleanOptionalAction,
+                   help="also sweep rsLoRA (alpha/sqrt(r)) beside alpha/r (default: alpha/r only; --no-rslora is that)")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
-    p.add_argument("--no-rslora", action="store_true", help="skip the rsLoRA series (alpha/sqrt(r))")
+    p.set_defaults(out=None)  # the default folder depends on --reproduce
     args = p.parse_args(argv)
+    shape = REPRODUCTION if args.reproduce else QUICKSTART
+    if args.reproduce:
+        given = [flag for flag, value in (("--ranks", args.ranks), ("--seeds", args.seeds),
+                                          ("--rslora/--no-rslora", args.rslora), ("--no-full", args.no_full or None))
+                 if value is not None]
+        if given:
+            p.error(f"--reproduce runs the reproduction's own ranks, seeds and scalings, so it takes no "
+                    f"{', '.join(given)}; leave out --reproduce to choose them")
+    args.ranks = list(shape.ranks) if args.ranks is None else args.ranks
+    args.seeds = shape.seeds if args.seeds is None else args.seeds
+    args.rslora = shape.rslora if args.rslora is None else args.rslora
+    args.full = not args.no_full
+    args.out = shape.out if args.out is None else args.out
+    return args
+
+
+def plan_groups(args, targets):
+    """[(name, kind, r, spec)]: full fine-tuning, then LoRA at every rank, then rsLoRA at every rank."""
+    groups = [("full fine-tuning", "full", None, {"method": "full", "lr": args.full_lr})] if args.full else []
+    for kind in SCALINGS if args.rslora else ["lora"]:
+        name = "LoRA" if kind == "lora" else "rsLoRA"
+        # At r=1 the two scalings are the same number (alpha / 1), so rsLoRA r=1 is LoRA r=1's run.
+        groups += [(f"{name} r={r}", kind, r, {"method": "lora", "variant": "lora" if r == 1 else kind, "r": r,
+                                               "alpha": args.alpha, "targets": targets, "lr": args.lora_lr})
+                   for r in args.ranks]
+    return groups
+
+
+def main(argv=None):
+    args = parse_args(argv)
     seeds = seed_list(args.seed, args.seeds)
     check_runs(args, ranks=args.ranks)
     base, base_key, source, target, device = load_setup(args)
     kwargs = run_kwargs(args, device)
-    targets = parse_targets(args.targets)
-
-    plan_groups = [] if args.no_full else [("full fine-tuning", "full", None, {"method": "full", "lr": args.full_lr})]
-    for kind in SCALINGS if not args.no_rslora else ["lora"]:
-        name = "LoRA" if kind == "lora" else "rsLoRA"
-        # At r=1 the two scalings are the same number (alpha / 1), so rsLoRA r=1 is LoRA r=1's run.
-        plan_groups += [(f"{name} r={r}", kind, r, {"method": "lora", "variant": "lora" if r == 1 else kind, "r": r,
-                                                    "alpha": args.alpha, "targets": targets, "lr": args.lora_lr})
-                        for r in args.ranks]
+    planned = plan_groups(args, parse_targets(args.targets))
     plan = [dict(base=base, base_key=base_key, spec=spec, target=target, source=source, **{**kwargs, "seed": s})
-            for *_, spec in plan_groups for s in seeds]
+            for *_, spec in planned for s in seeds]
     records = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="rank sweep")
     groups = []
-    for k, (name, kind, r, _) in enumerate(plan_groups):
+    for k, (name, kind, r, _) in enumerate(planned):
         runs = records[k * len(seeds):(k + 1) * len(seeds)]
         groups.append({**group_summary(name, kind, r, runs), "runs": runs})
 
@@ -195,9 +253,10 @@ EXPECTED_RANGE = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8:
 
 
 def report(results):
-    """Section of REPRODUCTIONS.md from results/rank_sweep: the early curves (LoRA Without Regret)
-    and what more rank buys at the tuned rate, with alpha/r and with alpha/sqrt(r)."""
-    summary = results.json("rank_sweep", "rank_sweep.json")
+    """Section of REPRODUCTIONS.md from the three-seed sweep (results/rank_sweep_reproduction): the
+    early curves (LoRA Without Regret) and what more rank buys at the tuned rate, with alpha/r and
+    with alpha/sqrt(r)."""
+    summary = results.json(REPORT_FOLDER, "rank_sweep.json")
     groups = summary["groups"]
     lora = [g for g in groups if g["kind"] == "lora"]
     rs = [g for g in groups if g["kind"] == "rslora"]
@@ -250,19 +309,21 @@ def report(results):
 rate, LoRA's learning curves at different ranks coincide early in training; the low ranks fall
 behind later, once the data ask for more than they can hold.
 
-**Command.** `python -m experiments.rank_sweep` (`results/rank_sweep/`): ranks
+**Command.** `{COMMAND}` (`results/{REPORT_FOLDER}/`): ranks
 {', '.join(str(r) for r in sorted(by_r))}, alpha 16 fixed (alpha/r) and rsLoRA (alpha/sqrt(r)), all at LoRA's tuned rate
-{summary['lr']:g}; full fine-tuning at {summary['full_lr']:g}. The training loss is averaged over
-{SMOOTHING} steps (one batch is noisy) and over the seeds.
+{summary['lr']:g}; full fine-tuning at {summary['full_lr']:g}; seeds {', '.join(str(s) for s in summary['seeds'])}. The training loss is averaged over
+{SMOOTHING} steps (one batch is noisy) and over the seeds. The quickstart's `python -m experiments.rank_sweep`
+runs the first seed of full fine-tuning and of LoRA at ranks {', '.join(str(r) for r in QUICKSTART.ranks)} (alpha/r), the same runs
+with the same losses, into `{QUICKSTART.out}/`.
 
-![early curves](../results/rank_sweep/early_curves.png)
+![early curves](../results/{REPORT_FOLDER}/early_curves.png)
 
 {chr(10).join(early_table)}
 
 "Range the seeds alone would give": the expected range of {len(rows[0]['per_rank'])} means of {n} seeds each
 if only the seeds made them differ (Tippett's constant times the mean seed SD over sqrt({n})).
 
-![final loss against rank](../results/rank_sweep/final_loss_vs_rank.png)
+![final loss against rank](../results/{REPORT_FOLDER}/final_loss_vs_rank.png)
 
 {table.strip()}
 
@@ -273,7 +334,7 @@ if only the seeds made them differ (Tippett's constant times the mean seed SD ov
               if first_apart and together else "see the section")
     return {"title": "Rank: early learning curves, and what more rank buys", "source": "LoRA Without Regret",
             "claim": "With alpha/r and one rate, the learning curves of all ranks coincide early; low ranks fall behind later",
-            "verdict": verdict, "detail": detail, "body": body}
+            "verdict": verdict, "detail": detail, "body": body, "folder": REPORT_FOLDER, "command": COMMAND}
 
 
 def results_table_from(summary):

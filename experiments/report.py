@@ -55,11 +55,12 @@ class Results:
 
 
 def sections(results):
-    """[(module name, section dict)] for every experiment that has results."""
+    """[(module name, section dict)] for every experiment that has results (in results/<name>/, or
+    in the module's REPORT_FOLDER where its default run is not the one the section reports)."""
     out = []
     for name in SECTIONS:
         module = importlib.import_module(f"experiments.{name}")
-        if results.has(name):
+        if results.has(getattr(module, "REPORT_FOLDER", name)):
             out.append((name, module.report(results)))
     return out
 

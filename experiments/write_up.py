@@ -7,6 +7,8 @@ Each experiment module's `report(results)` returns its section as a dict:
     verdict         "reproduced", "partly", "not reproduced" or "not tested in the claim's regime"
     detail          one line for the summary table: the numbers the verdict rests on
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
+    folder, command optional: the results folder and the command, where they are not results/<name>/
+                    and `python -m experiments.<name>` (rank_sweep's section is its --reproduce run)
 """
 from experiments.seeds import show
 
@@ -79,9 +81,20 @@ def summary_table(sections):
     return "\n".join(lines) + "\n"
 
 
+def command(name, section):
+    return section.get("command", f"python -m experiments.{name}")
+
+
+def main_sweep_folder():
+    """The results folder of the three-seed rank sweep the README's main results read."""
+    from experiments.rank_sweep import REPORT_FOLDER
+
+    return REPORT_FOLDER
+
+
 def run_times(results, sections):
     lines = ["## Run times at the defaults", "",
-             "Measured by each command itself (`results/<name>/run_info.json`): the wall time of the last "
+             "Measured by each command itself (`run_info.json` in its results folder): the wall time of the last "
              "invocation that trained runs, how many of its runs it trained and how many it found in the "
              "cache (runs shared with an earlier section, or an earlier invocation, are not trained again), "
              "with the processes it ran side by side. Most runs were trained while other jobs shared the 2 "
@@ -93,11 +106,12 @@ def run_times(results, sections):
              "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile) | "
              "from an empty cache, idle (estimate) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, _ in sections:
-        current = results.json(name, "run_info.json")
+    for name, s in sections:
+        folder = s.get("folder", name)
+        current = results.json(folder, "run_info.json")
         info = current.get("last_training_run") or current  # the last invocation that trained runs
         try:
-            times = sorted(r["wall_time_s"] for r in results.json(name, "records.json") if r.get("wall_time_s"))
+            times = sorted(r["wall_time_s"] for r in results.json(folder, "records.json") if r.get("wall_time_s"))
         except (OSError, ValueError, KeyError, TypeError):
             times = []
         one = times[len(times) // 4] if times else None
@@ -105,7 +119,7 @@ def run_times(results, sections):
         workers = max(1, info["workers"] or 1) if recorded else current["cpu_count"]  # then: the default
         wall = f"{info['wall_time_s'] / 60:.1f} min" if recorded else "not recorded"
         empty = f"{info['runs_planned'] * one / workers / 60:.0f} min" if one else "-"
-        lines.append(f"| `python -m experiments.{name}` | {info['runs_planned']} | {info['runs_trained']} / "
+        lines.append(f"| `{command(name, s)}` | {info['runs_planned']} | {info['runs_trained']} / "
                      f"{info['runs_planned'] - info['runs_trained']} | "
                      f"{wall} | "
                      f"{workers} | {f'{one:.0f} s' if one else '-'} | {empty} |")
@@ -127,13 +141,14 @@ PARTS = ("params", "grads", "optimizer", "activations")
 
 def main_results(results):
     """The README's "Results of the main job": the rank sweep (3 seeds) and full_vs_lora's costs."""
-    sweep = results.json("rank_sweep", "rank_sweep.json")
+    folder = main_sweep_folder()
+    sweep = results.json(folder, "rank_sweep.json")
     groups = sweep["groups"]
     full = next(g for g in groups if g["kind"] == "full")
     lora = {g["r"]: g for g in groups if g["kind"] == "lora"}
     rs = {g["r"]: g for g in groups if g["kind"] == "rslora"}
     low, top = min(lora), max(lora)
-    first = results.json("rank_sweep", "records.json")[0]
+    first = results.json(folder, "records.json")[0]
     base_t, base_s = first["base_target_loss"], first["base_source_loss"]
     costs = {r["method"]: r for r in results.json("full_vs_lora", "records.json")}
     f, l = costs["full"], costs["lora"]
@@ -150,7 +165,8 @@ def main_results(results):
     n = len(sweep["seeds"])
     r8 = lora[8]
     share = r8["trainable_params"] / r8["total_params"]
-    return f"""Made by the quickstart command: the `tiny` GPT ({full['trainable_params'] / 1e6:.2f}M parameters)
+    return f"""Made by `python -m experiments.rank_sweep --reproduce` (three seeds; the quickstart's rank sweep
+runs the first seed at five of the ranks) and `python -m experiments.full_vs_lora`: the `tiny` GPT ({full['trainable_params'] / 1e6:.2f}M parameters)
 pretrained for 2000 steps on `python-code`, then {sweep['steps']} fine-tuning steps at batch
 {first['batch_size']} on `python-docs`, {n} seeds per run. Full fine-tuning trains at lr
 {sweep['full_lr']:g}, LoRA at {sweep['lr']:g}, each the best of a three-seed sweep
@@ -159,9 +175,9 @@ linear layers of every block. A loss is the cross-entropy of the next byte in na
 guess over 256 bytes scores ln 256 = 5.55; divide by ln 2 for bits per byte); the base model
 starts at {base_t:.3f} on the docs and {base_s:.3f} on the code. Losses are means over the
 seeds ± the 95% confidence interval. Every number in this section is written from
-`results/rank_sweep/` and `results/full_vs_lora/` by `python -m experiments.report`.
+`results/{folder}/` and `results/full_vs_lora/` by `python -m experiments.report`.
 
-![final loss against rank](results/rank_sweep/final_loss_vs_rank.png)
+![final loss against rank](results/{folder}/final_loss_vs_rank.png)
 
 **What is learned and what is forgotten.** Full fine-tuning learns the prose best
 ({show(full['target_loss'])}) and forgets the most code ({base_s:.3f} to {full['source_loss']['mean']:.3f}).
@@ -174,9 +190,9 @@ above full fine-tuning. With rsLoRA's alpha/sqrt(r) at the same rate, r={top} en
 {show(rs[top]['target_loss'])}: the rate tuned for alpha/r is too high for it (a change of scaling
 needs its own rate; REPRODUCTIONS, sections 2 and 10).
 
-![loss curves](results/rank_sweep/loss_curves.png)
+![loss curves](results/{folder}/loss_curves.png)
 
-![parameters and memory against rank](results/rank_sweep/params_memory_vs_rank.png)
+![parameters and memory against rank](results/{folder}/params_memory_vs_rank.png)
 
 **What the rank costs.** Trainable parameters grow as r (in + out) per adapted matrix:
 {lora[low]['trainable_params']:,} at r={low}, {r8['trainable_params']:,} at r=8 ({100 * share:.1f}% of the adapted
@@ -259,11 +275,12 @@ def claims(results):
     bench = results.json("bench_lora", "bench_lora.json")
     ratio, quart = bench["ratios"], bench["ratio_quartiles"]
     preset = bench["args"]["preset"]
-    sweep = results.json("rank_sweep", "rank_sweep.json")
+    folder = main_sweep_folder()
+    sweep = results.json(folder, "rank_sweep.json")
     full = next(g for g in sweep["groups"] if g["kind"] == "full")
     lora = {g["r"]: g for g in sweep["groups"] if g["kind"] == "lora"}
     best = min(lora.values(), key=lambda g: g["target_loss"]["mean"])
-    base_s = results.json("rank_sweep", "records.json")[0]["base_source_loss"]
+    base_s = results.json(folder, "records.json")[0]["base_source_loss"]
     costs = {r["method"]: r for r in results.json("full_vs_lora", "records.json")}
     batches = results.json("full_vs_lora", "memory_vs_batch.json")
 
@@ -287,12 +304,12 @@ def claims(results):
         ("as good as full fine-tuning",
          f"not here: at every rank LoRA ends above full fine-tuning on the docs, r={best['r']} at "
          f"{show(best['target_loss'])} against {show(full['target_loss'])}, each at its tuned rate "
-         f"(`results/rank_sweep/`)",
+         f"(`results/{folder}/`)",
          "a short budget on a tiny model; full fine-tuning also changes embeddings, biases and norms"),
         ("no forgetting",
          f"LoRA forgets less, not nothing: the code loss rises from {base_s:.3f} at every rank (to "
          f"{min(g['source_loss']['mean'] for g in lora.values()):.3f}-{max(g['source_loss']['mean'] for g in lora.values()):.3f}), "
-         f"less than under full fine-tuning ({full['source_loss']['mean']:.3f}) (`results/rank_sweep/`; "
+         f"less than under full fine-tuning ({full['source_loss']['mean']:.3f}) (`results/{folder}/`; "
          f"learning against forgetting: REPRODUCTIONS)",
          "the frozen W0 limits the change to a few directions, but those directions also serve the old task"),
         ("zero added latency",
@@ -409,7 +426,7 @@ def reproductions_table(sections):
     """The README's one-line-per-claim table, from the same sections as REPRODUCTIONS.md."""
     lines = ["| command | claim (source) | verdict here |", "| --- | --- | --- |"]
     for name, s in sections:
-        lines.append(f"| `python -m experiments.{name}` | {s['claim']} ({s['source']}) | **{s['verdict']}**: "
+        lines.append(f"| `{command(name, s)}` | {s['claim']} ({s['source']}) | **{s['verdict']}**: "
                      f"{s['detail']} |")
     return "\n".join(lines) + "\n"
 
@@ -417,7 +434,7 @@ def reproductions_table(sections):
 def readme_blocks(results, sections=None):
     """{block name: Markdown}: the generated blocks of README.md and the docs/ pages."""
     blocks = {}
-    if results.has("rank_sweep") and results.has("full_vs_lora", "records.json"):
+    if results.has(main_sweep_folder()) and results.has("full_vs_lora", "records.json"):
         blocks["main-results"] = main_results(results)
     if results.has("bench_lora", "bench_lora.json"):
         blocks["speed"] = speed(results)

@@ -35,6 +35,8 @@ def test_full_vs_lora_end_to_end(tmp_path, corpora):
     full_vs_lora.main([*TOY, *corpora, "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
     assert [r["method"] for r in records] == ["full", "lora"]
+    info = json.loads((out / "run_info.json").read_text())
+    assert (info["runs_planned"], info["runs_trained"]) == (2, 2)
     for record in records:
         assert set(record) == RECORD_KEYS
         assert len(record["train_loss"]) == 6
@@ -56,7 +58,7 @@ def test_full_vs_lora_end_to_end(tmp_path, corpora):
 
 def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     out = tmp_path / "sweep"
-    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--out", str(out)])
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--rslora", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
     assert [(r["method"], r["variant"], r["r"]) for r in records] == [
         ("full", None, None), ("lora", "lora", 1), ("lora", "lora", 2), ("lora", "rslora", 2)]  # rsLoRA r=1 is LoRA r=1
@@ -73,7 +75,7 @@ def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):
     assert len([f for f in cached if f.endswith(".json")]) == 4
     assert len([f for f in cached if f.endswith(".adapter.pt")]) == 3  # each LoRA run keeps its adapter
     mtimes = [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
-    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--out", str(out)])  # a finished run is not redone
+    rank_sweep.main([*TOY, *corpora, "--ranks", "1,2", "--seeds", "1", "--rslora", "--out", str(out)])  # not redone
     assert mtimes == [os.path.getmtime(tmp_path / "cache" / "runs" / f) for f in cached]
     assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("base-")]) == 1
 
@@ -157,6 +159,54 @@ def test_activation_counter_counts_a_tensor_saved_twice_once():
     with SavedActivations(layer) as excluded:
         layer(x_in)
     assert counted.bytes == excluded.bytes + layer.weight.numel() * 4
+
+
+def planned_runs(argv):
+    """{(spec as JSON, seed)} that rank_sweep plans for these flags (before any work)."""
+    args = rank_sweep.parse_args(argv)
+    groups = rank_sweep.plan_groups(args, ["q_proj"])
+    return [(json.dumps(spec, sort_keys=True), args.seed + k) for *_, spec in groups for k in range(args.seeds)]
+
+
+def test_rank_sweep_default_is_the_quickstart_and_reproduce_the_three_seed_sweep():
+    quick = rank_sweep.parse_args([])
+    assert (quick.ranks, quick.seeds, quick.rslora, quick.full) == ([1, 4, 8, 16, 64], 1, False, True)
+    assert quick.out == "results/rank_sweep"
+    assert [name for name, *_ in rank_sweep.plan_groups(quick, ["q_proj"])] == [
+        "full fine-tuning", "LoRA r=1", "LoRA r=4", "LoRA r=8", "LoRA r=16", "LoRA r=64"]
+    assert len(planned_runs([])) == 6  # six runs: two at a time on two cores
+    repro = rank_sweep.parse_args(["--reproduce"])
+    assert (repro.ranks, repro.seeds, repro.rslora, repro.full) == ([1, 2, 4, 8, 16, 32, 64], 3, True, True)
+    assert repro.out == os.path.join("results", "rank_sweep_reproduction") != quick.out
+    runs = planned_runs(["--reproduce"])
+    assert len(runs) == (1 + 7 + 7) * 3 and len(set(runs)) == 42  # rsLoRA r=1 is LoRA r=1's run
+    # The quickstart's runs are runs of the reproduction (same spec, same seed: same cache key, same losses).
+    assert set(planned_runs([])) < set(runs)
+    assert rank_sweep.parse_args(["--reproduce", "--out", "elsewhere"]).out == "elsewhere"
+    assert rank_sweep.parse_args(["--ranks", "2", "--seeds", "3", "--rslora"]).out == "results/rank_sweep"
+    assert rank_sweep.parse_args(["--no-rslora", "--no-full"]).rslora is False
+
+
+@pytest.mark.parametrize("flags", [["--ranks", "1,2"], ["--seeds", "1"], ["--rslora"], ["--no-rslora"], ["--no-full"]])
+def test_reproduce_takes_no_sweep_shape_flags(flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        rank_sweep.parse_args(["--reproduce", *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--reproduce runs the reproduction's own ranks, seeds and scalings, so it takes no " in err
+    assert flags[0] in err.split("takes no ")[1]
+
+
+def test_full_vs_lora_after_rank_sweep_trains_nothing(tmp_path, corpora):
+    """The quickstart's second command finds its runs in the cache the first one filled: same losses."""
+    rank_sweep.main([*TOY, *corpora, "--ranks", "8", "--out", str(tmp_path / "sweep")])
+    full_vs_lora.main([*TOY, *corpora, "--out", str(tmp_path / "fvl")])
+    info = json.loads((tmp_path / "fvl" / "run_info.json").read_text())
+    assert (info["runs_planned"], info["runs_trained"]) == (2, 0)
+    sweep = json.loads((tmp_path / "sweep" / "records.json").read_text())
+    fvl = json.loads((tmp_path / "fvl" / "records.json").read_text())
+    assert [r["final_target_loss"] for r in fvl] == [r["final_target_loss"] for r in sweep]
+    assert [(r["method"], r["r"]) for r in fvl] == [("full", None), ("lora", 8)]
 
 
 def test_bad_flags_are_clear_errors(tmp_path, corpora, capsys):

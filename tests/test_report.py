@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 
+import pytest
+
 from experiments import report
 from experiments.report import Results, fill_blocks
 from experiments.write_up import VERDICTS
@@ -35,9 +37,9 @@ def test_fill_blocks_rewrites_only_the_marked_blocks():
 
 def test_check_fails_and_names_the_file_when_a_record_changes(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
-    for name in ("lr_sweep", "rank_sweep", "full_vs_lora"):  # the README block's inputs and the opening's
+    for name in ("lr_sweep", "rank_sweep_reproduction", "full_vs_lora"):  # the README block's inputs and the opening's
         shutil.copytree(os.path.join(Results().root, name), results / name)
-    summary_path = results / "rank_sweep" / "rank_sweep.json"
+    summary_path = results / "rank_sweep_reproduction" / "rank_sweep.json"
     summary = json.loads(summary_path.read_text())
     summary["groups"][0]["target_loss"]["mean"] += 0.5  # a record that no longer matches the text
     summary_path.write_text(json.dumps(summary))
@@ -68,3 +70,26 @@ def test_a_block_in_a_docs_page_is_rewritten_and_checked(tmp_path, monkeypatch, 
     assert "stale" not in body and "](performance.md)" in body and "](docs/" not in body
     assert report.main(["--check"]) == 1
     assert "docs/speed.md" in capsys.readouterr().err
+
+
+def test_the_quickstart_gives_the_reproductions_losses():
+    """results/rank_sweep/ (the quickstart, one seed) and results/rank_sweep_reproduction/ (three seeds)
+    share their runs: the same settings and seed must give the same losses (up to float rounding)."""
+    path = os.path.join(Results().root, "rank_sweep", "records.json")
+    if not os.path.exists(path):
+        pytest.skip("results/rank_sweep/ has no records: the quickstart (python -m experiments.rank_sweep) not run yet")
+    with open(path) as f:
+        quick = json.load(f)
+    reproduction = Results().json("rank_sweep_reproduction", "records.json")
+
+    def key(r):
+        return r["method"], r["variant"], r["r"], r["alpha"], r["lr"], r["steps"], r["batch_size"], r["seed"]
+
+    twins = {key(r): r for r in reproduction}
+    assert len(quick) == 6 and all(key(r) in twins for r in quick)
+    for r in quick:
+        twin = twins[key(r)]
+        assert r["train_loss"] == pytest.approx(twin["train_loss"], abs=1e-6)
+        for field in ("target_loss", "source_loss"):
+            assert [h[field] for h in r["history"]] == pytest.approx([h[field] for h in twin["history"]], abs=1e-6)
+        assert r["trainable_params"] == twin["trainable_params"]
