@@ -12,14 +12,14 @@ Claims (Zhang et al. 2023, "AdaLoRA", arXiv:2303.10512), on DeBERTaV3 and BART t
 (2) the budget goes mostly to the MLP matrices and to the top layers: read off the final rank of
     every adapted matrix (layers x matrix type), against the uniform shares (MLP: 2 of 6 types; top
     half of the layers: 1/2).
-Each contender trains at its own rate (tuning.py: the first seed on the quarter-decade grid around
+Each contender trains at its own rate (lib/tuning.py: the first seed on the quarter-decade grid around
 a guess, widened at an edge, then the other seeds at the chosen rate). LoRA's guess is --lora-lr;
 AdaLoRA's one grid step higher: with Adam each lambda_i moves about lr per step whatever the
 matrix's width, while LoRA's B A grows about sqrt(width) times faster, so AdaLoRA wants a higher
 rate (a one-seed check at the default setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2
 / 1e-1). --no-pruning-control adds AdaLoRA 12->12, the SVD form with nothing pruned, to tell the
 pruning from the parameterisation. Differences are paired over seeds and called only when their
-95% interval excludes zero (seeds.py).
+95% interval excludes zero (lib/seeds.py).
 
 Writes OUT/records.json, OUT/adalora.json (the summary), OUT/budget.png, OUT/final_ranks.png,
 OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.
@@ -34,11 +34,11 @@ import statistics
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_float,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, write_report
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import LR_GRID, grid_index, grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets,
+                                    positive_float, positive_int, run_kwargs)
+from experiments.lib.plots import finish, write_report
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import LR_GRID, grid_index, grid_neighbours, tune
 from nanogpt.train import write_json
 
 MATRIX_TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]

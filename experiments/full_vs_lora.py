@@ -8,10 +8,10 @@ measured step per batch size: where LoRA's memory saving goes as activations gro
 """
 import os
 
-from experiments.common import (check_runs, load_setup, make_parser,
-                                parse_batch_sizes, parse_methods, parse_targets, positive_int, run_kwargs)
-from experiments.finetune import measure_step_memory, prepare_model, run_finetune
-from experiments.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
+from experiments.lib.common import (check_runs, load_setup, make_parser, parse_batch_sizes, parse_methods,
+                                    parse_targets, positive_int, run_kwargs)
+from experiments.lib.finetune import measure_step_memory, prepare_model, run_finetune
+from experiments.lib.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
 from nanogpt.train import write_json
 
 

@@ -18,11 +18,11 @@ import statistics
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, run_kwargs)
+from experiments.lib.plots import finish, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 
 

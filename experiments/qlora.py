@@ -18,7 +18,7 @@ memory by part; adapter size; and for each QLoRA run, its adapter loaded onto th
 full-precision base, the model unloaded to full precision (dequantize(W0) + delta W: the same
 function, a check), and the adapter merged back into 4 bits (what that loses, qlora.py).
 Step times are the runs' own medians (runs may train side by side in worker processes, see
-runs.py): a rough guide only; experiments/bench_lora.py compares QLoRA and LoRA steps in
+runs.py): a rough guide only; experiments/bench/lora.py compares QLoRA and LoRA steps in
 alternating rounds.
 Writes OUT/records.json, OUT/qlora.json, OUT/levels.png, OUT/quant_error.png, OUT/memory.png,
 OUT/results.md.
@@ -34,10 +34,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import minilora
-from experiments.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
-from experiments.plots import MIB, finish, plot_memory_bars, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.lib.plots import MIB, finish, plot_memory_bars, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from minilora.qlora import merge_into_4bit_, requantization_error
 from minilora.quantize import LEVELS, QUANT_TYPES, quantize_4bit
 from nanogpt.data import fixed_batches
@@ -284,7 +284,7 @@ def results_tables(summary, errors, gaussian_name, quantized_targets):
               f"the difference is the fp32 mean of each tensor's block constants, and a last group of fewer than 256 "
               f"block constants where a tensor has one.",
               f"\nMedian step, QLoRA (NF4) / LoRA: {summary['step_ms_qlora_nf4_over_lora']:.2f} (separate runs, a rough "
-              f"guide; experiments/bench_lora.py alternates the two in one process)."]
+              f"guide; experiments/bench/lora.py alternates the two in one process)."]
     return "\n".join(lines) + "\n"
 
 

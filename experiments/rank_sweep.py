@@ -19,12 +19,12 @@ import statistics
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, run_kwargs)
+from experiments.lib.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
 from experiments.report import section_ref
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 
 SCALINGS = {"lora": "LoRA, alpha/r", "rslora": "rsLoRA, alpha/sqrt(r)"}

@@ -60,13 +60,13 @@ def sections(results):
 
 
 def reproductions_md(results):
-    from experiments.write_up import document  # the prose around the sections
+    from experiments.lib.write_up import document  # the prose around the sections
 
     return document(results, sections(results))
 
 
 def readme_blocks(results, secs=None):
-    from experiments.write_up import readme_blocks as blocks
+    from experiments.lib.write_up import readme_blocks as blocks
 
     return blocks(results, secs)
 
@@ -82,7 +82,7 @@ def fill_blocks(text, blocks):
 
 def expected_files(results):
     """{path: the content the records give}."""
-    from experiments.write_up import document  # the prose around the sections
+    from experiments.lib.write_up import document  # the prose around the sections
 
     with open(README) as f:
         readme = f.read()

@@ -35,12 +35,12 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.finetune import prepare_model
-from experiments.plots import finish, lr_text, save, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, run_kwargs)
+from experiments.lib.finetune import prepare_model
+from experiments.lib.plots import finish, lr_text, save, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from minilora.adapter_file import read_adapter_file
 from minilora.model_ops import lora_layers
 from nanogpt.train import write_json

@@ -32,11 +32,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from experiments.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
-                                parse_ranks, parse_targets, positive_int, run_kwargs)
-from experiments.plots import finish, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
+                                    parse_ranks, parse_targets, positive_int, run_kwargs)
+from experiments.lib.plots import finish, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
 from experiments.subspace import delta_weight, load_adapter_tensors
 from nanogpt.train import write_json
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import adalora
-from experiments.seeds import paired
+from experiments.lib.seeds import paired
 from minilora import read_adapter_file
 from tests.test_experiments import TOY, is_png
 
@@ -56,8 +56,8 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     assert "| AdaLoRA 12->8 |" in text and "Claim 2, the budget goes" in text
     assert json.loads((out / "run_info.json").read_text())["runs_planned"] > 0
     from experiments.report import Results
-    from experiments.seeds import show_difference
-    from experiments.write_up import VERDICTS
+    from experiments.lib.seeds import show_difference
+    from experiments.lib.write_up import VERDICTS
     section = adalora.report(Results(str(tmp_path)))  # tmp_path/adalora holds the results
     assert section["verdict"] in VERDICTS and show_difference(first["difference"]) in section["body"]
     saved = [read_adapter_file(p) for p in sorted((tmp_path / "cache" / "runs").glob("*.adapter.pt"))]

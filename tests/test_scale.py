@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from experiments import cost_model, scale, scale_report
-from experiments.memory import measure_training_memory
+from experiments import scale
+from experiments.lib import cost_model, scale_report
+from experiments.lib.memory import measure_training_memory
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import config_from_preset
 from tests.test_experiments import is_png
@@ -181,7 +182,7 @@ def test_a_forward_only_activation_count_leaves_nothing_alive():
     must let the graph go: a saved output kept as it came would hold its own graph in a cycle."""
     import gc
 
-    from experiments.bench_lora import saved_activation_bytes
+    from experiments.bench.lora import saved_activation_bytes
 
     model = GPT(TOY_SIZES[0])
     x, y = (torch.randint(0, 256, (2, 32)) for _ in range(2))

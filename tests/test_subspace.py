@@ -11,7 +11,7 @@ from experiments.report import Results
 from experiments.subspace import (amplification, chance_corrected, cross_seed_pairs, delta_weight, direction_overlaps,
                                   initial_A, random_projection_norm, random_similarity, right_singular_basis,
                                   similarity_numbers, subspace_similarity)
-from experiments.write_up import VERDICTS
+from experiments.lib.write_up import VERDICTS
 from nanogpt import GPT, GPTConfig
 from tests.test_experiments import TOY, is_png
 

@@ -1,7 +1,7 @@
 """What LoRA saves in communication when training on several processes, and the step time on 1 and 2.
 
-    python -m experiments.bench_ddp                                   # tiny and small, full and LoRA r=8
-    python -m experiments.bench_ddp --presets tiny --steps 6 --rounds 1   # a quick check
+    python -m experiments.bench.ddp                                   # tiny and small, full and LoRA r=8
+    python -m experiments.bench.ddp --presets tiny --steps 6 --rounds 1   # a quick check
 
 Data-parallel training (DistributedDataParallel, nanogpt/distributed.py) all-reduces every
 trainable parameter's gradient at every step. Full fine-tuning sends the whole model's gradient;
@@ -38,7 +38,7 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from experiments.bench_lora import TARGETS, paired_ratio
+from experiments.bench.lora import TARGETS, paired_ratio
 from minilora import apply_lora, count_parameters
 from nanogpt import distributed
 from nanogpt.data import load_corpus
@@ -82,7 +82,7 @@ def launch(setup, preset, method, args):
     processes, threads = SETUPS[setup]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        command = ["-m", "experiments.bench_ddp", "--worker", out, "--presets", preset, "--methods", method,
+        command = ["-m", "experiments.bench.ddp", "--worker", out, "--presets", preset, "--methods", method,
                    "--batch-size", str(args.batch_size or BATCH.get(preset, 16)), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--r", str(args.r)]
         if processes > 1:

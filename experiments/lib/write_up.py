@@ -8,7 +8,7 @@ Each experiment module's `report(results)` returns its section as a dict:
     detail          one line for the summary table: the numbers the verdict rests on
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
 """
-from experiments.seeds import show
+from experiments.lib.seeds import show
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not tested in the claim's regime")
 
@@ -48,7 +48,7 @@ section says otherwise.
 from section 1's sweep over three seeds: full fine-tuning at {full['best_grid_lr']:g}, LoRA at
 {info['curves'][2]['best_grid_lr']:g} (the best grid rates for full fine-tuning and LoRA r=8).
 Other contenders (target sets, variants, ranks) get their rate from a small cached sweep on the
-same quarter-decade grid (`experiments/tuning.py`): the first seed at a few rates around the
+same quarter-decade grid (`experiments/lib/tuning.py`): the first seed at a few rates around the
 default, widened while the best sits at an edge, then the other seeds at the chosen rate.
 
 **Statistics.** A fine-tuning seed changes the batches and the adapter's initialisation, never
@@ -192,7 +192,7 @@ width: low rank only pays while r is small next to the layer's width.
 | LoRA r={l['r']} | {l['trainable_params']:,} | {l['final_target_loss']:.3f} | {l['final_source_loss']:.3f} | {parts(l['memory'])} | {l['saved_bytes'] / KIB:,.0f} KiB |
 
 One seed each (`python -m experiments.full_vs_lora`, seed {f['seed']}). Step times are not
-compared here: one run after another on a shared machine is noise. `experiments/bench_lora.py`
+compared here: one run after another on a shared machine is noise. `experiments/bench/lora.py`
 times the two in turns ("Is LoRA faster?" below).
 
 **Where the memory goes.** Parameter, gradient and optimizer bytes are read from the tensors and
@@ -236,7 +236,7 @@ def speed(results):
                  f"{ratio['qlora_step / lora_step']:.2f}x a LoRA step (quartiles {q[0]:.2f} to {q[1]:.2f}); "
                  f"dequantizing was {100 * ratio['qlora_dequantize_time / qlora_step (profile)']:.0f}% of its "
                  f"step in a profile.")
-    return f"""Measured by `python -m experiments.bench_lora` (`results/bench_lora/`): the `{a['preset']}` GPT
+    return f"""Measured by `python -m experiments.bench.lora` (`results/bench_lora/`): the `{a['preset']}` GPT
 ({bench['trainable_parameters']['total'] / 1e6:.1f}M parameters), batch {a['batch_size']}, r={a['r']} on the six linear layers of every
 block, {bench['threads']} threads, {bench['torch']}; each round times one step of every variant in turn,
 and a ratio is the median over {a['steps']} rounds of the two steps' ratio within a round. A LoRA step was
@@ -318,7 +318,7 @@ def claims(results):
 
 def scale(results):
     """The README's "How LoRA's savings grow with the model", from results/scale (docs/scale.md has it all)."""
-    from experiments import scale_report
+    from experiments.lib import scale_report
 
     data = results.json("scale", "scale.json")
     extrapolation = results.json("scale", "extrapolation.json")
@@ -334,7 +334,7 @@ def scale(results):
     return f"""The tiny GPT below is the first point on a curve. `python -m experiments.scale` measures
 full fine-tuning, LoRA, QLoRA and the frozen floor at {sizes} (random
 weights: costs depend on shapes, not values), each part of the memory beside a cost model
-(`experiments/cost_model.py`) that predicts it to the byte{caveat}:
+(`experiments/lib/cost_model.py`) that predicts it to the byte{caveat}:
 
 {scale_report.summary(data)}
 
@@ -351,7 +351,7 @@ def adapters(results):
     """The README's measured numbers for many adapters over one base, from results/bench_adapters."""
     bench = results.json("bench_adapters", "bench_adapters.json")
     a = bench["args"]
-    lines = [f"Measured by `python -m experiments.bench_adapters` ({bench['torch']}, {bench['threads']} threads; "
+    lines = [f"Measured by `python -m experiments.bench.adapters` ({bench['torch']}, {bench['threads']} threads; "
              f"times are medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation, "
              f"taken in turns; {a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens "
              f"and {a['new_tokens']} new ones, greedy):", "",

@@ -1,6 +1,6 @@
 """Is a LoRA training step actually cheaper than full fine-tuning? Measured side by side.
 
-    python -m experiments.bench_lora [--preset small] [--batch-size 16] [--r 8] [--steps 15] [--out DIR]
+    python -m experiments.bench.lora [--preset small] [--batch-size 16] [--r 8] [--steps 15] [--out DIR]
                                      [--threads N]
 
 One process times, on copies of one base GPT with the same random batch and the same AdamW:
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from experiments.memory import SavedActivations, parameter_bytes
+from experiments.lib.memory import SavedActivations, parameter_bytes
 from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
 from nanogpt.model import GPT
 from nanogpt.flags import CommandError, choice, positive_float, positive_int, seed
@@ -109,7 +109,7 @@ def dequantize_share(model, optimizer, x, y, steps=2):
 
 
 def saved_activation_bytes(model, x, y):
-    """Bytes autograd saves for backward in one training forward (experiments/memory.py)."""
+    """Bytes autograd saves for backward in one training forward (experiments/lib/memory.py)."""
     with SavedActivations(model) as saved:
         model(x, y)
     return saved.bytes

@@ -13,9 +13,9 @@ import statistics
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import cost_model
-from experiments.cost_model import Shape, predict
-from experiments.plots import PART_COLORS, save
+from experiments.lib import cost_model
+from experiments.lib.cost_model import Shape, predict
+from experiments.lib.plots import PART_COLORS, save
 from nanogpt.presets import config_from_preset
 from nanogpt.train import write_json
 

@@ -1,6 +1,6 @@
 """The peak memory of a few training steps of one variant, measured in a process of its own.
 
-    python -m experiments.peak_memory --preset gpt2-small --variant lora [--block-size 128]
+    python -m experiments.bench.peak_memory --preset gpt2-small --variant lora [--block-size 128]
                                       [--batch-size 4] [--steps 2] [--device cpu]
 
 Prints one JSON line (experiments/scale.py runs this once per size and variant). Why a fresh
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from experiments.bench_lora import train_step
+from experiments.bench.lora import train_step
 from experiments.scale import VARIANTS, make_optimizer, make_variant
 from nanogpt.device import autocast
 from nanogpt.flags import choice, positive_int, run_main, seed
