@@ -31,9 +31,8 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                    positive_int, positive_ints, run_kwargs)
-from experiments.lr_sweep import parse_lrs
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_lrs, parse_ranks,
+                                    parse_targets, positive_int, positive_ints, run_kwargs)
 from experiments.lib.pareto import front_at, pareto_front
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
                                     positive_int, run_kwargs)
 from experiments.lib.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
-from experiments.report import section_ref
 from experiments.lib.runs import run_all
+from experiments.lib.sections import section_ref
 from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 

@@ -19,20 +19,13 @@ import os
 import re
 import sys
 
+from experiments.lib.sections import SECTIONS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPRODUCTIONS = os.path.join(ROOT, "experiments", "REPRODUCTIONS.md")
 README = os.path.join(ROOT, "README.md")
-# The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
-# every other comparison runs each method at its own tuned rate.
-SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
-            "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora")
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
                    re.DOTALL)
-
-
-def section_ref(name):
-    """'section N' for an experiment's section in REPRODUCTIONS.md (its place in SECTIONS)."""
-    return f"section {SECTIONS.index(name) + 1}"
 
 
 class Results:

@@ -33,11 +33,9 @@ import argparse
 import copy
 import ctypes
 import gc
-import inspect
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -47,47 +45,23 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import minilora
 from experiments.lib import cost_model, scale_report
-from experiments.bench.lora import make_floor, paired_ratio, saved_activation_bytes
-from experiments.lib.common import ALL_BLOCK_LINEARS, DEFAULT_LR, parse_batch_sizes
+from experiments.lib.common import parse_batch_sizes
 from experiments.lib.finetune import saved_bytes
-from experiments.lib.memory import measure_training_memory
+from experiments.lib.memory import measure_training_memory, saved_activation_bytes
+from experiments.lib.model_variants import VARIANTS, make_optimizer, make_variant, qlora_available
+from experiments.lib.timing import paired_ratio
 from nanogpt.device import autocast
 from nanogpt.flags import DEVICE_HELP, CommandError, choice, comma_list, positive_int, run_main, seed
 from nanogpt.flags import device as device_flag
 from nanogpt.model import GPT
 from nanogpt.presets import config_from_preset
 from nanogpt.run_folder import check_writable_folder
-from nanogpt.train import configure_optimizer, write_json
+from nanogpt.train import write_json
 
 SIZES = ("tiny", "small", "gpt2-small", "gpt2-medium", "gpt2-large")
 DEFAULT_SIZES = "tiny,small,gpt2-small,gpt2-medium"  # gpt2-large (710M; ~12 GB for full fine-tuning) when named
-VARIANTS = {  # name -> what the cost model calls it: method, rank, targets
-    "full": dict(method="full", r=None, targets=None),
-    "lora": dict(method="lora", r=8, targets=ALL_BLOCK_LINEARS),
-    "lora-qv": dict(method="lora", r=4, targets=["q_proj", "v_proj"]),
-    "floor": dict(method="floor", r=None, targets=None),
-    "qlora": dict(method="qlora", r=8, targets=ALL_BLOCK_LINEARS),
-}
-ALPHA = 16.0
 PARTS = ("weights", "grads", "optimizer", "activations")
-
-
-def qlora_available():
-    """Does this minilora's apply_lora take quantize= (QLoRA)? Checked once, at startup."""
-    return "quantize" in inspect.signature(minilora.apply_lora).parameters
-
-
-def make_variant(model, name):
-    """Turn model into variant `name`, in place, and return it."""
-    spec = VARIANTS[name]
-    if spec["method"] == "full":
-        return model.requires_grad_(True)
-    if spec["method"] == "floor":
-        return make_floor(model)
-    quantize = {"quantize": "nf4"} if spec["method"] == "qlora" else {}
-    return minilora.apply_lora(model, spec["targets"], spec["r"], ALPHA, **quantize)
 
 
 def sharing_copy(frozen):
@@ -97,12 +71,6 @@ def sharing_copy(frozen):
     own = {id(p) for m in frozen.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     memo = {id(p): p for p in frozen.parameters() if id(p) not in own}
     return copy.deepcopy(frozen, memo)
-
-
-def make_optimizer(model, name):
-    """AdamW over the trainable parameters at the method's default rate (the rate changes no cost)."""
-    lr = DEFAULT_LR["full"] if name == "full" else DEFAULT_LR["lora"]
-    return configure_optimizer(model, lr, weight_decay=0.0)
 
 
 def predict(config, name, batch_size, device):

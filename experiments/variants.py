@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
                                     parse_targets, positive_int, run_kwargs)
 from experiments.lib.plots import finish, write_report
-from experiments.report import section_ref
 from experiments.lib.runs import run_all
+from experiments.lib.sections import section_ref
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import scale
-from experiments.lib import cost_model, scale_report
+from experiments.lib import cost_model, model_variants, scale_report
 from experiments.lib.memory import measure_training_memory
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import config_from_preset
@@ -16,7 +16,7 @@ from tests.test_experiments import is_png
 
 TOY_SIZES = [GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32),
              GPTConfig(n_layer=3, n_head=3, n_embd=96, block_size=16, bias=False, tie_weights=False)]
-VARIANTS = [name for name in scale.VARIANTS if name != "qlora" or scale.qlora_available()]
+VARIANTS = [name for name in model_variants.VARIANTS if name != "qlora" or model_variants.qlora_available()]
 
 
 @pytest.mark.parametrize("config", TOY_SIZES, ids=["tied-bias", "untied-no-bias"])
@@ -27,9 +27,9 @@ def test_cost_model_predicts_measured_memory_to_the_byte(config, name):
     torch.manual_seed(0)
     base = GPT(config)
     for batch in (1, 3):
-        model = scale.make_variant(copy.deepcopy(base), name)
+        model = model_variants.make_variant(copy.deepcopy(base), name)
         x, y = (torch.randint(0, 256, (batch, config.block_size)) for _ in range(2))  # (B, T) each, own storages
-        measured = measure_training_memory(model, scale.make_optimizer(model, name), x, y, contextlib.nullcontext())
+        measured = measure_training_memory(model, model_variants.make_optimizer(model, name), x, y, contextlib.nullcontext())
         predicted = scale.predict(config, name, batch, "cpu")
         assert predicted["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert {part: predicted["bytes"][part] for part in ("weights", "grads", "optimizer", "activations")} == {
@@ -43,11 +43,11 @@ def test_cost_model_predicts_autocast_activations(name):
     an fp32 input and of its weight: the prediction still matches to the byte."""
     config = TOY_SIZES[0]
     torch.manual_seed(0)
-    model = scale.make_variant(GPT(config), name)
+    model = model_variants.make_variant(GPT(config), name)
     x, y = (torch.randint(0, 256, (2, config.block_size)) for _ in range(2))  # (B, T) each
-    measured = measure_training_memory(model, scale.make_optimizer(model, name), x, y,
+    measured = measure_training_memory(model, model_variants.make_optimizer(model, name), x, y,
                                        torch.autocast("cpu", dtype=torch.bfloat16))
-    spec = scale.VARIANTS[name]
+    spec = model_variants.VARIANTS[name]
     predicted = cost_model.predict(cost_model.shape_of(config), spec["method"], spec["r"] or 8,
                                    spec["targets"] or "all-linear", 2, config.block_size, autocast=True)
     assert predicted["bytes"]["activations"] == measured["activations"]
@@ -112,8 +112,8 @@ def run_toy(tmp_path, *extra):
 def test_scale_end_to_end_writes_records_plots_and_docs(tmp_path):
     data, out = run_toy(tmp_path, "--no-peak", "--variants", "full,lora,floor,qlora")
     names = list(data["sizes"][0]["variants"])
-    assert names == ["full", "lora", "floor"] + (["qlora"] if scale.qlora_available() else [])
-    assert (data["qlora_note"] is None) == scale.qlora_available()
+    assert names == ["full", "lora", "floor"] + (["qlora"] if model_variants.qlora_available() else [])
+    assert (data["qlora_note"] is None) == model_variants.qlora_available()
     size = data["sizes"][0]
     for name, v in size["variants"].items():
         m, p = v["memory"]["measured"], v["memory"]["predicted"]
@@ -182,7 +182,7 @@ def test_a_forward_only_activation_count_leaves_nothing_alive():
     must let the graph go: a saved output kept as it came would hold its own graph in a cycle."""
     import gc
 
-    from experiments.bench.lora import saved_activation_bytes
+    from experiments.lib.memory import saved_activation_bytes
 
     model = GPT(TOY_SIZES[0])
     x, y = (torch.randint(0, 256, (2, 32)) for _ in range(2))

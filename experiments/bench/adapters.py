@@ -52,7 +52,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from experiments.bench.lora import paired_ratio
+from experiments.lib.timing import paired_ratio
 from minilora import (add_adapter, apply_lora, disable_lora, load_adapter, lora_layers, merge_lora, mixed_adapters,
                       save_adapter, set_adapter, unmerge_lora)
 from nanogpt.flags import CommandError, choice, comma_list, positive_float, positive_int, run_main, seed

@@ -38,7 +38,8 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from experiments.bench.lora import TARGETS, paired_ratio
+from experiments.bench.lora import TARGETS
+from experiments.lib.timing import paired_ratio
 from minilora import apply_lora, count_parameters
 from nanogpt import distributed
 from nanogpt.data import load_corpus

@@ -26,8 +26,8 @@ import sys
 
 import torch
 
-from experiments.bench.lora import train_step
-from experiments.scale import VARIANTS, make_optimizer, make_variant
+from experiments.lib.model_variants import VARIANTS, make_optimizer, make_variant
+from experiments.lib.timing import train_step
 from nanogpt.device import autocast
 from nanogpt.flags import choice, positive_int, run_main, seed
 from nanogpt.flags import device as device_flag

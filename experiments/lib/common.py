@@ -64,6 +64,19 @@ def parse_batch_sizes(text):
 positive_floats = comma_list(positive_float, "1e-4,1e-3")  # learning-rate lists and the like
 
 
+def parse_lrs(text, flag="--lrs", at_least=3):
+    """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag.
+    A sweep needs at least three rates to find a minimum; other uses may ask for fewer."""
+    message = f"{flag} must be comma-separated positive numbers like 1e-4,1e-3,1e-2; got {text!r}"
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if len(values) < at_least or any(not 0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(message + (" (at least three, to find a minimum)" if at_least == 3 else ""))
+    return sorted(values)
+
+
 def parse_methods(text):
     """'full,lora' -> ['full', 'lora']; an unknown method, or none, is a clear error."""
     methods = [m.strip() for m in text.split(",") if m.strip()]

@@ -8,6 +8,7 @@ Each experiment module's `report(results)` returns its section as a dict:
     detail          one line for the summary table: the numbers the verdict rests on
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
 """
+from experiments.lib.sections import section_number
 from experiments.lib.seeds import show
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not tested in the claim's regime")
@@ -65,12 +66,6 @@ already made reuses it.
 """
 
 
-def section_number(name):
-    from experiments.report import SECTIONS
-
-    return SECTIONS.index(name) + 1
-
-
 def summary_table(sections):
     lines = ["| # | claim | source | verdict |", "| --- | --- | --- | --- |"]
     for name, s in sections:
@@ -114,7 +109,7 @@ def run_times(results, sections):
 
 def document(results, sections):
     parts = [opening(results), "## The claims at a glance\n", summary_table(sections)]
-    for name, s in sections:  # numbered by their place in report.SECTIONS, as section_ref names them
+    for name, s in sections:  # numbered by their place in SECTIONS, as section_ref names them
         parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
     parts.append(run_times(results, sections))
     return "\n".join(parts)
