@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import scale
-from experiments.lib import cost_model, model_variants, scale_report
+from experiments.lib import cost_model, extrapolation, model_variants
 from experiments.lib.memory import measure_training_memory
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import config_from_preset
@@ -89,16 +89,16 @@ def test_flops_split_as_the_derivations_say():
 
 
 def test_extrapolation_shapes_and_papers_arithmetic():
-    gpt3 = cost_model.predict(scale_report.GPT3, "lora", r=4, targets=["q_proj", "v_proj"], seq_len=2048, dtype="fp16")
+    gpt3 = cost_model.predict(extrapolation.GPT3, "lora", r=4, targets=["q_proj", "v_proj"], seq_len=2048, dtype="fp16")
     C = 12288
     assert gpt3["total_params"] - gpt3["trainable_params"] == 96 * (12 * C * C + 13 * C) + (50257 + 2048 + 2) * C
     assert gpt3["trainable_params"] == 96 * 2 * 4 * (C + C)  # 18.9M: the paper's 35 MB checkpoint in fp16
     assert gpt3["files"]["adapter"] == 2 * gpt3["trainable_params"]
-    llama = cost_model.predict(scale_report.LLAMA_65B, "full", seq_len=512, dtype="bf16", optimizer_dtype="fp32")
+    llama = cost_model.predict(extrapolation.LLAMA_65B, "full", seq_len=512, dtype="bf16", optimizer_dtype="fp32")
     assert llama["total_params"] == pytest.approx(65.2e9, rel=0.005)  # LLaMA's reported 65.2B
     assert llama["bytes"]["weights"] + llama["bytes"]["grads"] + llama["bytes"]["optimizer"] == pytest.approx(
         12 * llama["total_params"], rel=1e-6)  # 2 + 2 + 8 bytes per parameter: the paper's > 780 GB
-    rows = {row["key"]: row for row in scale_report.extrapolate()["rows"]}
+    rows = {row["key"]: row for row in extrapolation.extrapolate()["rows"]}
     assert rows["llama_qlora"]["also"]["bits per quantized weight"] == pytest.approx(4.127, abs=1e-3)
 
 
