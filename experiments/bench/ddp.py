@@ -38,7 +38,7 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from experiments.bench.lora import TARGETS
+from experiments.lib.common import ALL_BLOCK_LINEARS
 from experiments.lib.timing import paired_ratio
 from minilora import apply_lora, count_parameters
 from nanogpt import distributed
@@ -67,7 +67,7 @@ def worker(preset, method, batch_size, steps, warmup, r, seed=0, corpus="python-
     model = GPT(config)
     base_params = sum(p.numel() for p in model.parameters())
     if method == "lora":
-        apply_lora(model, TARGETS, r=r, alpha=2 * r)
+        apply_lora(model, ALL_BLOCK_LINEARS, r=r, alpha=2 * r)
     data = load_corpus(corpus, config.block_size)
     total = warmup + steps
     result = train(model, data.train, {"val": data.val}, max_iters=total, batch_size=batch_size, lr=1e-3,
@@ -133,7 +133,7 @@ def counted_bytes(r):
         with torch.device("meta"):
             model = GPT(config_from_preset(preset))
             full = sum(p.numel() for p in model.parameters())
-            apply_lora(model, TARGETS, r=r, alpha=2 * r)
+            apply_lora(model, ALL_BLOCK_LINEARS, r=r, alpha=2 * r)
         counted[preset] = {"full": 4 * full, "lora": 4 * count_parameters(model).trainable}
     return counted
 
