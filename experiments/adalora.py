@@ -12,37 +12,36 @@ Claims (Zhang et al. 2023, "AdaLoRA", arXiv:2303.10512), on DeBERTaV3 and BART t
 (2) the budget goes mostly to the MLP matrices and to the top layers: read off the final rank of
     every adapted matrix (layers x matrix type), against the uniform shares (MLP: 2 of 6 types; top
     half of the layers: 1/2).
-Each contender trains at its own rate (tuning.py: the first seed on the quarter-decade grid around
+Each contender trains at its own rate (lib/tuning.py: the first seed on the quarter-decade grid around
 a guess, widened at an edge, then the other seeds at the chosen rate). LoRA's guess is --lora-lr;
 AdaLoRA's one grid step higher: with Adam each lambda_i moves about lr per step whatever the
 matrix's width, while LoRA's B A grows about sqrt(width) times faster, so AdaLoRA wants a higher
 rate (a one-seed check at the default setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2
 / 1e-1). --no-pruning-control adds AdaLoRA 12->12, the SVD form with nothing pruned, to tell the
 pruning from the parameterisation. Differences are paired over seeds and called only when their
-95% interval excludes zero (seeds.py).
+95% interval excludes zero (lib/seeds.py).
 
 Writes OUT/records.json, OUT/adalora.json (the summary), OUT/budget.png, OUT/final_ranks.png,
 OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.
 """
 import argparse
-import itertools
 import math
 import os
-import re
 import statistics
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_float,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, write_report
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import LR_GRID, grid_index, grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets,
+                                    positive_float, positive_int, run_kwargs)
+from experiments.lib.plots import finish, write_report
+from experiments.lib.rank_maps import (MATRIX_TYPES, MLP_TYPES, layer_and_type, rank_grid, seed_agreement,
+                                       share_against_uniform, shares, uniform_shares)
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import LR_GRID, grid_index, grid_neighbours, tune
 from nanogpt.train import write_json
 
-MATRIX_TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-MLP_TYPES = ("up_proj", "down_proj")
+
 
 
 def nonnegative_int(text):
@@ -68,57 +67,6 @@ def number_flag(low, below=None):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
-
-
-def layer_and_type(name):
-    """'blocks.3.mlp.up_proj' -> (3, 'up_proj')."""
-    match = re.fullmatch(r"blocks\.(\d+)\..*\.(\w+)", name)
-    if match is None or match.group(2) not in MATRIX_TYPES:
-        raise ValueError(f"cannot place {name!r} in the layers x matrix-types grid")
-    return int(match.group(1)), match.group(2)
-
-
-def rank_grid(final_ranks, n_layer):
-    """{layer name: rank} -> (n_layer, 6) array, rows = layers, columns = MATRIX_TYPES; NaN = not adapted."""
-    grid = np.full((n_layer, len(MATRIX_TYPES)), np.nan)
-    for name, rank in final_ranks.items():
-        layer, kind = layer_and_type(name)
-        grid[layer, MATRIX_TYPES.index(kind)] = rank
-    return grid
-
-
-def shares(grid):
-    """Where the kept triplets went: the MLP's share, and the top half of the layers' share."""
-    total = np.nansum(grid)
-    mlp = np.nansum(grid[:, [MATRIX_TYPES.index(t) for t in MLP_TYPES]])
-    top = np.nansum(grid[(grid.shape[0] + 1) // 2:])  # with an odd layer count the middle one counts as bottom
-    return {"mlp_share": float(mlp / total), "top_half_share": float(top / total)}
-
-
-def uniform_shares(grid):
-    """The same shares if every adapted matrix kept the same rank."""
-    return shares(np.where(np.isnan(grid), np.nan, 1.0))
-
-
-def seed_agreement(grids):
-    """How alike the seeds' rank maps are: the mean correlation over pairs of seeds (None when a
-    map is constant), and the fraction of matrices whose rank is the same in every seed."""
-    flat = [g[~np.isnan(g)] for g in grids]
-    correlations = [float(np.corrcoef(a, b)[0, 1]) for a, b in itertools.combinations(flat, 2)
-                    if a.std() > 0 and b.std() > 0]
-    same = np.all([f == flat[0] for f in flat], axis=0)
-    return {"mean_pairwise_correlation": statistics.fmean(correlations) if correlations else None,
-            "fraction_same_in_every_seed": float(same.mean())}
-
-
-def share_against_uniform(values, uniform):
-    """The seeds' shares minus the uniform share: a spread whose 95% interval says the side
-    ("called": it excludes zero). None when the share cannot differ from uniform (one layer)."""
-    if uniform in (0.0, 1.0):
-        return None
-    d = spread([v - uniform for v in values])
-    d["called"] = bool(d["n"] > 1 and abs(d["mean"]) > d["ci"])
-    return d
 
 
 def claim1_verdict(difference):

@@ -12,7 +12,7 @@ experiments' runs see, and batch 12 is their very run, read from the cache). Two
 the rates:
 1. Each method keeps its one rate (tuned at batch 12) at every batch size, as the paper's
    comparison does, so only how the same data is cut into steps changes.
-2. At the smallest and the largest batch each method gets its own rate (tuning.py: a small
+2. At the smallest and the largest batch each method gets its own rate (lib/tuning.py: a small
    cached sweep on the first seed, then the other seeds): at equal sequences a large batch
    takes few steps and usually wants a higher rate, which could open or close the gap.
 The question is whether the gap (LoRA minus full, seed by seed) at the largest batch differs
@@ -27,12 +27,12 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_int,
-                                positive_ints, run_kwargs)
-from experiments.plots import finish, log2_axis, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_int,
+                                    positive_ints, run_kwargs)
+from experiments.lib.plots import finish, log2_axis, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
 
 METHODS = {"full": "full fine-tuning", "lora": "LoRA"}
@@ -252,7 +252,7 @@ fine-tuning widens, whatever the rank.
 (steps x batch, as the tables show), {n} seeds. First each method at one rate at every batch (full
 fine-tuning {lr_text(s['lrs']['full'])}, LoRA r={s['r']} {lr_text(s['lrs']['lora'])}: the defaults, tuned at batch
 12), then each method at its own rate at the smallest and the largest batch (a small cached sweep,
-`experiments/tuning.py`).
+`experiments/lib/tuning.py`).
 
 ![batch size](../results/batch_size/batch_size.png)
 

@@ -8,7 +8,7 @@ Claim ("LoRA Without Regret", Schulman et al. 2025): a low-rank adapter matches 
 while the dataset is small, and falls behind once the information in it exceeds what the
 adapter's parameters can hold; a higher rank holds on longer.
 
-The data are N random facts "key:value" (experiments/facts.py) whose information is known
+The data are N random facts "key:value" (experiments/lib/facts.py) whose information is known
 exactly (13.3 bits per value), so what each run memorized is counted in bits. Bits stored per
 trainable parameter is a lower bound on the capacity, not the capacity: a run that stored every
 fact was stopped by the data (N x 13.3 bits), not by its parameters, so its bits per parameter
@@ -24,12 +24,12 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, positive_ints, run_kwargs)
-from experiments.facts import facts_corpus, make_facts, recall
-from experiments.plots import finish, label, log2_axis, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, positive_ints, run_kwargs)
+from experiments.lib.facts import facts_corpus, make_facts, recall
+from experiments.lib.plots import finish, label, log2_axis, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 
 FINAL_EVAL = "recall-v1"  # part of the run cache key: change it when facts.recall changes
@@ -333,7 +333,7 @@ full fine-tuning as long as the information in the data fits in the adapter's pa
 that point it falls behind, and a higher rank holds on longer.
 
 **Command.** `python -m experiments.capacity` (`results/capacity/`). The data are N random facts
-`abcd:1234`, from a seeded generator (`experiments/facts.py`). Each value holds exactly
+`abcd:1234`, from a seeded generator (`experiments/lib/facts.py`). Each value holds exactly
 4 log2(10) = 13.3 bits, so what a run memorised can be counted: the bits it gained over a
 uniform guess among the ten digits, summed over all facts. Each run trains {s['max_iters']:,} steps on the
 facts and is scored on the same facts, by the loss on the value bytes and by exact recall

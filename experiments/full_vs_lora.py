@@ -10,11 +10,11 @@ runs it finds in the cache).
 """
 import os
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser,
-                                parse_batch_sizes, parse_methods, parse_targets, positive_int, run_kwargs)
-from experiments.finetune import measure_step_memory, prepare_model
-from experiments.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
-from experiments.runs import run_all
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser,
+                                    parse_batch_sizes, parse_methods, parse_targets, positive_int, run_kwargs)
+from experiments.lib.finetune import measure_step_memory, prepare_model
+from experiments.lib.plots import plot_costs, plot_loss_curves, plot_memory_vs_batch, write_markdown
+from experiments.lib.runs import run_all
 from nanogpt.train import write_json
 
 

@@ -15,7 +15,7 @@ Two comparisons:
 2. The fronts. A finished run is a point (target loss, source loss). Full fine-tuning traces
    its front over learning rates and run lengths (short runs and low rates learn little and
    forget little); LoRA over ranks and rates. For each LoRA run we read full's front at that
-   run's target loss (linear between vertices, experiments/pareto.py), seed by seed (the front
+   run's target loss (linear between vertices, experiments/lib/pareto.py), seed by seed (the front
    of seed s from seed s's full runs), and call LoRA above (forgets more at equal learning),
    below (forgets less) or on the front by the paired rule. Only finished runs make a front:
    a mid-run point of a long run at a high rate is not a model anyone would keep, and reading
@@ -31,13 +31,12 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets, positive_int, positive_ints,
-                                run_kwargs)
-from experiments.lr_sweep import parse_lrs
-from experiments.pareto import front_at, pareto_front
-from experiments.plots import finish, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_lrs, parse_ranks,
+                                    parse_targets, positive_int, positive_ints, run_kwargs)
+from experiments.lib.pareto import front_at, pareto_front
+from experiments.lib.plots import finish, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from nanogpt.train import write_json
 
 

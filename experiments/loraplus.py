@@ -17,12 +17,12 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, log2_axis, write_report
-from experiments.report import section_ref
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import LR_GRID, grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, run_kwargs)
+from experiments.lib.plots import finish, log2_axis, write_report
+from experiments.lib.sections import section_ref
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.train import write_json
 
 

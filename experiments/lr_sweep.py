@@ -11,32 +11,18 @@ Each method traces a U-curve of final loss against learning rate. The best rate 
 parabola through the lowest grid point and its two neighbours in log(rate), so it can fall
 between grid points. Writes OUT/records.json, OUT/lr_sweep.json, OUT/lr_sweep.png, OUT/results.md.
 """
-import argparse
 import math
 import os
 import statistics
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_lrs, parse_ranks,
+                                    parse_targets, positive_int, run_kwargs)
+from experiments.lib.plots import finish, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
-
-
-def parse_lrs(text, flag="--lrs", at_least=3):
-    """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag.
-    A sweep needs at least three rates to find a minimum; other uses may ask for fewer."""
-    message = f"{flag} must be comma-separated positive numbers like 1e-4,1e-3,1e-2; got {text!r}"
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(message) from None
-    if len(values) < at_least or any(not 0 < v < math.inf for v in values):
-        raise argparse.ArgumentTypeError(message + (" (at least three, to find a minimum)" if at_least == 3 else ""))
-    return sorted(values)
 
 
 def best_lr(lrs, losses):

@@ -18,34 +18,32 @@ memory by part; adapter size; and for each QLoRA run, its adapter loaded onto th
 full-precision base, the model unloaded to full precision (dequantize(W0) + delta W: the same
 function, a check), and the adapter merged back into 4 bits (what that loses, qlora.py).
 Step times are the runs' own medians (runs may train side by side in worker processes, see
-runs.py): a rough guide only; experiments/bench_lora.py compares QLoRA and LoRA steps in
+lib/runs.py): a rough guide only; experiments/bench/lora.py compares QLoRA and LoRA steps in
 alternating rounds.
 Writes OUT/records.json, OUT/qlora.json, OUT/levels.png, OUT/quant_error.png, OUT/memory.png,
 OUT/results.md.
 """
 import argparse
-import copy
 import functools
 import os
 import statistics
-import tempfile
 
 import matplotlib.pyplot as plt
 import torch
 
 import minilora
-from experiments.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
-from experiments.plots import MIB, finish, plot_memory_bars, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from minilora.qlora import merge_into_4bit_, requantization_error
-from minilora.quantize import LEVELS, QUANT_TYPES, quantize_4bit
+from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.lib.four_bit import (FINAL_EVAL, bits_per_value, qlora_final_eval, quantization_errors,
+                                      quantized_copy)
+from experiments.lib.plots import MIB, finish, plot_memory_bars, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from minilora.quantize import LEVELS, QUANT_TYPES
 from nanogpt.data import fixed_batches
 from nanogpt.train import evaluate, write_json
 
 NAMES = {"nf4": "NF4", "fp4": "FP4", "int4": "Int4"}
 COLORS = {"nf4": "#4C72B0", "fp4": "#DD8452", "int4": "#55A868"}
-FINAL_EVAL = "qlora-v1"  # the name of qlora_final_eval in the run cache: change it when the function changes
 PAPER_BITS = {"plain": 4 + 32 / 64, "double_quant": 4 + 8 / 64 + 32 / (64 * 256)}  # 4.5 and 4.127
 
 
@@ -60,66 +58,6 @@ def positive_int(flag):
             raise argparse.ArgumentTypeError(f"{flag} must be a positive integer like 3; got {text!r}")
         return value
     return parse
-
-
-def quantization_error(weight, quant_type, double_quant=True):
-    """{"mse", "relative"} of one weight in one data type: mean((W - W_hat)^2) and
-    ||W - W_hat||_F / ||W||_F, with blocks of 64 as QLoRA stores it."""
-    weight = weight.detach().float()
-    error = quantize_4bit(weight, quant_type, 64, double_quant).dequantize() - weight
-    return {"mse": error.pow(2).mean().item(), "relative": (error.norm() / weight.norm()).item()}
-
-
-def quantization_errors(weights):
-    """{weight name: {quant_type: {"mse", "relative", "mse_no_dq", "relative_no_dq"}}}."""
-    table = {}
-    for name, weight in weights.items():
-        table[name] = {}
-        for q in QUANT_TYPES:
-            plain = quantization_error(weight, q, double_quant=False)
-            table[name][q] = {**quantization_error(weight, q), "mse_no_dq": plain["mse"],
-                              "relative_no_dq": plain["relative"]}
-    return table
-
-
-def bits_per_value(weights, double_quant):
-    """Bits per value of NF4 over the given weights, from the bytes the tensors hold."""
-    stored = [quantize_4bit(w, "nf4", 64, double_quant) for w in weights]
-    return 8 * sum(q.nbytes for q in stored) / sum(q.numel() for q in stored)
-
-
-def quantized_copy(base, targets, quant_type, double_quant=True):
-    """The base model with the targets' weights in 4 bits, and no adapter active: the quantized base."""
-    model = minilora.apply_lora(copy.deepcopy(base), targets, r=1, alpha=1, quantize=quant_type,
-                                double_quant=double_quant)
-    for _, layer in minilora.lora_layers(model):
-        layer.active_adapter = None  # forward is Linear4bit's: dequantize(W0) x + b
-    return model
-
-
-def qlora_final_eval(base, eval_batches, device, model):
-    """The losses of what can be made of a trained QLoRA model's adapter (run_finetune's
-    final_eval, bound to base, eval_batches and device with functools.partial, which, unlike a
-    closure, can be sent to the worker processes): on the full-precision base (save_adapter, then
-    load_adapter onto a copy of the base), unloaded to full precision, and merged back into 4 bits;
-    and requantization_error averaged over the layers."""
-    def losses(m):
-        return {name: evaluate(m, batches, device) for name, batches in eval_batches.items()}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "adapter.pt")
-        minilora.save_adapter(model, path)
-        on_full_precision = minilora.load_adapter(copy.deepcopy(base), path)
-    merged = copy.deepcopy(model)
-    for _, layer in minilora.lora_layers(merged):
-        merge_into_4bit_(layer)
-    errors = [requantization_error(layer) for _, layer in minilora.lora_layers(model)]
-    return {
-        "on_full_precision_base": losses(on_full_precision),
-        "unloaded": losses(minilora.unload_lora(copy.deepcopy(model))),
-        "merged_into_4bit": losses(merged),
-        "requantization": {k: statistics.fmean(e[k] for e in errors) for k in errors[0]},
-    }
 
 
 def plot_levels(path, title, n_values=2 ** 16):
@@ -284,7 +222,7 @@ def results_tables(summary, errors, gaussian_name, quantized_targets):
               f"the difference is the fp32 mean of each tensor's block constants, and a last group of fewer than 256 "
               f"block constants where a tensor has one.",
               f"\nMedian step, QLoRA (NF4) / LoRA: {summary['step_ms_qlora_nf4_over_lora']:.2f} (separate runs, a rough "
-              f"guide; experiments/bench_lora.py alternates the two in one process)."]
+              f"guide; experiments/bench/lora.py alternates the two in one process)."]
     return "\n".join(lines) + "\n"
 
 

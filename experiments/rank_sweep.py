@@ -27,18 +27,18 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
-                                positive_int, run_kwargs)
-from experiments.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
-from experiments.report import section_ref
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
+                                    positive_int, run_kwargs)
+from experiments.lib.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.sections import MAIN_SWEEP_FOLDER, section_ref
+from experiments.lib.seeds import seed_list, show, spread
 from nanogpt.train import write_json
 
 SCALINGS = {"lora": "LoRA, alpha/r", "rslora": "rsLoRA, alpha/sqrt(r)"}
 EARLY_STEPS = (25, 50, 100, 200, 600)  # where the early training curves are compared
 SMOOTHING = 25  # steps in the moving average of the training loss (one batch is noisy)
-REPORT_FOLDER = "rank_sweep_reproduction"  # under results/: the sweep REPRODUCTIONS.md and the README read
+REPORT_FOLDER = MAIN_SWEEP_FOLDER  # under results/: the sweep REPRODUCTIONS.md and the README read
 COMMAND = "python -m experiments.rank_sweep --reproduce"  # the command that writes it
 
 

@@ -6,7 +6,7 @@
 Claim (Hu et al. 2021, Sec. 7.2 and Table 6): LoRA performs competitively with a very small rank,
 r = 1 or 2, when it adapts W_q and W_v together; adapting W_q alone needs a larger r. The test:
 for each target set, the docs loss at r = 1, 2, 8 and 64, and the gap from r=1 (and r=2) to r=64
-seed by seed. Each target set runs at its own rate, tuned at r=8 (tuning.py); the rate is then
+seed by seed. Each target set runs at its own rate, tuned at r=8 (lib/tuning.py); the rate is then
 kept for every rank of the set, since the best rate barely moves with the rank when alpha is
 fixed (section 1 of REPRODUCTIONS.md).
 Writes OUT/records.json, OUT/rank_targets.json, OUT/rank_targets.png, OUT/results.md.
@@ -15,12 +15,13 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import check_runs, finish_experiment, load_setup, make_parser, parse_ranks, positive_int, run_kwargs
-from experiments.plots import finish, log2_axis, write_report
-from experiments.report import section_ref
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, positive_int,
+                                    run_kwargs)
+from experiments.lib.plots import finish, log2_axis, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.sections import section_ref
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
 
 TARGET_SETS = {"q": ["q_proj"], "q,v": ["q_proj", "v_proj"], "q,k,v,o": ["q_proj", "k_proj", "v_proj", "o_proj"]}

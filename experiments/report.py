@@ -21,23 +21,16 @@ import os
 import re
 import sys
 
+from experiments.lib.sections import SECTIONS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPRODUCTIONS = os.path.join(ROOT, "experiments", "REPRODUCTIONS.md")
 README = os.path.join(ROOT, "README.md")
 DOCS = os.path.join(ROOT, "docs")
-# The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
-# every other comparison runs each method at its own tuned rate.
-SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
-            "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora")
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
                    re.DOTALL)
 # A Markdown link's target: `](path)` or `](path#anchor)`; web addresses and bare anchors are left alone.
 LINK = re.compile(r"(\]\()(?!https?:|mailto:|#|/)([^)\s#]+)")
-
-
-def section_ref(name):
-    """'section N' for an experiment's section in REPRODUCTIONS.md (its place in SECTIONS)."""
-    return f"section {SECTIONS.index(name) + 1}"
 
 
 class Results:
@@ -66,13 +59,13 @@ def sections(results):
 
 
 def reproductions_md(results):
-    from experiments.write_up import document  # the prose around the sections
+    from experiments.lib.write_up import document  # the prose around the sections
 
     return document(results, sections(results))
 
 
 def readme_blocks(results, secs=None):
-    from experiments.write_up import readme_blocks as blocks
+    from experiments.lib.write_up import readme_blocks as blocks
 
     return blocks(results, secs)
 
@@ -106,7 +99,7 @@ def block_files():
 
 def expected_files(results):
     """{path: the content the records give}."""
-    from experiments.write_up import document  # the prose around the sections
+    from experiments.lib.write_up import document  # the prose around the sections
 
     secs = sections(results)
     blocks = readme_blocks(results, secs)

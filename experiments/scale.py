@@ -1,5 +1,5 @@
 """Where LoRA pays: its costs measured from the tiny GPT up to GPT-2 medium's shape, each beside
-the cost model's prediction (experiments/cost_model.py).
+the cost model's prediction (experiments/lib/cost_model.py).
 
     python -m experiments.scale [--sizes tiny,small,gpt2-small,gpt2-medium] [--block-size 128]
                                 [--batch-size 4] [--rounds 5] [--memory-batches 1,8] [--device cpu]
@@ -11,20 +11,20 @@ size, five variants of one model:
     full      full fine-tuning
     lora      LoRA r=8 on q, k, v, o, up and down of every block
     lora-qv   LoRA r=4 on q_proj and v_proj: the LoRA paper's GPT-3 setting
-    floor     every weight frozen, no adapter, only the LayerNorms train (bench_lora.py): the least
+    floor     every weight frozen, no adapter, only the LayerNorms train (bench/lora.py): the least
               any adapter method can cost
     qlora     lora on a base stored in 4-bit NF4, when minilora.apply_lora accepts quantize=
 Measured, each beside its prediction:
     memory by part   weights, gradients and optimizer state read from the tensors after a step;
-                     saved activations counted by SavedActivations (memory.py), at the run's batch
+                     saved activations counted by SavedActivations (lib/memory.py), at the run's batch
                      and at each of --memory-batches
-    peak memory      a few steps in a fresh process per variant (peak_memory.py): the peak resident
+    peak memory      a few steps in a fresh process per variant (bench/peak_memory.py): the peak resident
                      set on CPU, the CUDA allocator's peak on a GPU
     step time        forward, backward and optimizer step of each variant in turn, the order rotated
                      every round, after a warm-up round; a ratio is the median of same-round ratios
-                     with its quartiles (bench_lora.py), beside the FLOP model's ratio
+                     with its quartiles (bench/lora.py), beside the FLOP model's ratio
     file size        the full checkpoint (torch.save of the state_dict) and each adapter (save_adapter)
-Records: OUT/scale.json. Plots (OUT/*.png) and the write-up (--docs, docs/scale.md): scale_report.py.
+Records: OUT/scale.json. Plots (OUT/*.png) and the write-up (--docs, docs/scale.md): lib/scale_report.py.
 Timings are wall-clock: run on an otherwise idle machine. The frozen variants of a size share one
 copy of the frozen weights (a speed and memory trick for this process only: the peaks are measured
 in processes of their own).
@@ -33,11 +33,9 @@ import argparse
 import copy
 import ctypes
 import gc
-import inspect
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -47,47 +45,23 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import minilora
-from experiments import cost_model, scale_report
-from experiments.bench_lora import make_floor, paired_ratio, saved_activation_bytes
-from experiments.common import ALL_BLOCK_LINEARS, DEFAULT_LR, parse_batch_sizes
-from experiments.finetune import saved_bytes
-from experiments.memory import measure_training_memory
+from experiments.lib import cost_model, scale_report
+from experiments.lib.common import parse_batch_sizes
+from experiments.lib.finetune import saved_bytes
+from experiments.lib.memory import measure_training_memory, saved_activation_bytes
+from experiments.lib.model_variants import VARIANTS, make_optimizer, make_variant, qlora_available
+from experiments.lib.timing import paired_ratio
 from nanogpt.device import autocast
 from nanogpt.flags import DEVICE_HELP, CommandError, choice, comma_list, positive_int, run_main, seed
 from nanogpt.flags import device as device_flag
 from nanogpt.model import GPT
 from nanogpt.presets import config_from_preset
 from nanogpt.run_folder import check_writable_folder
-from nanogpt.train import configure_optimizer, write_json
+from nanogpt.train import write_json
 
 SIZES = ("tiny", "small", "gpt2-small", "gpt2-medium", "gpt2-large")
 DEFAULT_SIZES = "tiny,small,gpt2-small,gpt2-medium"  # gpt2-large (710M; ~12 GB for full fine-tuning) when named
-VARIANTS = {  # name -> what the cost model calls it: method, rank, targets
-    "full": dict(method="full", r=None, targets=None),
-    "lora": dict(method="lora", r=8, targets=ALL_BLOCK_LINEARS),
-    "lora-qv": dict(method="lora", r=4, targets=["q_proj", "v_proj"]),
-    "floor": dict(method="floor", r=None, targets=None),
-    "qlora": dict(method="qlora", r=8, targets=ALL_BLOCK_LINEARS),
-}
-ALPHA = 16.0
 PARTS = ("weights", "grads", "optimizer", "activations")
-
-
-def qlora_available():
-    """Does this minilora's apply_lora take quantize= (QLoRA)? Checked once, at startup."""
-    return "quantize" in inspect.signature(minilora.apply_lora).parameters
-
-
-def make_variant(model, name):
-    """Turn model into variant `name`, in place, and return it."""
-    spec = VARIANTS[name]
-    if spec["method"] == "full":
-        return model.requires_grad_(True)
-    if spec["method"] == "floor":
-        return make_floor(model)
-    quantize = {"quantize": "nf4"} if spec["method"] == "qlora" else {}
-    return minilora.apply_lora(model, spec["targets"], spec["r"], ALPHA, **quantize)
 
 
 def sharing_copy(frozen):
@@ -97,12 +71,6 @@ def sharing_copy(frozen):
     own = {id(p) for m in frozen.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     memo = {id(p): p for p in frozen.parameters() if id(p) not in own}
     return copy.deepcopy(frozen, memo)
-
-
-def make_optimizer(model, name):
-    """AdamW over the trainable parameters at the method's default rate (the rate changes no cost)."""
-    lr = DEFAULT_LR["full"] if name == "full" else DEFAULT_LR["lora"]
-    return configure_optimizer(model, lr, weight_decay=0.0)
 
 
 def predict(config, name, batch_size, device):
@@ -133,10 +101,10 @@ def timed_phases(model, optimizer, x, y, device):
 
 
 def peak_in_fresh_process(preset, name, args):
-    """Run experiments.peak_memory for one variant in a new Python and return its JSON record.
+    """Run experiments.bench.peak_memory for one variant in a new Python and return its JSON record.
     MALLOC_MMAP_THRESHOLD_ (glibc) makes every allocation of 64 KiB or more a mapping of its
     own, given back to the system when freed, so that the resident set follows the live tensors."""
-    command = [sys.executable, "-m", "experiments.peak_memory", "--preset", preset, "--variant", name,
+    command = [sys.executable, "-m", "experiments.bench.peak_memory", "--preset", preset, "--variant", name,
                "--block-size", str(args.block_size), "--batch-size", str(args.batch_size),
                "--device", args.device, "--seed", str(args.seed), "--threads", str(torch.get_num_threads())]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")

@@ -32,12 +32,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from experiments.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
-                                parse_ranks, parse_targets, positive_int, run_kwargs)
-from experiments.plots import finish, lr_text, write_report
-from experiments.runs import run_all
-from experiments.seeds import seed_list, show, spread
-from experiments.subspace import delta_weight, load_adapter_tensors
+from experiments.lib.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
+                                    parse_ranks, parse_targets, positive_int, run_kwargs)
+from experiments.lib.plots import finish, lr_text, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import seed_list, show, spread
+from experiments.lib.subspace_math import delta_weight, load_adapter_tensors
 from nanogpt.train import write_json
 
 LEVELS = (0.5, 0.9, 0.99)  # shares of ||delta W||_F^2 whose energy rank is reported

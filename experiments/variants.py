@@ -8,7 +8,7 @@ Claims, each from its paper:
   learning, so a high rank pays off where alpha/r stalls.
 - DoRA (Liu et al. 2024) and PiSSA (Meng et al. 2024): at the same rank they learn more than
   LoRA, closing part of the gap to full fine-tuning.
-Every contender gets its own rate (tuning.py), since a rate tuned for one favours it.
+Every contender gets its own rate (lib/tuning.py), since a rate tuned for one favours it.
 
 One thing to know before reading the rsLoRA result: with Adam and no weight decay, multiplying
 the scale s by k is the same as multiplying B's learning rate by k (Adam's step does not depend
@@ -23,13 +23,13 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
-                                parse_targets, positive_int, run_kwargs)
-from experiments.plots import finish, write_report
-from experiments.report import section_ref
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import grid_neighbours, tune
+from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
+                                    parse_targets, positive_int, run_kwargs)
+from experiments.lib.plots import finish, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.sections import section_ref
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
 
 
@@ -213,7 +213,7 @@ and PiSSA (Meng et al. 2024): at the same rank they learn more than LoRA, closin
 gap to full fine-tuning.
 
 **Command.** `python -m experiments.variants` (`results/variants/`): each contender at its own
-tuned rate (`experiments/tuning.py`), then {len(summary['seeds'])} seeds at that rate; alpha 16, all
+tuned rate (`experiments/lib/tuning.py`), then {len(summary['seeds'])} seeds at that rate; alpha 16, all
 six linear layers. Full fine-tuning at {full['lr']:g} for reference: {show(full['target_loss'])}.
 
 ![variants](../results/variants/variants.png)

@@ -8,7 +8,7 @@ types beats putting a high rank on one type. LoRA Without Regret (Schulman et al
 attention-only LoRA falls short of adapting the MLP too, even at a matched parameter count.
 
 Each target set gets the rank whose parameter count comes closest to the budget (by default:
-r=8 on q_proj alone, the paper's single-type setting), and its own learning rate (tuning.py:
+r=8 on q_proj alone, the paper's single-type setting), and its own learning rate (lib/tuning.py:
 the best rate depends on the rank and the matrices), then three fine-tuning seeds at that rate.
 Writes OUT/records.json, OUT/which_weights.json, OUT/which_weights.png, OUT/results.md.
 """
@@ -16,11 +16,11 @@ import os
 
 import matplotlib.pyplot as plt
 
-from experiments.common import check_runs, finish_experiment, load_setup, make_parser, positive_int, run_kwargs
-from experiments.plots import finish, write_report
-from experiments.runs import run_all
-from experiments.seeds import paired, seed_list, show, show_difference, spread
-from experiments.tuning import grid_neighbours, tune
+from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, positive_int, run_kwargs
+from experiments.lib.plots import finish, write_report
+from experiments.lib.runs import run_all
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.tuning import grid_neighbours, tune
 from minilora import find_targets
 from nanogpt.train import write_json
 

@@ -50,7 +50,7 @@ mode (each adapter would need its own mask).
 Cost: the two batched products are thin (rank r_max) and the gather copies each row's factors at
 every forward, so on a CPU the mixed batch runs somewhat slower than the base model on the same
 batch; what it saves is the merge per adapter and the many small batches of serving one adapter
-at a time (experiments/bench_adapters.py measures both).
+at a time (experiments/bench/adapters.py measures both).
 """
 import contextlib
 

@@ -20,7 +20,7 @@ What happens when a command is launched by torchrun (nothing here does anything 
                weights stay identical without ever being sent again.
   LoRA         DDP synchronises only parameters with requires_grad=True: the frozen base takes no
                part, and each step all-reduces the adapters' gradients alone, a few percent of the
-               model's bytes. wrap() counts those bytes (CommStats), the number bench_ddp.py reports.
+               model's bytes. wrap() counts those bytes (CommStats), the number experiments/bench/ddp.py reports.
   writing      only rank 0 writes checkpoints, records and plots and shows progress bars; the other
                processes' standard output is discarded (their errors still show). Evaluation is
                split: each process evaluates its share of the fixed batches, and the sum is

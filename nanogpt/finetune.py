@@ -56,7 +56,7 @@ from nanogpt.train import configure_optimizer, divergence_warning, restore_train
 # final loss on the new text, mean of three seeds) on the setup the defaults below describe: the tiny GPT
 # pretrained on python-code, fine-tuned on python-docs (results/lr_sweep/lr_sweep.json, section 1 of
 # experiments/REPRODUCTIONS.md). LoRA wants about 3x full fine-tuning's rate here. The experiments read
-# these too (experiments.common.DEFAULT_LR is this dict): change them here, and only from a new sweep.
+# these too (experiments.lib.common.DEFAULT_LR is this dict): change them here, and only from a new sweep.
 DEFAULT_LR = {"full": 1.8e-3, "lora": 5.6e-3}
 
 ALL_LINEAR = "all-linear"

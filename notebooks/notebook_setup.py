@@ -74,10 +74,10 @@ def cache_dir():
 
 
 def experiment_settings():
-    """The experiments' default settings (experiments/common.py: corpora, preset, steps, batch,
+    """The experiments' default settings (experiments/lib/common.py: corpora, preset, steps, batch,
     learning rates, seed), with the cache as an absolute path; fast mode pretrains 50 steps."""
     find_code()
-    from experiments.common import make_parser
+    from experiments.lib.common import make_parser
 
     settings = make_parser("notebook", str(ROOT / "runs" / "notebooks")).parse_args([])
     settings.cache = str(cache_dir())
@@ -89,7 +89,7 @@ def experiment_settings():
 def base_model(settings, progress=False):
     """(base GPT, checkpoint path): the model the experiments pretrain with these settings, from
     the cache, or pretrained into it first (about two minutes on a laptop CPU, once)."""
-    from experiments.base_model import get_base_model
+    from experiments.lib.base_model import get_base_model
     from nanogpt.presets import config_from_preset
 
     config = config_from_preset(settings.preset)

@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from experiments.base_model import get_base_model
-from experiments.runs import run_all
+from experiments.lib.base_model import get_base_model
+from experiments.lib.runs import run_all
 from minilora import apply_lora, save_adapter
 from nanogpt import distributed
 from nanogpt.data import load_corpus

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments import adalora
-from experiments.seeds import paired
+from experiments.lib import rank_maps
+from experiments.lib.seeds import paired
 from minilora import read_adapter_file
 from tests.test_experiments import TOY, is_png
 
@@ -56,8 +57,8 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     assert "| AdaLoRA 12->8 |" in text and "Claim 2, the budget goes" in text
     assert json.loads((out / "run_info.json").read_text())["runs_planned"] > 0
     from experiments.report import Results
-    from experiments.seeds import show_difference
-    from experiments.write_up import VERDICTS
+    from experiments.lib.seeds import show_difference
+    from experiments.lib.write_up import VERDICTS
     section = adalora.report(Results(str(tmp_path)))  # tmp_path/adalora holds the results
     assert section["verdict"] in VERDICTS and show_difference(first["difference"]) in section["body"]
     saved = [read_adapter_file(p) for p in sorted((tmp_path / "cache" / "runs").glob("*.adapter.pt"))]
@@ -82,21 +83,21 @@ def test_bad_flags_stop_before_any_work(tmp_path, corpora, capsys, flags, messag
 
 def test_shares_and_verdicts():
     grid = np.array([[4, 4, 4, 4, 10, 10], [8, 8, 8, 8, 12, 12]], dtype=float)  # 2 layers
-    s = adalora.shares(grid)
+    s = rank_maps.shares(grid)
     assert s["mlp_share"] == pytest.approx(44 / 92) and s["top_half_share"] == pytest.approx(56 / 92)
-    assert adalora.uniform_shares(grid) == {"mlp_share": pytest.approx(1 / 3), "top_half_share": 0.5}
-    above = adalora.share_against_uniform([0.45, 0.47, 0.46], 1 / 3)
+    assert rank_maps.uniform_shares(grid) == {"mlp_share": pytest.approx(1 / 3), "top_half_share": 0.5}
+    above = rank_maps.share_against_uniform([0.45, 0.47, 0.46], 1 / 3)
     assert above["called"] and above["mean"] == pytest.approx(0.46 - 1 / 3)
-    assert not adalora.share_against_uniform([0.2, 0.5, 0.35], 1 / 3)["called"]
-    assert adalora.share_against_uniform([1.0, 1.0], 1.0) is None
+    assert not rank_maps.share_against_uniform([0.2, 0.5, 0.35], 1 / 3)["called"]
+    assert rank_maps.share_against_uniform([1.0, 1.0], 1.0) is None
     assert adalora.claim1_verdict(paired([1.50, 1.51, 1.49], [1.55, 1.56, 1.55]))[0] == "reproduced"
     assert adalora.claim1_verdict(paired([1.55, 1.56, 1.55], [1.50, 1.51, 1.49])) == (
         "not reproduced", "uniform LoRA's final docs loss is lower")
     assert adalora.claim1_verdict(paired([1.50, 1.56, 1.52], [1.53, 1.51, 1.54]))[1].startswith("no difference")
-    below = adalora.share_against_uniform([0.2, 0.21, 0.22], 1 / 3)
+    below = rank_maps.share_against_uniform([0.2, 0.21, 0.22], 1 / 3)
     assert adalora.claim2_verdict(above, above)[0] == "reproduced"
     assert adalora.claim2_verdict(above, None)[0] == "partly"
     assert adalora.claim2_verdict(below, below)[0] == "not reproduced"
-    same = adalora.seed_agreement([grid, grid.copy()])
+    same = rank_maps.seed_agreement([grid, grid.copy()])
     assert same == {"mean_pairwise_correlation": pytest.approx(1.0), "fraction_same_in_every_seed": 1.0}
     assert adalora.next_grid_rate(5.6e-3) == 1e-2

@@ -1,9 +1,9 @@
-"""experiments.bench_adapters at toy size: it runs, serves the same tokens both ways, counts bytes exactly."""
+"""experiments.bench.adapters at toy size: it runs, serves the same tokens both ways, counts bytes exactly."""
 import json
 
 import pytest
 
-from experiments import bench_adapters
+from experiments.bench import adapters as bench_adapters
 from nanogpt.flags import CommandError
 
 TOY = ["--presets", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16",

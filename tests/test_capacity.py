@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from experiments import capacity
-from experiments.facts import DIGIT_BITS, facts_corpus, make_facts, recall
+from experiments.lib.facts import DIGIT_BITS, facts_corpus, make_facts, recall
 from nanogpt.tokenizer import decode
 from experiments.report import Results
-from experiments.seeds import spread
-from experiments.write_up import VERDICTS
+from experiments.lib.seeds import spread
+from experiments.lib.write_up import VERDICTS
 from tests.test_experiments import TOY, is_png
 
 

@@ -223,10 +223,10 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert "over all processes" in make_parser().format_help()  # --batch-size says it is the global batch
 
 
-# -- experiments/bench_ddp.py, checked at small sizes without a launch ----------------------------
+# -- experiments/bench/ddp.py, checked at small sizes without a launch ----------------------------
 
 def test_bench_worker_measures_one_process_steps(tmp_path):
-    from experiments import bench_ddp
+    from experiments.bench import ddp as bench_ddp
     path = tmp_path / "m.json"
     bench_ddp.main(["--worker", str(path), "--presets", "tiny", "--methods", "lora", "--steps", "2", "--warmup", "1",
                     "--batch-size", "2"])
@@ -238,7 +238,7 @@ def test_bench_worker_measures_one_process_steps(tmp_path):
 
 
 def test_bench_summary_divides_lora_bytes_by_full_bytes_and_pairs_rounds():
-    from experiments import bench_ddp
+    from experiments.bench import ddp as bench_ddp
     counts = {("tiny", m): {"trainable_params": n, "total_params": n, "base_params": 1000,
                             "communication": {"allreduce_bytes_per_step": 4 * n, "buckets_per_step": 1.0}}
               for m, n in (("full", 1000), ("lora", 50))}
@@ -254,6 +254,6 @@ def test_bench_summary_divides_lora_bytes_by_full_bytes_and_pairs_rounds():
 
 
 def test_bench_refuses_a_batch_two_processes_cannot_split(tmp_path):
-    from experiments import bench_ddp
+    from experiments.bench import ddp as bench_ddp
     with pytest.raises(CommandError, match="--batch-size 3 is the global batch"):
         bench_ddp.main(["--presets", "tiny", "--batch-size", "3", "--out", str(tmp_path)])

@@ -9,9 +9,6 @@ from urllib.parse import unquote
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README_MAX_LINES = 300
-# Pages that another branch brings when the lead merges: links to them are not checked until they
-# arrive. The lead empties this set after merging (a test below fails once a page is here).
-EXPECTED_FROM_MERGE = {"docs/architecture.md"}
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)  # fenced code blocks: their brackets are code
 CODE_SPAN = re.compile(r"`[^`\n]*`")
@@ -53,7 +50,7 @@ def anchors(text):
     return ids | set(HTML_ID.findall(text))
 
 
-def broken_links(root=ROOT, expected=EXPECTED_FROM_MERGE):
+def broken_links(root=ROOT):
     """['page: target (why)'] for every relative link that does not resolve."""
     root = pathlib.Path(root).resolve()
     broken = []
@@ -70,8 +67,6 @@ def broken_links(root=ROOT, expected=EXPECTED_FROM_MERGE):
             where = f"{page.relative_to(root)}: {target}"
             if not dest.is_relative_to(root):
                 broken.append(f"{where} (outside the repository)")
-            elif dest.relative_to(root).as_posix() in expected:
-                continue
             elif not dest.exists():
                 broken.append(f"{where} (no such file)")
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text(encoding="utf-8")):
@@ -88,11 +83,6 @@ def test_the_readme_is_at_most_300_lines():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move reference to a page in docs/"
 
 
-def test_the_pages_expected_from_a_merge_have_not_arrived_yet():
-    arrived = sorted(p for p in EXPECTED_FROM_MERGE if (ROOT / p).exists())
-    assert arrived == [], f"{arrived} exist now: remove them from EXPECTED_FROM_MERGE so their links are checked"
-
-
 def test_a_broken_link_or_anchor_is_found_and_named(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "notebooks").mkdir()
@@ -104,9 +94,9 @@ def test_a_broken_link_or_anchor_is_found_and_named(tmp_path):
     (tmp_path / "README.md").write_text(
         "# Title\n\n## The main result: the tiny GPT\n\n"
         "[ok](docs/usage.md#is-lora-faster) [`code`](docs/usage.md) [web](https://example.com/x.md)\n"
-        "[gone](docs/missing.md) [bad anchor](docs/usage.md#is-lora-slower) [merge](docs/architecture.md)\n"
+        "[gone](docs/missing.md) [bad anchor](docs/usage.md#is-lora-slower)\n"
         "[escape](../outside.md) `[not a link](nowhere.md)`\n\n```\n[in a code block](nowhere.md)\n```\n")
-    assert broken_links(tmp_path, expected={"docs/architecture.md"}) == [
+    assert broken_links(tmp_path) == [
         "README.md: docs/missing.md (no such file)",
         "README.md: docs/usage.md#is-lora-slower (no heading with the id 'is-lora-slower')",
         "README.md: ../outside.md (outside the repository)",
@@ -114,12 +104,7 @@ def test_a_broken_link_or_anchor_is_found_and_named(tmp_path):
     ]
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "a.png").write_bytes(b"")
-    assert broken_links(tmp_path, expected=set()) == [
-        "README.md: docs/missing.md (no such file)",
-        "README.md: docs/usage.md#is-lora-slower (no heading with the id 'is-lora-slower')",
-        "README.md: docs/architecture.md (no such file)",  # not skipped once the set is emptied
-        "README.md: ../outside.md (outside the repository)",
-    ]
+    assert "experiments/REPRODUCTIONS.md: ../results/a.png (no such file)" not in broken_links(tmp_path)
 
 
 def test_heading_ids_follow_githubs_rule():

@@ -8,9 +8,9 @@ import torch
 
 import minilora
 from experiments import full_vs_lora, rank_sweep
-from experiments.common import parse_ranks
-from experiments.finetune import make_optimizer, prepare_model
-from experiments.memory import SavedActivations, analytic_bytes, measure_training_memory
+from experiments.lib.common import parse_ranks
+from experiments.lib.finetune import make_optimizer, prepare_model
+from experiments.lib.memory import SavedActivations, analytic_bytes, measure_training_memory
 from nanogpt import GPT, config_from_preset
 from nanogpt.device import autocast
 
@@ -225,7 +225,7 @@ def test_bad_flags_are_clear_errors(tmp_path, corpora, capsys):
 
 
 def test_bench_ratio_is_taken_within_each_round():
-    from experiments.bench_lora import paired_ratio
+    from experiments.lib.timing import paired_ratio
 
     # The machine slows down 3x over the run; within each round lora takes half of full's time.
     full = [1.0, 1.5, 2.0, 3.0, 3.0]
@@ -237,7 +237,7 @@ def test_bench_ratio_is_taken_within_each_round():
 
 
 def test_bench_lora_writes_its_ratios(tmp_path):
-    from experiments import bench_lora
+    from experiments.bench import lora as bench_lora
 
     bench_lora.main(["--preset", "tiny", "--batch-size", "2", "--steps", "1", "--forward-rounds", "1",
                      "--out", str(tmp_path)])

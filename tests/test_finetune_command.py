@@ -127,5 +127,5 @@ def test_settings_problems_are_named_before_training(setup, tmp_path):
 def test_every_flag_has_help_and_the_default_rates_are_shared_with_the_experiments():
     for action in finetune.make_parser()._actions:
         assert action.help and len(action.help) > 15, action.option_strings
-    from experiments.common import DEFAULT_LR
+    from experiments.lib.common import DEFAULT_LR
     assert DEFAULT_LR is finetune.DEFAULT_LR

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 import minilora
-from experiments.finetune import make_optimizer, prepare_model
-from experiments.memory import SavedActivations, measure_training_memory, parameter_bytes
+from experiments.lib.finetune import make_optimizer, prepare_model
+from experiments.lib.memory import SavedActivations, measure_training_memory, parameter_bytes
 from minilora import (LoRALinear, QLoRALinear, QuantizedWeight, apply_lora, quantize_fp4, quantize_int4,
                       quantize_nf4, unload_lora)
 from minilora.qlora import Linear4bit, merge_into_4bit_, requantization_error

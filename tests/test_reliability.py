@@ -12,8 +12,10 @@ import torch
 
 import minilora
 import nanogpt.train as train_module
-from experiments import base_model, bench_lora, full_vs_lora, rank_sweep
-from experiments.finetune import run_finetune
+from experiments import full_vs_lora, rank_sweep
+from experiments.bench import lora as bench_lora
+from experiments.lib import base_model
+from experiments.lib.finetune import run_finetune
 from nanogpt import GPT, config_from_preset
 from nanogpt import sample as sample_module
 from nanogpt.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -485,7 +487,7 @@ def test_train_checks_its_numbers():
 
 
 def test_force_trains_each_run_once(tmp_path, corpora, monkeypatch):
-    import experiments.finetune as finetune_module
+    import experiments.lib.finetune as finetune_module
 
     real, calls = finetune_module.train, []
     monkeypatch.setattr(finetune_module, "train", lambda *a, **k: calls.append(1) or real(*a, **k))

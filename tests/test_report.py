@@ -10,7 +10,7 @@ import pytest
 
 from experiments import report
 from experiments.report import Results, fill_blocks
-from experiments.write_up import VERDICTS
+from experiments.lib.write_up import VERDICTS
 
 
 def test_the_committed_markdown_is_what_the_committed_records_give():

@@ -10,12 +10,12 @@ import torch
 from experiments import batch_size, learn_forget, loraplus, lr_sweep, qlora, rank_targets, variants, which_weights
 from experiments.loraplus import steps_to_reach
 from experiments.lr_sweep import best_lr
-from experiments.common import DEFAULT_LR
+from experiments.lib.common import DEFAULT_LR
 from experiments.learn_forget import front_rows, position, source_loss_at, versus_full_front
-from experiments.pareto import front_at, pareto_front
+from experiments.lib.pareto import front_at, pareto_front
 from experiments.report import Results
-from experiments.write_up import VERDICTS
-from experiments.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.write_up import VERDICTS
+from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.which_weights import TARGET_SETS, params_per_rank, rank_for_budget
 from minilora import apply_lora, count_parameters, lora_layers
 from nanogpt import GPT, config_from_preset
@@ -269,7 +269,7 @@ def test_batch_size_end_to_end_at_equal_sequences(tmp_path, corpora, capsys):
 def test_an_evaluation_batch_equal_to_the_training_batch_keeps_the_old_cache_key():
     from types import SimpleNamespace
 
-    from experiments.finetune import run_key
+    from experiments.lib.finetune import run_key
 
     corpus = SimpleNamespace(sha256="abc")
     key = dict(base_key="b", spec={"method": "full", "lr": 1e-3}, target=corpus, source=corpus, steps=6, seed=1,
@@ -463,8 +463,8 @@ def test_rank_targets_verdict_needs_a_competitive_small_rank_and_a_larger_gap_fo
 def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, corpora):
     """Six steps are far too few for any rate to overshoot, so the loss falls with the rate: the tuner
     must walk up the grid one rate per stage, max_extra times, and say the best is at the edge."""
-    from experiments.common import load_setup, make_parser, run_kwargs
-    from experiments.tuning import LR_GRID, grid_neighbours, tune
+    from experiments.lib.common import load_setup, make_parser, run_kwargs
+    from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 
     args = make_parser("t", str(tmp_path / "out")).parse_args([*TOY, *corpora])
     base, base_key, source, target, device = load_setup(args)
@@ -479,7 +479,7 @@ def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, cor
     with pytest.raises(ValueError, match="not on the tuning grid"):
         grid_neighbours(2e-3)
     # --force retrains each run once, not once per stage that reads it back.
-    from experiments import runs
+    from experiments.lib import runs
     runs.reset_counts()
     again = tune({"full": ({**entry, "force": True}, [1e-4, 1.8e-4, 3e-4])}, [1337, 1338], max_extra=2,
                  progress=False)["full"]

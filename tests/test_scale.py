@@ -7,15 +7,16 @@ import json
 import pytest
 import torch
 
-from experiments import cost_model, scale, scale_report
-from experiments.memory import measure_training_memory
+from experiments import scale
+from experiments.lib import cost_model, extrapolation, model_variants
+from experiments.lib.memory import measure_training_memory
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.presets import config_from_preset
 from tests.test_experiments import is_png
 
 TOY_SIZES = [GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32),
              GPTConfig(n_layer=3, n_head=3, n_embd=96, block_size=16, bias=False, tie_weights=False)]
-VARIANTS = [name for name in scale.VARIANTS if name != "qlora" or scale.qlora_available()]
+VARIANTS = [name for name in model_variants.VARIANTS if name != "qlora" or model_variants.qlora_available()]
 
 
 @pytest.mark.parametrize("config", TOY_SIZES, ids=["tied-bias", "untied-no-bias"])
@@ -26,9 +27,9 @@ def test_cost_model_predicts_measured_memory_to_the_byte(config, name):
     torch.manual_seed(0)
     base = GPT(config)
     for batch in (1, 3):
-        model = scale.make_variant(copy.deepcopy(base), name)
+        model = model_variants.make_variant(copy.deepcopy(base), name)
         x, y = (torch.randint(0, 256, (batch, config.block_size)) for _ in range(2))  # (B, T) each, own storages
-        measured = measure_training_memory(model, scale.make_optimizer(model, name), x, y, contextlib.nullcontext())
+        measured = measure_training_memory(model, model_variants.make_optimizer(model, name), x, y, contextlib.nullcontext())
         predicted = scale.predict(config, name, batch, "cpu")
         assert predicted["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert {part: predicted["bytes"][part] for part in ("weights", "grads", "optimizer", "activations")} == {
@@ -42,11 +43,11 @@ def test_cost_model_predicts_autocast_activations(name):
     an fp32 input and of its weight: the prediction still matches to the byte."""
     config = TOY_SIZES[0]
     torch.manual_seed(0)
-    model = scale.make_variant(GPT(config), name)
+    model = model_variants.make_variant(GPT(config), name)
     x, y = (torch.randint(0, 256, (2, config.block_size)) for _ in range(2))  # (B, T) each
-    measured = measure_training_memory(model, scale.make_optimizer(model, name), x, y,
+    measured = measure_training_memory(model, model_variants.make_optimizer(model, name), x, y,
                                        torch.autocast("cpu", dtype=torch.bfloat16))
-    spec = scale.VARIANTS[name]
+    spec = model_variants.VARIANTS[name]
     predicted = cost_model.predict(cost_model.shape_of(config), spec["method"], spec["r"] or 8,
                                    spec["targets"] or "all-linear", 2, config.block_size, autocast=True)
     assert predicted["bytes"]["activations"] == measured["activations"]
@@ -88,16 +89,16 @@ def test_flops_split_as_the_derivations_say():
 
 
 def test_extrapolation_shapes_and_papers_arithmetic():
-    gpt3 = cost_model.predict(scale_report.GPT3, "lora", r=4, targets=["q_proj", "v_proj"], seq_len=2048, dtype="fp16")
+    gpt3 = cost_model.predict(extrapolation.GPT3, "lora", r=4, targets=["q_proj", "v_proj"], seq_len=2048, dtype="fp16")
     C = 12288
     assert gpt3["total_params"] - gpt3["trainable_params"] == 96 * (12 * C * C + 13 * C) + (50257 + 2048 + 2) * C
     assert gpt3["trainable_params"] == 96 * 2 * 4 * (C + C)  # 18.9M: the paper's 35 MB checkpoint in fp16
     assert gpt3["files"]["adapter"] == 2 * gpt3["trainable_params"]
-    llama = cost_model.predict(scale_report.LLAMA_65B, "full", seq_len=512, dtype="bf16", optimizer_dtype="fp32")
+    llama = cost_model.predict(extrapolation.LLAMA_65B, "full", seq_len=512, dtype="bf16", optimizer_dtype="fp32")
     assert llama["total_params"] == pytest.approx(65.2e9, rel=0.005)  # LLaMA's reported 65.2B
     assert llama["bytes"]["weights"] + llama["bytes"]["grads"] + llama["bytes"]["optimizer"] == pytest.approx(
         12 * llama["total_params"], rel=1e-6)  # 2 + 2 + 8 bytes per parameter: the paper's > 780 GB
-    rows = {row["key"]: row for row in scale_report.extrapolate()["rows"]}
+    rows = {row["key"]: row for row in extrapolation.extrapolate()["rows"]}
     assert rows["llama_qlora"]["also"]["bits per quantized weight"] == pytest.approx(4.127, abs=1e-3)
 
 
@@ -111,8 +112,8 @@ def run_toy(tmp_path, *extra):
 def test_scale_end_to_end_writes_records_plots_and_docs(tmp_path):
     data, out = run_toy(tmp_path, "--no-peak", "--variants", "full,lora,floor,qlora")
     names = list(data["sizes"][0]["variants"])
-    assert names == ["full", "lora", "floor"] + (["qlora"] if scale.qlora_available() else [])
-    assert (data["qlora_note"] is None) == scale.qlora_available()
+    assert names == ["full", "lora", "floor"] + (["qlora"] if model_variants.qlora_available() else [])
+    assert (data["qlora_note"] is None) == model_variants.qlora_available()
     size = data["sizes"][0]
     for name, v in size["variants"].items():
         m, p = v["memory"]["measured"], v["memory"]["predicted"]
@@ -181,7 +182,7 @@ def test_a_forward_only_activation_count_leaves_nothing_alive():
     must let the graph go: a saved output kept as it came would hold its own graph in a cycle."""
     import gc
 
-    from experiments.bench_lora import saved_activation_bytes
+    from experiments.lib.memory import saved_activation_bytes
 
     model = GPT(TOY_SIZES[0])
     x, y = (torch.randint(0, 256, (2, 32)) for _ in range(2))

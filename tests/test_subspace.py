@@ -8,10 +8,11 @@ import torch
 
 from experiments import subspace
 from experiments.report import Results
-from experiments.subspace import (amplification, chance_corrected, cross_seed_pairs, delta_weight, direction_overlaps,
-                                  initial_A, random_projection_norm, random_similarity, right_singular_basis,
-                                  similarity_numbers, subspace_similarity)
-from experiments.write_up import VERDICTS
+from experiments.lib.subspace_math import (amplification, chance_corrected, cross_seed_pairs, delta_weight,
+                                           direction_overlaps, random_projection_norm, random_similarity,
+                                           right_singular_basis, similarity_numbers, subspace_similarity)
+from experiments.lib.write_up import VERDICTS
+from experiments.subspace import initial_A
 from nanogpt import GPT, GPTConfig
 from tests.test_experiments import TOY, is_png
 

@@ -13,7 +13,7 @@ from experiments import update_spectrum
 from experiments.report import Results
 from experiments.update_spectrum import (block_linear_weights, energy_curve, energy_rank, energy_share,
                                          gaussian_singular_values, update_spectra)
-from experiments.write_up import VERDICTS
+from experiments.lib.write_up import VERDICTS
 from nanogpt import GPT, GPTConfig
 from tests.test_experiments import TOY, is_png
 

@@ -12,7 +12,7 @@ All contenders advance together, so each stage's missing runs train side by side
 """
 import math
 
-from experiments.runs import run_all
+from experiments.lib.runs import run_all
 
 # Quarter-decade steps (10^(k/4), rounded as the earlier sweeps wrote them).
 LR_GRID = (1e-4, 1.8e-4, 3e-4, 5.6e-4, 1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2, 1.8e-2, 3e-2, 5.6e-2, 1e-1)

@@ -1,6 +1,6 @@
 """The peak memory of a few training steps of one variant, measured in a process of its own.
 
-    python -m experiments.peak_memory --preset gpt2-small --variant lora [--block-size 128]
+    python -m experiments.bench.peak_memory --preset gpt2-small --variant lora [--block-size 128]
                                       [--batch-size 4] [--steps 2] [--device cpu]
 
 Prints one JSON line (experiments/scale.py runs this once per size and variant). Why a fresh
@@ -26,8 +26,8 @@ import sys
 
 import torch
 
-from experiments.bench_lora import train_step
-from experiments.scale import VARIANTS, make_optimizer, make_variant
+from experiments.lib.model_variants import VARIANTS, make_optimizer, make_variant
+from experiments.lib.timing import train_step
 from nanogpt.device import autocast
 from nanogpt.flags import choice, positive_int, run_main, seed
 from nanogpt.flags import device as device_flag

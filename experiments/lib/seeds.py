@@ -79,7 +79,7 @@ def show_difference(d, digits=3):
 
 def run_seeds(base, base_key, spec, target, source, seeds, **kwargs):
     """One run_finetune record per seed, same spec; kwargs as run_finetune's (without seed)."""
-    from experiments.finetune import run_finetune
+    from experiments.lib.finetune import run_finetune
 
     return [run_finetune(base, base_key, spec, target, source, seed=s, **kwargs) for s in seeds]
 

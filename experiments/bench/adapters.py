@@ -1,6 +1,6 @@
 """Many adapters over one base: what switching, swapping, loading and serving cost, measured in turns.
 
-    python -m experiments.bench_adapters [--presets tiny,small] [--n-adapters 1,4,16,64]
+    python -m experiments.bench.adapters [--presets tiny,small] [--n-adapters 1,4,16,64]
                                          [--requests-per-adapter 2] [--out results/bench_adapters]
 
 The production story of LoRA (S-LoRA, Sheng et al. 2023; Punica, Chen et al. 2023): keep one base
@@ -52,7 +52,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from experiments.bench_lora import paired_ratio
+from experiments.lib.timing import paired_ratio
 from minilora import (add_adapter, apply_lora, disable_lora, load_adapter, lora_layers, merge_lora, mixed_adapters,
                       save_adapter, set_adapter, unmerge_lora)
 from nanogpt.flags import CommandError, choice, comma_list, positive_float, positive_int, run_main, seed

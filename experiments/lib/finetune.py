@@ -17,8 +17,8 @@ import warnings
 import torch
 
 import minilora
-from experiments.base_model import settings_key
-from experiments.memory import measure_training_memory
+from experiments.lib.base_model import settings_key
+from experiments.lib.memory import measure_training_memory
 from minilora.quantize import QUANT_TYPES
 from nanogpt import distributed
 from nanogpt.data import get_batch

@@ -10,7 +10,8 @@ Each experiment module's `report(results)` returns its section as a dict:
     folder, command optional: the results folder and the command, where they are not results/<name>/
                     and `python -m experiments.<name>` (rank_sweep's section is its --reproduce run)
 """
-from experiments.seeds import show
+from experiments.lib.sections import MAIN_SWEEP_FOLDER, section_number
+from experiments.lib.seeds import show
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not tested in the claim's regime")
 
@@ -50,7 +51,7 @@ section says otherwise.
 from section 1's sweep over three seeds: full fine-tuning at {full['best_grid_lr']:g}, LoRA at
 {info['curves'][2]['best_grid_lr']:g} (the best grid rates for full fine-tuning and LoRA r=8).
 Other contenders (target sets, variants, ranks) get their rate from a small cached sweep on the
-same quarter-decade grid (`experiments/tuning.py`): the first seed at a few rates around the
+same quarter-decade grid (`experiments/lib/tuning.py`): the first seed at a few rates around the
 default, widened while the best sits at an edge, then the other seeds at the chosen rate.
 
 **Statistics.** A fine-tuning seed changes the batches and the adapter's initialisation, never
@@ -67,12 +68,6 @@ already made reuses it.
 """
 
 
-def section_number(name):
-    from experiments.report import SECTIONS
-
-    return SECTIONS.index(name) + 1
-
-
 def summary_table(sections):
     lines = ["| # | claim | source | verdict |", "| --- | --- | --- | --- |"]
     for name, s in sections:
@@ -83,13 +78,6 @@ def summary_table(sections):
 
 def command(name, section):
     return section.get("command", f"python -m experiments.{name}")
-
-
-def main_sweep_folder():
-    """The results folder of the three-seed rank sweep the README's main results read."""
-    from experiments.rank_sweep import REPORT_FOLDER
-
-    return REPORT_FOLDER
 
 
 def run_times(results, sections):
@@ -128,7 +116,7 @@ def run_times(results, sections):
 
 def document(results, sections):
     parts = [opening(results), "## The claims at a glance\n", summary_table(sections)]
-    for name, s in sections:  # numbered by their place in report.SECTIONS, as section_ref names them
+    for name, s in sections:  # numbered by their place in SECTIONS, as section_ref names them
         parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
     parts.append(run_times(results, sections))
     return "\n".join(parts)
@@ -141,7 +129,7 @@ PARTS = ("params", "grads", "optimizer", "activations")
 
 def main_results(results):
     """The README's "Results of the main job": the rank sweep (3 seeds) and full_vs_lora's costs."""
-    folder = main_sweep_folder()
+    folder = MAIN_SWEEP_FOLDER
     sweep = results.json(folder, "rank_sweep.json")
     groups = sweep["groups"]
     full = next(g for g in groups if g["kind"] == "full")
@@ -208,7 +196,7 @@ width: low rank only pays while r is small next to the layer's width.
 | LoRA r={l['r']} | {l['trainable_params']:,} | {l['final_target_loss']:.3f} | {l['final_source_loss']:.3f} | {parts(l['memory'])} | {l['saved_bytes'] / KIB:,.0f} KiB |
 
 One seed each (`python -m experiments.full_vs_lora`, seed {f['seed']}). Step times are not
-compared here: one run after another on a shared machine is noise. `experiments/bench_lora.py`
+compared here: one run after another on a shared machine is noise. `experiments/bench/lora.py`
 times the two in turns ([Is LoRA faster?](docs/results.md#is-lora-faster)).
 
 **Where the memory goes.** Parameter, gradient and optimizer bytes are read from the tensors and
@@ -254,7 +242,7 @@ def speed(results):
                  f"{ratio['qlora_step / lora_step']:.2f}x a LoRA step (quartiles {q[0]:.2f} to {q[1]:.2f}); "
                  f"dequantizing was {100 * ratio['qlora_dequantize_time / qlora_step (profile)']:.0f}% of its "
                  f"step in a profile.")
-    return f"""Measured by `python -m experiments.bench_lora` (`results/bench_lora/`): the `{a['preset']}` GPT
+    return f"""Measured by `python -m experiments.bench.lora` (`results/bench_lora/`): the `{a['preset']}` GPT
 ({base_params / 1e6:.2f}M parameters), batch {a['batch_size']}, r={a['r']} on the six linear layers of every
 block, {bench['threads']} threads, {bench['torch']}; each round times one step of every variant in turn,
 and a ratio is the median over {a['steps']} rounds of the two steps' ratio within a round. A LoRA step was
@@ -275,7 +263,7 @@ def claims(results):
     bench = results.json("bench_lora", "bench_lora.json")
     ratio, quart = bench["ratios"], bench["ratio_quartiles"]
     preset = bench["args"]["preset"]
-    folder = main_sweep_folder()
+    folder = MAIN_SWEEP_FOLDER
     sweep = results.json(folder, "rank_sweep.json")
     full = next(g for g in sweep["groups"] if g["kind"] == "full")
     lora = {g["r"]: g for g in sweep["groups"] if g["kind"] == "lora"}
@@ -337,7 +325,7 @@ def claims(results):
 
 def scale(results):
     """The README's "How LoRA's savings grow with the model", from results/scale (docs/scale.md has it all)."""
-    from experiments import scale_report
+    from experiments.lib import scale_report
 
     data = results.json("scale", "scale.json")
     extrapolation = results.json("scale", "extrapolation.json")
@@ -353,7 +341,7 @@ def scale(results):
     return f"""The tiny GPT of the main results is the first point on a curve. `python -m experiments.scale` measures
 full fine-tuning, LoRA, QLoRA and the frozen floor at {sizes} (random
 weights: costs depend on shapes, not values), each part of the memory beside a cost model
-(`experiments/cost_model.py`) that predicts it to the byte{caveat}:
+(`experiments/lib/cost_model.py`) that predicts it to the byte{caveat}:
 
 {scale_report.summary(data)}
 
@@ -370,7 +358,7 @@ def adapters(results):
     """The README's measured numbers for many adapters over one base, from results/bench_adapters."""
     bench = results.json("bench_adapters", "bench_adapters.json")
     a = bench["args"]
-    lines = [f"Measured by `python -m experiments.bench_adapters` ({bench['torch']}, {bench['threads']} threads; "
+    lines = [f"Measured by `python -m experiments.bench.adapters` ({bench['torch']}, {bench['threads']} threads; "
              f"times are medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation, "
              f"taken in turns; {a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens "
              f"and {a['new_tokens']} new ones, greedy):", "",
@@ -434,7 +422,7 @@ def reproductions_table(sections):
 def readme_blocks(results, sections=None):
     """{block name: Markdown}: the generated blocks of README.md and the docs/ pages."""
     blocks = {}
-    if results.has(main_sweep_folder()) and results.has("full_vs_lora", "records.json"):
+    if results.has(MAIN_SWEEP_FOLDER) and results.has("full_vs_lora", "records.json"):
         blocks["main-results"] = main_results(results)
     if results.has("bench_lora", "bench_lora.json"):
         blocks["speed"] = speed(results)

@@ -19,7 +19,7 @@ import os
 import torch
 from tqdm import tqdm
 
-from experiments.finetune import run_finetune, run_key
+from experiments.lib.finetune import run_finetune, run_key
 from nanogpt import distributed
 
 
@@ -51,7 +51,7 @@ def _run(kwargs):
 def run_all(plan, workers=1, progress=True, desc="runs"):
     """[record] for each run in plan, in order.
 
-    plan: a list of keyword-argument dicts for experiments.finetune.run_finetune (base, base_key,
+    plan: a list of keyword-argument dicts for experiments.lib.finetune.run_finetune (base, base_key,
     spec, target, source, steps, seed, ...). Runs already in the cache are read back; the others
     are trained by `workers` processes (1: one after the other, in this process, with its
     per-run progress bars). Each run's record lands in the cache as it finishes, so an

@@ -18,11 +18,11 @@ import time
 import torch
 
 import minilora
-from experiments import runs
-from experiments.base_model import get_base_model, pretrain_settings, settings_key
-from experiments.finetune import METHODS
-from experiments.runs import default_workers
-from experiments.tuning import LR_GRID
+from experiments.lib import runs
+from experiments.lib.base_model import get_base_model, pretrain_settings, settings_key
+from experiments.lib.finetune import METHODS
+from experiments.lib.runs import default_workers
+from experiments.lib.tuning import LR_GRID
 from nanogpt import distributed
 from nanogpt.data import load_corpus
 from nanogpt.finetune import DEFAULT_LR  # noqa: F401 (experiments import it from here)
@@ -40,7 +40,7 @@ from nanogpt.train import write_json
 # (results/lr_sweep/lr_sweep.json, section 1 of experiments/REPRODUCTIONS.md). LoRA wants a higher
 # rate than full fine-tuning, as "LoRA Without Regret" (Schulman et al. 2025) reports, though here
 # by about 3x rather than its 10x. Other contenders are tuned per experiment around these
-# (experiments/tuning.py).
+# (experiments/lib/tuning.py).
 ALL_BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
@@ -62,6 +62,19 @@ def parse_batch_sizes(text):
 
 
 positive_floats = comma_list(positive_float, "1e-4,1e-3")  # learning-rate lists and the like
+
+
+def parse_lrs(text, flag="--lrs", at_least=3):
+    """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag.
+    A sweep needs at least three rates to find a minimum; other uses may ask for fewer."""
+    message = f"{flag} must be comma-separated positive numbers like 1e-4,1e-3,1e-2; got {text!r}"
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if len(values) < at_least or any(not 0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(message + (" (at least three, to find a minimum)" if at_least == 3 else ""))
+    return sorted(values)
 
 
 def parse_methods(text):

@@ -1,6 +1,6 @@
 """Is a LoRA training step actually cheaper than full fine-tuning? Measured side by side.
 
-    python -m experiments.bench_lora [--preset small] [--batch-size 16] [--r 8] [--steps 15] [--out DIR]
+    python -m experiments.bench.lora [--preset small] [--batch-size 16] [--r 8] [--steps 15] [--out DIR]
                                      [--threads N]
 
 One process times, on copies of one base GPT with the same random batch and the same AdamW:
@@ -30,13 +30,13 @@ import copy
 import os
 import statistics
 import tempfile
-import time
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
-from experiments.memory import SavedActivations, parameter_bytes
+from experiments.lib.memory import parameter_bytes, saved_activation_bytes
+from experiments.lib.model_variants import make_floor
+from experiments.lib.timing import paired_ratio, timed, train_step
 from minilora import apply_lora, count_parameters, lora_layers, merge_lora, save_adapter
 from nanogpt.model import GPT
 from nanogpt.flags import CommandError, choice, positive_float, positive_int, seed
@@ -45,15 +45,6 @@ from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-
-
-def make_floor(model):
-    """The floor, in place: every weight frozen, no adapter, only the LayerNorm parameters train."""
-    model.requires_grad_(False)
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.requires_grad_(True)
-    return model
 
 
 def make_variants(base, r, alpha):
@@ -68,32 +59,9 @@ def make_variants(base, r, alpha):
     return {"full": full, "floor": floor, "lora": lora, "ref": ref, "qlora": qlora}
 
 
-def train_step(model, optimizer, x, y):
-    _, loss = model(x, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 @torch.no_grad()
 def forward_only(model, x):
     model(x)
-
-
-def paired_ratio(times_a, times_b):
-    """Median and quartiles over rounds of times_a[i] / times_b[i] (two variants timed in the
-    same round): (median, first quartile, third quartile)."""
-    per_round = [a / b for a, b in zip(times_a, times_b)]
-    if len(per_round) == 1:
-        return per_round[0], per_round[0], per_round[0]
-    q1, q2, q3 = statistics.quantiles(per_round, n=4)
-    return q2, q1, q3
 
 
 def dequantize_share(model, optimizer, x, y, steps=2):
@@ -106,13 +74,6 @@ def dequantize_share(model, optimizer, x, y, steps=2):
     events = {e.key: e for e in prof.key_averages()}
     dequantize = events["minilora.dequantize"]
     return dequantize.cpu_time_total / events["train_step"].cpu_time_total, dequantize.count / steps
-
-
-def saved_activation_bytes(model, x, y):
-    """Bytes autograd saves for backward in one training forward (experiments/memory.py)."""
-    with SavedActivations(model) as saved:
-        model(x, y)
-    return saved.bytes
 
 
 def main(argv=None):

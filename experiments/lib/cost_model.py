@@ -1,20 +1,20 @@
 """What one training step costs, predicted from the model's shape alone: parameters, memory by
 part, file sizes and FLOPs, for full fine-tuning, LoRA, QLoRA and the frozen floor.
 
-    from experiments.cost_model import predict, shape_of
+    from experiments.lib.cost_model import predict, shape_of
     predict(shape_of(config), "lora", r=8, batch_size=4, seq_len=128)["bytes"]
 
 Four methods (the names experiments/scale.py uses):
     full    every parameter trains
     lora    A (r, in) and B (out, r) on each target linear of every block; everything else frozen
     qlora   lora, with each target's W0 stored in 4-bit NF4 with double quantization (QLoRA)
-    floor   every weight frozen and no adapter; only the norms train (experiments/bench_lora.py):
+    floor   every weight frozen and no adapter; only the norms train (experiments/bench/lora.py):
             the least any adapter method can cost
 
 Notation: L layers, C width (n_embd), H the MLP's hidden width (4C in our GPT), V vocabulary,
 nh heads, B batch, T sequence length, N = B T tokens, r rank, P parameters.
 
-The memory parts are those experiments/memory.py reads from the tensors, and the saved
+The memory parts are those experiments/lib/memory.py reads from the tensors, and the saved
 activations are what this GPT's autograd saves, op by op (activation_walk below), so that a
 prediction can be checked against a measurement to the byte. Random or trained values cost the
 same: costs depend only on shapes and dtypes.
@@ -187,7 +187,7 @@ def state_bytes(shape, method, r=8, targets="all-linear", dtype="fp32", optimize
 def step_walk(shape, method, r, targets, batch_size, seq_len, dtype="fp32", autocast=False):
     """One training step of our GPT, walked in forward order as autograd sees it: the bytes the
     forward pass saves for backward (each storage once, parameters left out, as
-    experiments/memory.py's SavedActivations counts them) and the matmul FLOPs of forward,
+    experiments/lib/memory.py's SavedActivations counts them) and the matmul FLOPs of forward,
     input gradients, weight gradients and adapter products.
 
     Autograd saves a tensor for an op only when backward needs it for a gradient someone wants:

@@ -1,7 +1,7 @@
 """What LoRA saves in communication when training on several processes, and the step time on 1 and 2.
 
-    python -m experiments.bench_ddp                                   # tiny and small, full and LoRA r=8
-    python -m experiments.bench_ddp --presets tiny --steps 6 --rounds 1   # a quick check
+    python -m experiments.bench.ddp                                   # tiny and small, full and LoRA r=8
+    python -m experiments.bench.ddp --presets tiny --steps 6 --rounds 1   # a quick check
 
 Data-parallel training (DistributedDataParallel, nanogpt/distributed.py) all-reduces every
 trainable parameter's gradient at every step. Full fine-tuning sends the whole model's gradient;
@@ -38,7 +38,8 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from experiments.bench_lora import TARGETS, paired_ratio
+from experiments.lib.common import ALL_BLOCK_LINEARS
+from experiments.lib.timing import paired_ratio
 from minilora import apply_lora, count_parameters
 from nanogpt import distributed
 from nanogpt.data import load_corpus
@@ -66,7 +67,7 @@ def worker(preset, method, batch_size, steps, warmup, r, seed=0, corpus="python-
     model = GPT(config)
     base_params = sum(p.numel() for p in model.parameters())
     if method == "lora":
-        apply_lora(model, TARGETS, r=r, alpha=2 * r)
+        apply_lora(model, ALL_BLOCK_LINEARS, r=r, alpha=2 * r)
     data = load_corpus(corpus, config.block_size)
     total = warmup + steps
     result = train(model, data.train, {"val": data.val}, max_iters=total, batch_size=batch_size, lr=1e-3,
@@ -82,7 +83,7 @@ def launch(setup, preset, method, args):
     processes, threads = SETUPS[setup]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        command = ["-m", "experiments.bench_ddp", "--worker", out, "--presets", preset, "--methods", method,
+        command = ["-m", "experiments.bench.ddp", "--worker", out, "--presets", preset, "--methods", method,
                    "--batch-size", str(args.batch_size or BATCH.get(preset, 16)), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--r", str(args.r)]
         if processes > 1:
@@ -132,7 +133,7 @@ def counted_bytes(r):
         with torch.device("meta"):
             model = GPT(config_from_preset(preset))
             full = sum(p.numel() for p in model.parameters())
-            apply_lora(model, TARGETS, r=r, alpha=2 * r)
+            apply_lora(model, ALL_BLOCK_LINEARS, r=r, alpha=2 * r)
         counted[preset] = {"full": 4 * full, "lora": 4 * count_parameters(model).trainable}
     return counted
 

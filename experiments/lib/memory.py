@@ -125,3 +125,10 @@ def measure_training_memory(model, optimizer, x, y, autocast_context):
         "activations": saved.bytes,
         "analytic": analytic_bytes(model),
     }
+
+
+def saved_activation_bytes(model, x, y):
+    """Bytes autograd saves for backward in one training forward."""
+    with SavedActivations(model) as saved:
+        model(x, y)
+    return saved.bytes

@@ -1,0 +1,22 @@
+"""The order of REPRODUCTIONS.md's sections, which numbers them: experiments/report.py puts the
+sections together in this order, lib/write_up.py numbers the headings and the summary table by
+it, and an experiment's text names another's section with section_ref. It lives here, below
+both, so that neither the report nor any experiment imports the other to ask."""
+
+# The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
+# every other comparison runs each method at its own tuned rate.
+SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
+            "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora")
+# The results folder (under results/) of the three-seed rank sweep (`rank_sweep --reproduce`) that
+# REPRODUCTIONS.md and the README's main results read; the quickstart's own sweep is results/rank_sweep/.
+MAIN_SWEEP_FOLDER = "rank_sweep_reproduction"
+
+
+def section_number(name):
+    """An experiment's section number in REPRODUCTIONS.md (1 for SECTIONS[0])."""
+    return SECTIONS.index(name) + 1
+
+
+def section_ref(name):
+    """'section N' for an experiment's section in REPRODUCTIONS.md (its place in SECTIONS)."""
+    return f"section {section_number(name)}"
