@@ -8,6 +8,9 @@ covered as soon as it exists.
   project file its kernel imported.
 - Each teaches the same way: what you will learn first, exercises last, solutions tagged; the
   student version has no solutions.
+- The teacher's commands: `times` adds up the cell timestamps `execute` saves; `check-offline`
+  runs notebooks with the network off (shown on small notebooks made here, not the heavy ones) and
+  says whether the base model was prepared.
 
 The kernel inherits this process's environment (conftest.py sets NOTEBOOK_FAST=1 and
 MPLBACKEND=Agg) and runs with cwd = notebooks/, on an in-memory copy: the committed files are
@@ -20,6 +23,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -183,3 +187,74 @@ def test_setup_cell_fetches_the_repository_outside_a_clone(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     clone = tmp_path / "minilora-repo" / "notebooks" / "notebook_setup.py"
     assert f"setup from {clone}" in run.stdout and f"second run from {clone}" in run.stdout
+
+
+def test_times_adds_up_the_cell_timestamps_that_execute_saves():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("three words here"),
+        nbformat.v4.new_code_cell("a = 1"), nbformat.v4.new_code_cell("b = 2"),
+        nbformat.v4.new_markdown_cell("<details><summary>Solution 1</summary> not counted </details>",
+                                      metadata={"tags": [classroom.SOLUTION_TAG]})])
+    assert classroom.notebook_times(nb) == {"cells": 4, "code_cells": 2, "words": 3, "seconds": None, "longest": None}
+    nb.cells[1].metadata["execution"] = {"iopub.execute_input": "2026-12-06T17:00:00.250000Z",
+                                         "shell.execute_reply": "2026-12-06T17:00:02.750000Z"}
+    assert classroom.notebook_times(nb)["seconds"] is None, "a cell without timestamps: no total"
+    nb.cells[2].metadata["execution"] = {"iopub.execute_input": "2026-12-06T17:00:03Z",
+                                         "shell.execute_reply": "2026-12-06T17:01:03.5Z"}
+    times = classroom.notebook_times(nb)
+    assert times["seconds"] == 63.0 and times["longest"] == (2, 60.5)
+    assert "execution" not in classroom.student_version(nb).cells[1].metadata
+
+
+def test_check_offline_runs_a_notebook_with_the_network_off(tmp_path):
+    """`check-offline`'s kernel: connections to other machines and name look-ups fail, saying why;
+    this machine's loopback still works; child processes get no package index; fast mode is on."""
+    listener = "import socket\nserver = socket.create_server(('127.0.0.1', 0))\n" \
+               "socket.create_connection(server.getsockname(), timeout=5).close()\nprint('loopback ok')\n"
+    env = "import os\nprint(os.environ['NOTEBOOK_FAST'], os.environ['NOTEBOOK_CACHE'], os.environ['PIP_NO_INDEX'])"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(listener), nbformat.v4.new_code_cell(env)])
+    assert classroom.run_offline(nb, fast=True, cache=tmp_path) >= 0
+    assert nb.cells[0].outputs[0]["text"] == "loopback ok\n"
+    assert nb.cells[1].outputs[0]["text"] == f"1 {tmp_path} 1\n"
+
+    from nbclient.exceptions import CellExecutionError
+
+    for reach in ("socket.create_connection(('192.0.2.1', 80), timeout=5)", "socket.getaddrinfo('pypi.org', 443)"):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import socket\n" + reach)])
+        with pytest.raises(CellExecutionError, match="the network is off"):
+            classroom.run_offline(nb, fast=True, cache=tmp_path)
+
+
+def test_check_offline_and_prepare_refuse_fast_mode(monkeypatch):
+    monkeypatch.setenv("NOTEBOOK_FAST", "1")
+    for command in ("prepare", "check-offline"):
+        with pytest.raises(SystemExit, match=f"NOTEBOOK_FAST=1 is set: unset it for `{command}`"):
+            classroom.main([command])
+
+
+def test_check_offline_says_whether_the_base_model_was_prepared(tmp_path, monkeypatch, capsys):
+    """The teacher's check: the cache is prepared when loading the base model pretrains nothing
+    (here a stand-in for notebook_setup that 'pretrains' by writing a finished folder)."""
+    cache = tmp_path / "cache"
+
+    def base_model(settings, progress=False):
+        done = cache / "base-0123456789ab" / "settings.json"  # written last, as experiments' base model does
+        if not done.exists():
+            done.parent.mkdir(parents=True)
+            done.write_text("{}")
+
+    monkeypatch.setitem(sys.modules, "notebook_setup", SimpleNamespace(
+        find_code=lambda: None, cache_dir=lambda: cache, experiment_settings=lambda: None, base_model=base_model))
+    monkeypatch.setattr(classroom, "front_end", lambda: "JupyterLab")
+    path = tmp_path / "01_tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), path)
+
+    assert classroom.check_offline([path], full=False) == 1
+    out = capsys.readouterr().out
+    assert "front end: JupyterLab" in out and "base model: NOT prepared before this check" in out
+    assert "01_tiny.ipynb: ran top to bottom with the network off" in out
+    assert classroom.check_offline([path], full=False) == 0, "prepared now: nothing left to report"
+    assert "no pretraining needed" in capsys.readouterr().out
+    monkeypatch.setattr(classroom, "front_end", lambda: None)
+    assert classroom.check_offline([path], full=False) == 1
+    assert "pip install -r requirements-class.txt" in capsys.readouterr().out
