@@ -258,3 +258,41 @@ def test_check_offline_says_whether_the_base_model_was_prepared(tmp_path, monkey
     monkeypatch.setattr(classroom, "front_end", lambda: None)
     assert classroom.check_offline([path], full=False) == 1
     assert "pip install -r requirements-class.txt" in capsys.readouterr().out
+
+
+def requirement_names(path):
+    """The package names a requirements file installs, following `-r other.txt`."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            names |= requirement_names(path.parent / line[3:].strip())
+        elif line:
+            names.add(re.match(r"[A-Za-z0-9_.\-]+", line).group(0).lower())
+    return names
+
+
+# The import name of a package whose distribution is named otherwise (IPython comes with ipykernel).
+DISTRIBUTION = {"IPython": "ipykernel"}
+
+
+def test_the_class_requirements_install_jupyter_and_everything_the_notebooks_import():
+    """Item 1 of the classroom issue: a class opens the notebooks from requirements-class.txt (or
+    the `class` extra) alone: a Jupyter front end, and every third-party module that the notebooks'
+    code cells, notebook_setup.py and classroom.py import."""
+    names = requirement_names(ROOT / "requirements-class.txt")
+    assert "jupyterlab" in names or "notebook" in names
+    sources = [c.source for p in NOTEBOOKS for c in code_cells(read(p))]
+    sources += [(NB_DIR / f).read_text() for f in ("notebook_setup.py", "classroom.py")]
+    imported = set()
+    for source in sources:
+        imported |= {m.split(".")[0] for m in re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", source, re.M)}
+    ours = {"minilora", "nanogpt", "experiments", "notebook_setup"}
+    third_party = sorted(m for m in imported - ours - set(sys.stdlib_module_names) if not m.startswith("_"))
+    assert "torch" in third_party
+    missing = [m for m in third_party if DISTRIBUTION.get(m, m).lower() not in names]
+    assert not missing, f"imported by the notebooks, not in requirements-class.txt: {missing}"
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["class"]
+    extra_names = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in extra}
+    assert extra_names | {"torch", "tqdm"} >= names - {"pytest"}, "the `class` extra installs what the file does"
