@@ -296,3 +296,78 @@ def test_the_class_requirements_install_jupyter_and_everything_the_notebooks_imp
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["class"]
     extra_names = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in extra}
     assert extra_names | {"torch", "tqdm"} >= names - {"pytest"}, "the `class` extra installs what the file does"
+
+
+OPTIONAL_TAG = "optional"
+
+
+def bound_names(source):
+    """The names a code cell binds at its top level (assignments, defs, imports, loop targets)."""
+    import ast
+
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        else:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    names.add(sub.id)
+    return names
+
+
+def used_names(source):
+    import ast
+
+    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def optional_problems(cells):
+    """What is wrong with a notebook's optional cells: each optional Markdown cell says 'Optional'
+    in its text, each optional code cell follows an optional Markdown cell, and no later cell that
+    is not optional uses a name that only an optional cell defines."""
+    problems, optional_only, required = [], set(), set()
+    for i, cell in enumerate(cells):
+        optional = OPTIONAL_TAG in cell.metadata.get("tags", [])
+        if optional and cell.cell_type == "markdown" and "Optional" not in cell.source:
+            problems.append(f"cell {i} is tagged optional but does not say so")
+        if optional and cell.cell_type == "code":
+            before = [c for c in cells[:i] if c.cell_type == "markdown"][-1]
+            if OPTIONAL_TAG not in before.metadata.get("tags", []):
+                problems.append(f"code cell {i} is optional, the Markdown that introduces it is not")
+        if cell.cell_type != "code" or cell.source.lstrip().startswith(("%", "!")):
+            continue
+        if optional:
+            optional_only |= bound_names(cell.source) - required
+        else:
+            needed = used_names(cell.source) & optional_only - bound_names(cell.source)
+            if needed:
+                problems.append(f"cell {i} needs {sorted(needed)}, which only an optional cell defines")
+            required |= bound_names(cell.source)
+            optional_only -= bound_names(cell.source)
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_optional_cells_say_so_and_nothing_after_them_needs_them(path):
+    """A class short of time skips the cells tagged `optional`."""
+    assert optional_problems(read(path).cells) == []
+
+
+def test_optional_problems_are_found():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    tagged = {"tags": [OPTIONAL_TAG]}
+    cells = [md("Optional: a digression", metadata=tagged), code("extra = 1", metadata=tagged),
+             code("print(extra)"), md("a digression", metadata=tagged), md("text"), code("y = 2", metadata=tagged)]
+    assert optional_problems(cells) == ["cell 2 needs ['extra'], which only an optional cell defines",
+                                        "cell 3 is tagged optional but does not say so",
+                                        "code cell 5 is optional, the Markdown that introduces it is not"]
+
+
+def test_notebook_2_marks_its_adam_digression_optional():
+    nb = read(NB_DIR / "02_lora_layer_from_scratch.ipynb")
+    optional = [c for c in nb.cells if OPTIONAL_TAG in c.metadata.get("tags", [])]
+    assert [c.cell_type for c in optional] == ["markdown", "code", "markdown"]
+    assert "float64" in optional[1].source and optional[0].source.startswith("### Optional")
