@@ -24,6 +24,7 @@ from nanogpt import distributed
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
 from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
+from nanogpt.train_config import TrainConfig
 
 METHODS = ("full", "lora")
 VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa", "adalora")
@@ -181,11 +182,12 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     start = time.perf_counter()
     diverged_at = None
     try:
-        result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
-                       batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
-                       weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
-                       eval_batch_size=eval_batch_size, device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
-                       progress=progress, **hooks)
+        train_config = TrainConfig(max_iters=steps, batch_size=batch_size, lr=spec["lr"],
+                                   warmup_iters=max(1, steps // 10), weight_decay=weight_decay,
+                                   eval_interval=eval_interval, eval_iters=eval_iters,
+                                   eval_batch_size=eval_batch_size, device=device, seed=seed, progress=progress)
+        result = train(model, target.train, {"target": target.val, "source": source.val}, train_config,
+                       optimizer=make_optimizer(model, spec, weight_decay), **hooks)
     except NonFiniteLossError as e:
         # A diverged run is a result (a learning rate too high), kept as such: its final losses are
         # NaN, which the experiments read as "worst", and the record says where it diverged.
