@@ -11,6 +11,7 @@ import torch
 import nanogpt.batch_memory as batch_memory
 import nanogpt.train as train_module
 from nanogpt.checkpoint import load_checkpoint
+from nanogpt.data import Corpus
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.run_folder import Resume, RunFolder
 from nanogpt.train import restore_training_state, train
@@ -120,6 +121,19 @@ def test_an_absurd_batch_is_refused_before_any_work(tmp_path, monkeypatch):
     assert "The largest batch_size that could fit: " in message
     assert drawn == [] and not (tmp_path / "run").exists()  # no batch drawn, nothing written
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_an_experiment_run_refuses_an_absurd_batch_before_its_memory_probe(tmp_path, monkeypatch):
+    import experiments.finetune as finetune_module
+
+    probed = []
+    monkeypatch.setattr(finetune_module, "measure_step_memory", lambda *a, **k: probed.append(1) or 1 / 0)
+    corpus = Corpus("toy", DATA, DATA[:300], "0" * 64)
+    with pytest.raises(ValueError, match="train\\(\\): batch_size 10,000,000 cannot fit in memory"):
+        finetune_module.run_finetune(toy_model(), "toy", {"method": "full", "lr": 1e-3}, corpus, corpus, steps=2,
+                                     batch_size=10_000_000, seed=0, device="cpu", cache_dir=str(tmp_path),
+                                     progress=False)
+    assert probed == []  # its one measured step (of 10,000,000 sequences) never started
 
 
 def test_the_largest_batch_named_fits_and_one_more_does_not(monkeypatch):
