@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from nanogpt import distributed
+from nanogpt.batch_memory import check_batch_fits
 from nanogpt.checkpoint import (atomic_write, check_plain_gpt_weights, config_from_checkpoint, load_checkpoint,
                                 save_checkpoint)
 from nanogpt.data import fixed_batches, get_batch, load_corpus
-from nanogpt.batch_memory import check_batch_fits
 from nanogpt.device import autocast
 from nanogpt.evaluate import evaluate, evaluate_shared  # noqa: F401 (evaluate: nanogpt.train.evaluate, as before)
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
