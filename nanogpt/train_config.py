@@ -28,7 +28,7 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-# field -> (what it must be, the test); None passes where the field allows it (see the comments below)
+# field -> (what it must be, the test that it is); min_lr and eval_batch_size may be None (see the class)
 RULES = {
     "max_iters": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
