@@ -49,8 +49,9 @@ from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_nega
 from nanogpt.flags import device as device_flag
 from nanogpt.flags import seed as seed_flag
 from nanogpt.model import GPT
-from nanogpt.run_folder import check_run_folder, resolve_settings
+from nanogpt.run_folder import RunFolder, check_run_folder, resolve_settings
 from nanogpt.train import configure_optimizer, divergence_warning, restore_training_state, train, write_json
+from nanogpt.train_config import TrainConfig
 
 # The peak learning rate of each method, the best grid rate of `python -m experiments.lr_sweep` (lowest
 # final loss on the new text, mean of three seeds) on the setup the defaults below describe: the tiny GPT
@@ -234,15 +235,16 @@ def main(argv=None):
             raise CommandError(f"--out {out!r} holds the base checkpoint {settings['base']!r}: the run would replace it; "
                                f"choose another --out")
     distributed.batch_share(settings["batch_size"], world=distributed.world_size(), what="--batch-size")
+    train_config = TrainConfig.from_settings(settings, device=device, progress=not args.no_progress)
     corpus, base_corpus = load_corpora(settings, config.block_size, out, saved)
 
     torch.manual_seed(settings["seed"])
     model = build_model(config, settings, device, None if args.resume else checkpoint["model"])
     optimizer = configure_optimizer(model, settings["lr"], settings["weight_decay"])
-    history, start_step, elapsed = [], 0, 0.0
+    resume = None
     if args.resume:
-        start_step, history, elapsed = restore_training_state(checkpoint, model, optimizer, out)
-        print(f"resuming {ckpt_path} at step {start_step} of {settings['max_iters']}")
+        resume = restore_training_state(checkpoint, model, optimizer, out)
+        print(f"resuming {ckpt_path} at step {resume.step} of {settings['max_iters']}")
     elif distributed.is_main():  # under torchrun, rank 0 writes the files
         write_json(settings, os.path.join(out, SETTINGS))
     trainable, total, percent = count_parameters(model)
@@ -256,14 +258,8 @@ def main(argv=None):
     if base_corpus is not None:
         eval_data["base_val"] = base_corpus.val
     try:
-        result = train(
-            model, corpus.train, eval_data, max_iters=settings["max_iters"], batch_size=settings["batch_size"],
-            lr=settings["lr"], min_lr=settings["min_lr"], warmup_iters=settings["warmup_iters"],
-            weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
-            eval_interval=settings["eval_interval"], eval_iters=settings["eval_iters"], device=device,
-            seed=settings["seed"], optimizer=optimizer, start_step=start_step, history=history,
-            elapsed_offset=elapsed, out_dir=out, corpus_name=settings["corpus"], settings=settings,
-            progress=not args.no_progress)
+        result = train(model, corpus.train, eval_data, train_config, optimizer=optimizer,
+                       folder=RunFolder(out, settings["corpus"], settings, resume))
     except KeyboardInterrupt as e:
         raise KeyboardInterrupt(f"{e}. Continue the run with: python -m nanogpt.finetune --out {out} --resume") from None
     report(model, settings, result, out)

@@ -15,18 +15,49 @@ is a function here, so every training command (pretraining, fine-tuning) follows
 
 The history is saved inside the checkpoint too, so a run killed between writing ckpt.pt and
 history.json loses nothing: a resumed run takes its history from the checkpoint.
+
+train() takes the folder as a RunFolder: where to write, what to record in the checkpoint, and, for
+a resumed run, where to continue from (a Resume, which train.restore_training_state returns).
 """
 import glob
 import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 from nanogpt import distributed
 from nanogpt.flags import CommandError
 
 CHECKPOINT = "ckpt.pt"
 HISTORY = "history.json"
+
+
+class Resume(NamedTuple):
+    """Where a resumed run continues: its checkpoint's step, the evaluations up to there, and the
+    seconds it had trained (so elapsed_s goes on counting). A tuple: `step, history, elapsed_s = resume`."""
+    step: int
+    history: list
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class RunFolder:
+    """Where train() saves a run: at every evaluation it writes path/ckpt.pt (weights, optimizer,
+    RNG state, the history so far, and the two records below) and path/history.json."""
+    path: str
+    corpus_name: Optional[str] = None  # recorded in the checkpoint (what the model was trained on)
+    settings: Optional[dict] = None  # what defines the run, for --resume (resolve_settings above)
+    resume: Optional[Resume] = None  # None: a new run from step 0
+
+    def __post_init__(self):
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise ValueError(f"RunFolder.path must be a folder path, got {self.path!r}")
+        if self.resume is not None:
+            step = self.resume.step
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"RunFolder.resume.step must be an integer >= 0, got {step!r}")
 
 
 def flag_name(setting):

@@ -2,7 +2,10 @@
 
 `train()` is the loop; it trains whatever parameters of the model have requires_grad=True, so
 fine-tuning experiments call it with a model whose trainable parameters they chose (all of them,
-or only adapters). It knows nothing about LoRA.
+or only adapters). It knows nothing about LoRA. The run's settings come in one TrainConfig
+(nanogpt/train_config.py), checked when it is made:
+
+    result = train(model, corpus.train, {"val": corpus.val}, TrainConfig(max_iters=3000, lr=1e-3))
 
 Command line (pretrain the tiny model on the standard library's code, about two minutes on a CPU):
     python -m nanogpt.train --corpus python-code --preset tiny --max-iters 3000 --out runs/base
@@ -21,17 +24,20 @@ import torch
 from tqdm import tqdm
 
 from nanogpt import distributed
+from nanogpt.batch_memory import check_batch_fits
 from nanogpt.checkpoint import (atomic_write, check_plain_gpt_weights, config_from_checkpoint, load_checkpoint,
                                 save_checkpoint)
 from nanogpt.data import fixed_batches, get_batch, load_corpus
 from nanogpt.device import autocast
+from nanogpt.evaluate import evaluate, evaluate_shared  # noqa: F401 (evaluate: nanogpt.train.evaluate, as before)
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
                            positive_float, positive_int, run_main)
 from nanogpt.flags import device as device_flag
 from nanogpt.flags import seed as seed_flag
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
-from nanogpt.run_folder import check_run_folder, resolve_settings, resume_history
+from nanogpt.run_folder import Resume, RunFolder, check_run_folder, resolve_settings, resume_history
+from nanogpt.train_config import TrainConfig
 
 
 def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.99), extra_groups=None):
@@ -58,35 +64,6 @@ def learning_rate(step, max_iters, lr, min_lr, warmup_iters):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-@torch.no_grad()
-def evaluate(model, batches, device):
-    """Mean loss over fixed batches, in eval mode (no dropout); the model's mode is restored."""
-    return _loss_sum(model, batches, device) / len(batches)
-
-
-@torch.no_grad()
-def _loss_sum(model, batches, device):
-    was_training = model.training
-    model.eval()
-    losses = []
-    for x, y in batches:
-        with autocast(device):
-            _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item())
-    model.train(was_training)
-    return sum(losses)
-
-
-def evaluate_shared(model, batches, device):
-    """evaluate(), with the batches shared out among the processes of a torchrun launch: process
-    k of N evaluates batches k, k+N, ..., and the sums are added up, so every process gets the
-    mean over all the batches and none is evaluated twice. On one process: evaluate()."""
-    if not distributed.is_distributed():
-        return evaluate(model, batches, device)
-    mine = batches[distributed.rank()::distributed.world_size()]
-    return distributed.sum_over_processes(_loss_sum(model, mine, device)) / len(batches)
-
-
 def write_json(obj, path):
     """JSON, atomically (atomic_write): readers never see half a file."""
     def write(tmp):
@@ -106,106 +83,68 @@ class NonFiniteLossError(FloatingPointError):
         self.result = result
 
 
-def _check_train_args(**values):
-    """train()'s numbers, checked before any work: a clear error naming the bad one."""
-    rules = {
-        "max_iters": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-        "start_step": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-        "warmup_iters": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-        "batch_size": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
-        "eval_interval": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
-        "eval_iters": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
-        "lr": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-        "min_lr": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-        "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-        "grad_clip": ("a finite number >= 0 (0 = no clipping)", lambda v: math.isfinite(v) and v >= 0),
-    }
-    for name, value in values.items():
-        need, ok = rules[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            raise ValueError(f"train(): {name} must be {need}, got {value!r}")
-
-
-def train(
-    model,
-    train_data,
-    eval_data,
-    *,
-    max_iters,
-    batch_size=12,
-    lr=1e-3,
-    min_lr=None,
-    warmup_iters=100,
-    weight_decay=0.1,
-    grad_clip=1.0,
-    eval_interval=250,
-    eval_iters=20,
-    eval_batch_size=None,
-    device="cpu",
-    seed=1337,
-    optimizer=None,
-    start_step=0,
-    history=None,
-    elapsed_offset=0.0,
-    out_dir=None,
-    corpus_name=None,
-    settings=None,
-    progress=True,
-    extra_loss=None,
-    after_step=None,
-):
-    """Train model on random windows of train_data; return what happened.
+def train(model, train_data, eval_data, config, *, optimizer=None, extra_loss=None, after_step=None, folder=None):
+    """Train model on random windows of train_data, as config (a TrainConfig) says; return what happened.
 
     eval_data: {name: 1-D token tensor}; each evaluation records `{name}_loss` for each, on
-        eval_iters fixed batches of eval_batch_size sequences (None: batch_size) (the CLI passes
+        config.eval_iters fixed batches of config.eval_rows sequences (the CLI passes
         {"train": ..., "val": ...}).
     optimizer: None builds AdamW over the trainable parameters (configure_optimizer); pass one
         to choose parameter groups yourself (LoRA+ does). Its groups' "lr" is scheduled; a group
         with "lr_ratio" gets that multiple of the schedule.
-    out_dir: if given, ckpt.pt and history.json are written there at every evaluation. The
-        checkpoint also holds `settings` (what defines the run, for --resume: see run_folder.py),
-        the history so far, and the random-number state.
     extra_loss: optional fn(model) -> scalar tensor added to the loss before backward (a
         regulariser, e.g. AdaLoRA's); the recorded losses are the model's alone.
     after_step: optional fn(step) called after each optimizer step, while that step's gradients
         are still in .grad (e.g. AdaLoRA's rank allocator).
-    batch_size: the global batch. Launched by torchrun (after nanogpt.distributed.setup()), train()
-        trains with DistributedDataParallel: each of the N processes takes batch_size / N rows of
-        the batch one process would draw, gradients are averaged over the processes, only rank 0
-        writes files and shows the progress bar, and the result is the same as one process's,
-        up to float rounding (see nanogpt/distributed.py). N must divide batch_size.
+    folder: a RunFolder (nanogpt/run_folder.py), or None to write nothing. If given, ckpt.pt and
+        history.json are written in folder.path at every evaluation; the checkpoint also holds
+        folder.settings (what defines the run, for --resume), the history so far, and the
+        random-number state. folder.resume (a Resume, from restore_training_state) continues a run
+        from its checkpoint's step, history and elapsed time.
+
+    config.batch_size is the global batch. Launched by torchrun (after nanogpt.distributed.setup()),
+    train() trains with DistributedDataParallel: each of the N processes takes batch_size / N rows
+    of the batch one process would draw, gradients are averaged over the processes, only rank 0
+    writes files and shows the progress bar, and the result is the same as one process's, up to
+    float rounding (see nanogpt/distributed.py). N must divide batch_size.
     Batches are drawn from a generator seeded by (seed, step), so a resumed run sees exactly the
     batches the uninterrupted run would have seen.
 
-    A loss that becomes NaN or inf stops training with NonFiniteLossError naming the step; no
-    checkpoint is written after the last good evaluation, so out_dir keeps the last good one.
+    Before any work, a batch that cannot fit in memory is refused (nanogpt/batch_memory.py). A loss
+    that becomes NaN or inf stops training with NonFiniteLossError naming the step; no checkpoint
+    is written after the last good evaluation, so the folder keeps the last good one.
 
     Returns {"history": [...], "step_losses": [...], "step_times": [...], "optimizer": ...}; under
     torchrun also "communication" (CommStats.summary: bytes all-reduced per step, ...). The step
     losses are the global batch's (the mean over the processes).
     """
-    min_lr = lr / 10 if min_lr is None else min_lr
-    _check_train_args(max_iters=max_iters, start_step=start_step, warmup_iters=warmup_iters, batch_size=batch_size,
-                      eval_interval=eval_interval, eval_iters=eval_iters, lr=lr, min_lr=min_lr,
-                      weight_decay=weight_decay, grad_clip=grad_clip)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train(): config must be a TrainConfig (nanogpt.train_config), got {config!r}")
+    if folder is not None and not isinstance(folder, RunFolder):
+        raise TypeError(f"train(): folder must be a RunFolder (nanogpt.run_folder) or None, got {folder!r}")
+    max_iters, batch_size, device, seed = config.max_iters, config.batch_size, config.device, config.seed
+    lr, min_lr, warmup_iters = config.lr, config.final_lr, config.warmup_iters
+    out_dir = folder.path if folder is not None else None
+    resume = folder.resume if folder is not None and folder.resume is not None else Resume(0, [], 0.0)
+    start_step, elapsed_offset = resume.step, resume.elapsed_s
     rank, world = distributed.rank(), distributed.world_size()
     rows = distributed.batch_share(batch_size, rank, world, what="train(): batch_size") if world > 1 else None
     main_process = rank == 0  # the one that writes files and shows progress
     block_size = model.config.block_size
     model.to(device)
+    check_batch_fits(model, train_data, config, len(eval_data), world)  # before any work
     model.train()
     if optimizer is None:
-        optimizer = configure_optimizer(model, lr, weight_decay)
+        optimizer = configure_optimizer(model, lr, config.weight_decay)
     # The forward and backward go through DDP under torchrun (gradients averaged over the
     # processes); evaluation, checkpoints and the hooks use the model itself. Wrapping waits for
     # every process (it broadcasts rank 0's weights), so all have checked their run folder before
     # rank 0 writes the first checkpoint below.
     trained, comm = distributed.wrap(model, device) if distributed.is_distributed() else (model, None)
-    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-    eval_batches = {name: fixed_batches(data, eval_iters, eval_batch_size, block_size)
+    eval_batches = {name: fixed_batches(data, config.eval_iters, config.eval_rows, block_size)
                     for name, data in eval_data.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    history = list(history or [])
+    history = list(resume.history or [])
     step_losses, step_times = [], []
     tokens_per_step = batch_size * block_size
     start_time = time.perf_counter()
@@ -246,13 +185,13 @@ def train(
                 rng["cuda_rng_state"] = torch.cuda.get_rng_state(device)
             # The checkpoint first, with the history inside it: a kill before history.json is
             # written loses nothing, since --resume reads the history from the checkpoint.
-            save_checkpoint(ckpt_path, model, optimizer, step, corpus_name, elapsed_s=entry["elapsed_s"],
-                            settings=settings, history=history, **rng)
+            save_checkpoint(ckpt_path, model, optimizer, step, folder.corpus_name, elapsed_s=entry["elapsed_s"],
+                            settings=folder.settings, history=history, **rng)
             saved_step = step
             write_json(history, os.path.join(out_dir, "history.json"))
         return entry
 
-    bar = tqdm(range(start_step, max_iters), desc="train", disable=not progress or not main_process,
+    bar = tqdm(range(start_step, max_iters), desc="train", disable=not config.progress or not main_process,
                dynamic_ncols=True)
     if start_step == 0 or not history:
         record(start_step)
@@ -272,8 +211,8 @@ def train(
             objective = loss if extra_loss is None else loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             if after_step is not None:
                 after_step(step)
@@ -289,7 +228,7 @@ def train(
             step_losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / step_times[-1]:.0f}", refresh=False)
             done = step + 1
-            if done % eval_interval == 0 or done == max_iters:
+            if done % config.eval_interval == 0 or done == max_iters:
                 entry = record(done)
                 if main_process:
                     bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -323,7 +262,7 @@ def divergence_warning(history, vocab_size):
 
 def restore_training_state(checkpoint, model, optimizer, folder):
     """For --resume: load a checkpoint's weights, optimizer state and random-number state into
-    model and optimizer. Returns (start_step, history, elapsed_s) to pass on to train()."""
+    model and optimizer. Returns a Resume (step, history, elapsed_s) for train()'s RunFolder."""
     if isinstance(checkpoint.get("step"), bool) or not isinstance(checkpoint.get("step"), int) or checkpoint["step"] < 0:
         raise ValueError(f"the checkpoint in {folder!r} has no valid step ({checkpoint.get('step')!r}): it cannot be resumed")
     model.load_state_dict(checkpoint["model"])
@@ -333,7 +272,7 @@ def restore_training_state(checkpoint, model, optimizer, folder):
         torch.set_rng_state(checkpoint["rng_state"])
     if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
         torch.cuda.set_rng_state(checkpoint["cuda_rng_state"])
-    return checkpoint["step"], resume_history(checkpoint, folder), checkpoint.get("elapsed_s", 0.0)
+    return Resume(checkpoint["step"], resume_history(checkpoint, folder), checkpoint.get("elapsed_s", 0.0))
 
 
 # The flags that define a run, and their defaults. The parser's defaults are None ("not given"),
@@ -411,6 +350,7 @@ def main(argv=None):
         raise CommandError(f"--min-lr {settings['min_lr']:g} is above --lr {settings['lr']:g}: the schedule decays "
                            f"from --lr down to --min-lr; give a --min-lr at most --lr")
     distributed.batch_share(settings["batch_size"], world=distributed.world_size(), what="--batch-size")
+    train_config = TrainConfig.from_settings(settings, device=device, progress=not args.no_progress)
     corpus = load_corpus(settings["corpus"], config.block_size)
     if saved_sha256 is not None and saved_sha256 != corpus.sha256:
         raise CommandError(
@@ -422,23 +362,16 @@ def main(argv=None):
     torch.manual_seed(settings["seed"])
     model = GPT(config).to(device)
     optimizer = configure_optimizer(model, settings["lr"], settings["weight_decay"])
-    history, start_step, elapsed = [], 0, 0.0
+    resume = None
     if checkpoint is not None:
-        start_step, history, elapsed = restore_training_state(checkpoint, model, optimizer, out)
-        print(f"resuming {ckpt_path} at step {start_step} of {settings['max_iters']}")
+        resume = restore_training_state(checkpoint, model, optimizer, out)
+        print(f"resuming {ckpt_path} at step {resume.step} of {settings['max_iters']}")
     processes = f" | {distributed.world_size()} processes" if distributed.is_distributed() else ""
     print(f"{model.num_parameters():,} parameters | corpus {settings['corpus']}: {len(corpus.train):,} train bytes, "
           f"{len(corpus.val):,} val bytes | device {device}{processes}")
     try:
-        result = train(
-            model, corpus.train, {"train": corpus.train, "val": corpus.val},
-            max_iters=settings["max_iters"], batch_size=settings["batch_size"], lr=settings["lr"],
-            min_lr=settings["min_lr"], warmup_iters=settings["warmup_iters"], weight_decay=settings["weight_decay"],
-            grad_clip=settings["grad_clip"], eval_interval=settings["eval_interval"], eval_iters=settings["eval_iters"],
-            device=device, seed=settings["seed"], optimizer=optimizer, start_step=start_step, history=history,
-            elapsed_offset=elapsed, out_dir=out, corpus_name=settings["corpus"], settings=settings,
-            progress=not args.no_progress,
-        )
+        result = train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, train_config,
+                       optimizer=optimizer, folder=RunFolder(out, settings["corpus"], settings, resume))
     except KeyboardInterrupt as e:
         raise KeyboardInterrupt(f"{e}. Continue the run with: python -m nanogpt.train --out {out} --resume") from None
     last = result["history"][-1]

@@ -22,6 +22,7 @@ from nanogpt import distributed
 from nanogpt.data import load_corpus
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.train import train
+from nanogpt.train_config import TrainConfig
 
 TOY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
 STEPS = 20
@@ -53,9 +54,9 @@ def toy_run(method, batch_size, corpus, steps=STEPS, rows_seen=None, **kwargs):
         apply_lora(model, TARGETS, r=4, alpha=8)
     if rows_seen is not None:
         model.wte.register_forward_hook(lambda m, args, out: rows_seen.append(len(args[0])) if m.training else None)
-    result = train(model, corpus.train, {"val": corpus.val}, max_iters=steps, batch_size=batch_size,
-                   lr=SPECS[method]["lr"], warmup_iters=2, eval_interval=10, eval_iters=3, seed=7, progress=False,
-                   **kwargs)
+    config = TrainConfig(max_iters=steps, batch_size=batch_size, lr=SPECS[method]["lr"], warmup_iters=2,
+                         eval_interval=10, eval_iters=3, seed=7, progress=False)
+    result = train(model, corpus.train, {"val": corpus.val}, config, **kwargs)
     return result, model
 
 

@@ -10,6 +10,7 @@ from minilora import (AdaLoRALinear, RankAllocator, add_weighted_adapter, apply_
                       orthogonal_regularizer, read_adapter_file, save_adapter, unload_lora, unmerge_lora)
 from minilora.adalora import adalora_adapters
 from nanogpt.train import train
+from nanogpt.train_config import TrainConfig
 from tests.test_lora_variants import TARGETS, tiny_gpt, tokens
 
 
@@ -226,8 +227,8 @@ def test_train_runs_the_allocator_and_the_regulariser_through_its_hooks():
         seen_steps.append(step)
         allocator.step(step)
 
-    train(model, data, {"val": data}, max_iters=8, batch_size=2, eval_interval=4, eval_iters=1,
-          warmup_iters=1, progress=False, extra_loss=regulariser, after_step=after_step)
+    config = TrainConfig(max_iters=8, batch_size=2, eval_interval=4, eval_iters=1, warmup_iters=1, progress=False)
+    train(model, data, {"val": data}, config, extra_loss=regulariser, after_step=after_step)
     assert seen_steps == list(range(8)) and len(regulariser_calls) == 8
     assert sum(a.rank for _, a in adalora_adapters(model)) == 2 * 12 == sum(allocator.final_ranks().values())
 

@@ -15,6 +15,7 @@ from nanogpt.device import resolve_device
 from nanogpt.sample import sample_text
 from nanogpt.tokenizer import decode, encode
 from nanogpt.train import learning_rate, main as train_main, train
+from nanogpt.train_config import TrainConfig
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
 
@@ -188,8 +189,8 @@ def test_train_records_history_and_trains_only_trainable_parameters():
         p.requires_grad_(False)
     frozen = {n: p.clone() for n, p in model.blocks[0].named_parameters()}
     data = encode("import os\nimport sys\n" * 200)
-    result = train(model, data, {"train": data, "val": data}, max_iters=20, batch_size=4, eval_interval=10,
-                   eval_iters=2, warmup_iters=2, progress=False)
+    config = TrainConfig(max_iters=20, batch_size=4, eval_interval=10, eval_iters=2, warmup_iters=2, progress=False)
+    result = train(model, data, {"train": data, "val": data}, config)
     assert [h["step"] for h in result["history"]] == [0, 10, 20]
     assert set(result["history"][0]) == {"step", "train_loss", "val_loss", "lr", "elapsed_s", "tokens_seen"}
     assert result["history"][-1]["tokens_seen"] == 20 * 4 * 16

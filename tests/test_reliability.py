@@ -22,7 +22,8 @@ from nanogpt.checkpoint import load_checkpoint, load_model, save_checkpoint
 from nanogpt.data import load_corpus
 from nanogpt.flags import CommandError, run_main
 from nanogpt.run_folder import clean_stale_temporaries
-from nanogpt.train import NonFiniteLossError, main as train_main, train
+from nanogpt.train import NonFiniteLossError, main as train_main
+from nanogpt.train_config import TrainConfig
 
 from tests.test_experiments import TOY
 
@@ -477,13 +478,11 @@ def test_saving_to_a_folder_path_is_a_clear_error(tmp_path):
 
 
 def test_train_checks_its_numbers():
-    model = toy_gpt()
-    data = torch.zeros(100, dtype=torch.uint8)
     for bad in (dict(eval_interval=0), dict(batch_size=0), dict(lr=float("nan")), dict(min_lr=-1.0),
                 dict(eval_iters=0), dict(grad_clip=float("inf"))):
         name = next(iter(bad))
-        with pytest.raises(ValueError, match=f"train\\(\\): {name} must be"):
-            train(model, data, {"val": data}, max_iters=2, progress=False, **bad)
+        with pytest.raises(ValueError, match=f"TrainConfig\\.{name} must be"):
+            TrainConfig(max_iters=2, progress=False, **bad)
 
 
 def test_force_trains_each_run_once(tmp_path, corpora, monkeypatch):

@@ -48,6 +48,7 @@ from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
 from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import train, write_json
+from nanogpt.train_config import TrainConfig
 
 METHODS = ("full", "lora")
 SETUPS = {  # name: (processes, threads per process)
@@ -70,8 +71,9 @@ def worker(preset, method, batch_size, steps, warmup, r, seed=0, corpus="python-
         apply_lora(model, ALL_BLOCK_LINEARS, r=r, alpha=2 * r)
     data = load_corpus(corpus, config.block_size)
     total = warmup + steps
-    result = train(model, data.train, {"val": data.val}, max_iters=total, batch_size=batch_size, lr=1e-3,
-                   warmup_iters=1, eval_interval=total, eval_iters=1, seed=seed, progress=False)
+    result = train(model, data.train, {"val": data.val},
+                   TrainConfig(max_iters=total, batch_size=batch_size, lr=1e-3, warmup_iters=1, eval_interval=total,
+                               eval_iters=1, seed=seed, progress=False))
     counts = count_parameters(model)
     return {"step_s": result["step_times"][warmup:], "trainable_params": counts.trainable,
             "total_params": counts.total, "base_params": base_params, "communication": result.get("communication"),

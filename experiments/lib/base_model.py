@@ -16,8 +16,9 @@ from nanogpt.checkpoint import load_checkpoint, load_model
 from nanogpt.data import load_corpus
 from nanogpt.flags import CommandError
 from nanogpt.model import GPT
-from nanogpt.run_folder import clean_stale_temporaries
+from nanogpt.run_folder import Resume, RunFolder, clean_stale_temporaries
 from nanogpt.train import configure_optimizer, restore_training_state, train, write_json
+from nanogpt.train_config import TrainConfig
 
 
 def settings_key(settings):
@@ -70,10 +71,10 @@ def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, c
         print(f"continuing the interrupted pretraining in {out_dir} from step {start_step} of {max_iters}")
     else:
         print(f"pretraining the base model on {corpus.name} ({max_iters} steps) -> {out_dir}")
-    train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, max_iters=max_iters,
-          batch_size=batch_size, lr=lr, eval_interval=max(1, max_iters // 4), device=device, seed=seed,
-          optimizer=optimizer, start_step=start_step, history=history, elapsed_offset=elapsed,
-          out_dir=out_dir, corpus_name=corpus.name, settings=settings, progress=progress)
+    train_config = TrainConfig(max_iters=max_iters, batch_size=batch_size, lr=lr,
+                               eval_interval=max(1, max_iters // 4), device=device, seed=seed, progress=progress)
+    train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, train_config, optimizer=optimizer,
+          folder=RunFolder(out_dir, corpus.name, settings, Resume(start_step, history, elapsed)))
     if distributed.is_main():  # under torchrun, rank 0 writes; the others read it once it is written
         write_json({**settings, "corpus_name": corpus.name}, done_marker)
     distributed.barrier()

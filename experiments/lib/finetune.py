@@ -21,9 +21,11 @@ from experiments.lib.base_model import settings_key
 from experiments.lib.memory import measure_training_memory
 from minilora.quantize import QUANT_TYPES
 from nanogpt import distributed
+from nanogpt.batch_memory import check_batch_fits
 from nanogpt.data import get_batch
 from nanogpt.device import autocast
 from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
+from nanogpt.train_config import TrainConfig
 
 METHODS = ("full", "lora")
 VARIANTS = ("lora", "rslora", "loraplus", "dora", "pissa", "adalora")
@@ -170,6 +172,10 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     torch.manual_seed(seed)
     model = prepare_model(base, spec)
     block_size = model.config.block_size
+    train_config = TrainConfig(max_iters=steps, batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
+                               weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
+                               eval_batch_size=eval_batch_size, device=device, seed=seed, progress=progress)
+    check_batch_fits(model, target.train, train_config, 2, distributed.world_size())  # before the memory probe's step
 
     memory = measure_step_memory(model, spec, target.train, batch_size, seed, device, weight_decay)
 
@@ -181,11 +187,8 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     start = time.perf_counter()
     diverged_at = None
     try:
-        result = train(model, target.train, {"target": target.val, "source": source.val}, max_iters=steps,
-                       batch_size=batch_size, lr=spec["lr"], warmup_iters=max(1, steps // 10),
-                       weight_decay=weight_decay, eval_interval=eval_interval, eval_iters=eval_iters,
-                       eval_batch_size=eval_batch_size, device=device, seed=seed, optimizer=make_optimizer(model, spec, weight_decay),
-                       progress=progress, **hooks)
+        result = train(model, target.train, {"target": target.val, "source": source.val}, train_config,
+                       optimizer=make_optimizer(model, spec, weight_decay), **hooks)
     except NonFiniteLossError as e:
         # A diverged run is a result (a learning rate too high), kept as such: its final losses are
         # NaN, which the experiments read as "worst", and the record says where it diverged.
