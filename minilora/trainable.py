@@ -1,0 +1,40 @@
+"""Which parameters train: the active adapter's, and the biases its config names.
+
+    set_trainable(model)   freeze everything, then unfreeze the active adapter's A, B (and DoRA m)
+                           and, by the active adapter's config.bias:
+                               "none"       no bias
+                               "lora_only"  the biases of the layers that hold the active adapter
+                               "all"        every bias in the model
+
+The active adapter decides, always: apply_lora, add_adapter, set_adapter and a LoRA layer built on
+its own all end here, so adding an inactive adapter never changes what trains, and switching
+adapters switches the bias setting with them. Nothing active (inside disable_lora): nothing trains.
+"""
+from minilora.lora_layer import LoRALayer
+
+
+def set_trainable(model):
+    """Freeze every parameter of model (a model or a single LoRA layer) except the active
+    adapter's, and the biases its config.bias names. Returns model."""
+    model.requires_grad_(False)
+    layers = [m for m in model.modules() if isinstance(m, LoRALayer)]
+    active = {layer.active_adapter for layer in layers}
+    if len(active) > 1:
+        raise RuntimeError(f"the model's layers disagree on the active adapter ({sorted(map(str, active))}); "
+                           f"call set_adapter(model, name)")
+    all_biases = False
+    for layer in layers:
+        for name, adapter in layer.adapters.items():
+            adapter.requires_grad_(name == layer.active_adapter)
+        if layer.active_adapter not in layer.adapters:
+            continue  # this layer computes its base function
+        bias = layer.adapters[layer.active_adapter].config.bias
+        base_bias = getattr(layer.base, "bias", None)  # nn.Embedding has no bias
+        if bias in ("lora_only", "all") and base_bias is not None:
+            base_bias.requires_grad_(True)
+        all_biases = all_biases or bias == "all"
+    if all_biases:
+        for name, p in model.named_parameters():
+            if name.split(".")[-1] == "bias":
+                p.requires_grad_(True)
+    return model
