@@ -87,7 +87,7 @@ def make_variant(model, name):
     if spec["method"] == "floor":
         return make_floor(model)
     quantize = {"quantize": "nf4"} if spec["method"] == "qlora" else {}
-    return minilora.apply_lora(model, spec["targets"], spec["r"], ALPHA, **quantize)
+    return minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=ALPHA, **quantize)
 
 
 def sharing_copy(frozen):
