@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from minilora.adapter import LoRAAdapter
 from minilora.checks import check_adapter_name, check_rank
-from minilora.config import AdaLoRAConfig, as_config
+from minilora.config import AdaLoRAConfig, as_config, config_or_targets
 from minilora.fast_path import lora_linear
 from minilora.inject import _check_not_tied, find_targets
 from minilora.lora_layer import LoRALayer
@@ -161,11 +161,7 @@ def apply_adalora(model, config=None, *, adapter_name="default", **fields):
     target_r is the average rank per matrix the RankAllocator prunes to (rank_allocator.py): the
     total budget is target_r times the number of adapted matrices, spread by importance. Train
     with the allocator and the regulariser (orthogonal_regularizer). Returns model."""
-    if config is not None and not isinstance(config, AdaLoRAConfig):  # apply_adalora(model, targets, ...)
-        if "targets" in fields:
-            raise TypeError(f"targets given twice: {config!r} and targets={fields['targets']!r}")
-        config, fields = None, dict(fields, targets=config)
-    config = as_config(config, fields, AdaLoRAConfig)
+    config = config_or_targets(config, fields, AdaLoRAConfig)
     check_adapter_name(adapter_name)
     found = find_targets(model, config.targets)
     _check_not_tied(model, found)

@@ -174,9 +174,19 @@ def as_config(config, fields, cls=LoRAConfig):
     if config is None:
         return cls(**fields)
     if not isinstance(config, cls):
-        raise TypeError(f"config must be a {cls.__name__}, got {config!r} ({type(config).__name__}); "
+        raise TypeError(f"config must be an instance of {cls.__name__}, got {config!r} ({type(config).__name__}); "
                         f"or give the settings by keyword, e.g. r=8, alpha=16")
     if fields:
         raise TypeError(f"give a {cls.__name__} or its settings as keywords, not both (got a config and "
                         f"{sorted(fields)}); dataclasses.replace(config, ...) makes a changed copy")
     return config
+
+
+def config_or_targets(config, fields, cls=LoRAConfig):
+    """apply_lora's (and apply_adalora's) second argument: a config, or the targets of one built from
+    the keywords: the shorthand apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)."""
+    if config is not None and not isinstance(config, LoRAConfig):
+        if "targets" in fields:
+            raise TypeError(f"targets given twice: {config!r} and targets={fields['targets']!r}")
+        config, fields = None, dict(fields, targets=config)
+    return as_config(config, fields, cls)

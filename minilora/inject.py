@@ -16,7 +16,7 @@ import re
 import torch.nn as nn
 
 from minilora.checks import check_adapter_name, check_rank
-from minilora.config import ALL_LINEAR, AdaLoRAConfig, LoRAConfig, as_config
+from minilora.config import ALL_LINEAR, AdaLoRAConfig, config_or_targets
 from minilora.embedding import LoRAEmbedding
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
@@ -146,11 +146,7 @@ def apply_lora(model, config=None, *, adapter_name="default", **fields):
     error. Returns model.
 
     A layer that already has a 4-bit base keeps it and takes another adapter (not DoRA or PiSSA)."""
-    if config is not None and not isinstance(config, LoRAConfig):  # apply_lora(model, targets, r=8, ...)
-        if "targets" in fields:
-            raise TypeError(f"targets given twice: {config!r} and targets={fields['targets']!r}")
-        config, fields = None, dict(fields, targets=config)
-    config = as_config(config, fields)
+    config = config_or_targets(config, fields)
     if isinstance(config, AdaLoRAConfig):
         raise TypeError("an AdaLoRAConfig is for apply_adalora(model, config), not apply_lora")
     if config.targets is None:

@@ -116,12 +116,14 @@ def test_shorthand_errors_name_unknown_settings_and_refuse_a_config_with_keyword
         apply_lora(tiny_gpt(), config, alpha=8)
     with pytest.raises(TypeError, match="targets given twice"):
         apply_lora(tiny_gpt(), TARGETS, targets=["q_proj"], r=4)
-    with pytest.raises(TypeError, match=r"config must be a LoRAConfig, got 4 \(int\)"):
+    with pytest.raises(TypeError, match=r"config must be an instance of LoRAConfig, got 4 \(int\)"):
         LoRALinear(nn.Linear(8, 12), 4)  # the old positional rank
     with pytest.raises(TypeError, match="an AdaLoRAConfig is for apply_adalora"):
         apply_lora(tiny_gpt(), AdaLoRAConfig(targets=TARGETS))
-    with pytest.raises(TypeError, match="config must be a AdaLoRAConfig"):
+    with pytest.raises(TypeError, match="config must be an instance of AdaLoRAConfig, got LoRAConfig"):
         AdaLoRALinear(nn.Linear(8, 12), LoRAConfig())
+    with pytest.raises(TypeError, match="config must be an instance of AdaLoRAConfig, got LoRAConfig"):
+        apply_adalora(tiny_gpt(), LoRAConfig(targets=TARGETS))
 
 
 def test_a_bad_config_changes_nothing():
