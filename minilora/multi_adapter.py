@@ -15,7 +15,7 @@ from minilora.checks import check_adapter_name, check_rank, check_weights
 from minilora.config import LoRAConfig
 from minilora.inject import apply_lora
 from minilora.model_ops import _require_lora_layers, adapter_names
-from minilora.trainable import set_trainable
+from minilora.trainable import train_active_adapter
 
 
 def add_adapter(model, name, config=None, **fields):
@@ -28,9 +28,9 @@ def add_adapter(model, name, config=None, **fields):
 
 def set_adapter(model, name):
     """Make adapter name the active one on every layer: forward uses it, and its A, B (and m)
-    become the trainable ones while the other adapters freeze; the biases its config.bias names
-    train, no others (every other parameter is frozen, as after apply_lora). Layers without it
-    compute their base function."""
+    become the trainable ones while the other adapters freeze; of the biases, those its config.bias
+    names train, no others. Other parameters keep their setting. Layers without it compute their
+    base function."""
     layers = _require_lora_layers(model, "set_adapter")
     names = adapter_names(model)
     if name not in names:
@@ -41,7 +41,7 @@ def set_adapter(model, name):
                            f"call unmerge_lora(model) before switching adapters")
     for _, layer in layers:
         layer.active_adapter = name
-    set_trainable(model)
+    train_active_adapter(model)
 
 
 @torch.no_grad()
