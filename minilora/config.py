@@ -87,15 +87,17 @@ def check_not_dora_pissa(dora, pissa, quantize):
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    targets: object = None
+    """The settings of one LoRA adapter (the module docstring says what each does). Defaults as
+    LoRALinear had them: r=8, alpha=16 (PEFT's LoraConfig: r=8, lora_alpha=8)."""
+    targets: object = None  # list of names | regular expression | "all-linear" | None
     r: int = 8
-    alpha: float = 16.0
+    alpha: float = 16.0  # scaling = alpha / r
     dropout: float = 0.0
-    bias: str = "none"
+    bias: str = "none"  # "none" | "lora_only" | "all"
     rslora: bool = False
     dora: bool = False
     pissa: bool = False
-    quantize: str = None
+    quantize: str = None  # None | "nf4" | "fp4" | "int4"
     quant_block_size: int = 64
     double_quant: bool = True
 
