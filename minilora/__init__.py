@@ -1,11 +1,14 @@
 """minilora: LoRA from scratch, in plain PyTorch.
 
-    from minilora import apply_lora, count_parameters, merge_lora, save_adapter
-    apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)   # in place; freezes everything else
+    from minilora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+    config = LoRAConfig(targets=["q_proj", "v_proj"], r=8, alpha=16)   # every setting, validated once
+    apply_lora(model, config)                                 # in place; freezes everything else
+    # or, the same in one line: apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)
     ...train as usual...
     save_adapter(model, "adapter.pt")                         # a few KB: only A, B and the config
     merge_lora(model)                                         # deployment: zero added latency
 
+Settings:   LoRAConfig, AdaLoRAConfig (config.py); what trains: set_trainable (trainable.py)
 Layers:     LoRALinear (layer.py), LoRAEmbedding (embedding.py), the fast path (fast_path.py)
 Model ops:  apply_lora (inject.py); merge/unmerge/unload/disable/count/summary (model_ops.py)
 Files:      save_adapter, load_adapter (adapter_file.py)
@@ -18,9 +21,10 @@ AdaLoRA:    apply_adalora, orthogonal_regularizer (adalora.py), RankAllocator (r
 from minilora.adalora import AdaLoRAAdapter, AdaLoRALinear, apply_adalora, orthogonal_regularizer
 from minilora.adapter import LoRAAdapter
 from minilora.adapter_file import load_adapter, read_adapter_file, save_adapter
+from minilora.config import AdaLoRAConfig, LoRAConfig
 from minilora.embedding import LoRAEmbedding
 from minilora.fast_path import LoRALinearFunction, lora_linear
-from minilora.inject import apply_lora, find_targets, set_trainable
+from minilora.inject import apply_lora, find_targets
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
 from minilora.loraplus import loraplus_param_groups
@@ -40,8 +44,10 @@ from minilora.multi_adapter import add_adapter, add_weighted_adapter, set_adapte
 from minilora.qlora import Linear4bit, QLoRALinear, requantization_error
 from minilora.quantize import QuantizedWeight, quantize_4bit, quantize_fp4, quantize_int4, quantize_nf4
 from minilora.rank_allocator import RankAllocator, budget_schedule
+from minilora.trainable import set_trainable
 
 __all__ = [
+    "LoRAConfig", "AdaLoRAConfig",
     "LoRAAdapter", "LoRAEmbedding", "LoRALayer", "LoRALinear", "LoRALinearFunction", "lora_linear",
     "apply_lora", "find_targets", "set_trainable",
     "merge_lora", "unmerge_lora", "unload_lora", "disable_lora", "count_parameters", "lora_summary",

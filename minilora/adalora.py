@@ -32,22 +32,24 @@ import torch
 import torch.nn as nn
 
 from minilora.adapter import LoRAAdapter
-from minilora.checks import check_adapter_name, check_alpha, check_choice, check_dropout
+from minilora.checks import check_adapter_name, check_rank
+from minilora.config import AdaLoRAConfig, as_config, config_or_targets
 from minilora.fast_path import lora_linear
-from minilora.inject import BIAS_CHOICES, _check_not_tied, find_targets, set_trainable
+from minilora.inject import _check_not_tied, find_targets
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
+from minilora.trainable import set_trainable
 
 
 class AdaLoRAAdapter(LoRAAdapter):
     """One AdaLoRA adapter: lora_B = P (out, r), lora_E = lambda (r,), lora_A = Q (r, in), with
-    r = init_r; target_r is the rank this matrix gets on average once the allocator has pruned."""
+    r = config.init_r; config.target_r is the rank this matrix gets on average once the allocator has
+    pruned. config: an AdaLoRAConfig (config.py)."""
 
-    def __init__(self, in_features, out_features, init_r, target_r, alpha, dropout=0.0, bias="none",
-                 device=None, dtype=None):
-        super().__init__(in_features, out_features, init_r, alpha, dropout, bias=bias, device=device, dtype=dtype)
-        self.target_r = target_r
-        self.lora_E = nn.Parameter(torch.zeros(init_r, device=device, dtype=dtype))  # lambda, (r,)
+    def __init__(self, in_features, out_features, config, device=None, dtype=None):
+        super().__init__(in_features, out_features, config, device=device, dtype=dtype)
+        self.target_r = config.target_r
+        self.lora_E = nn.Parameter(torch.zeros(config.init_r, device=device, dtype=dtype))  # lambda, (r,)
 
     def reset_parameters(self):
         """P, Q normal(0, 0.02) and lambda = 0, as the paper's code: delta W = 0 at the start."""
@@ -77,39 +79,23 @@ class AdaLoRAAdapter(LoRAAdapter):
         self.lora_E.zero_()
         self.lora_E[:k].copy_(lora_E)
 
-    def config(self):
-        return dict(super().config(), adalora=True, target_r=self.target_r)
-
     def extra_repr(self):
         return (f"init_r={self.r}, target_r={self.target_r}, rank={self.rank}, alpha={self.alpha:g}, "
                 f"scaling={self.scaling:g}, dropout={self.dropout.p}")
 
 
-def check_adalora_ranks(init_r, target_r, in_features, out_features, where):
-    """init_r an integer in 1..min(in, out); target_r an integer in 1..init_r."""
-    for what, value in (("init_r", init_r), ("target_r", target_r)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
-    largest = min(in_features, out_features)
-    if not 1 <= init_r <= largest:
-        raise ValueError(f"init_r={init_r} is not a valid rank for {where} ({in_features} -> {out_features}); "
-                         f"valid initial ranks are 1..{largest} (at most min(in_features, out_features))")
-    if not 1 <= target_r <= init_r:
-        raise ValueError(f"target_r={target_r} must be in 1..init_r={init_r}: AdaLoRA starts at init_r "
-                         f"triplets per matrix and prunes down to target_r per matrix on average")
-    return int(init_r), int(target_r)
-
-
 class AdaLoRALinear(LoRALayer):
     """An nn.Linear plus s P diag(lambda) Q: the LoRALayer machinery (named adapters, merging)
-    with AdaLoRA adapters. It holds AdaLoRA adapters only."""
+    with AdaLoRA adapters. It holds AdaLoRA adapters only.
+    config: an AdaLoRAConfig, or its fields as keywords (AdaLoRALinear(linear, init_r=12, target_r=8))."""
 
-    def __init__(self, base, init_r=12, target_r=8, alpha=16, dropout=0.0, bias="none", adapter_name="default"):
+    def __init__(self, base, config=None, adapter_name="default", **fields):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"AdaLoRALinear wraps an nn.Linear, got {type(base).__name__}")
         super().__init__(base)
-        self.add_adapter(adapter_name, init_r, target_r, alpha, dropout, bias)
+        self.add_adapter(adapter_name, as_config(config, fields, AdaLoRAConfig))
         self.active_adapter = adapter_name
+        set_trainable(self)
 
     @property
     def in_features(self):
@@ -119,14 +105,15 @@ class AdaLoRALinear(LoRALayer):
     def out_features(self):
         return self.base.out_features
 
-    def add_adapter(self, name, init_r, target_r, alpha, dropout=0.0, bias="none"):
-        """Add AdaLoRA adapter `name` (not activated)."""
+    def add_adapter(self, name, config=None, **fields):
+        """Add AdaLoRA adapter `name` with an AdaLoRAConfig (or its fields as keywords), not activated."""
+        config = as_config(config, fields, AdaLoRAConfig)
         where = f"nn.Linear({self.in_features} -> {self.out_features})"
-        init_r, target_r = check_adalora_ranks(init_r, target_r, self.in_features, self.out_features, where)
+        check_rank(config.init_r, self.in_features, self.out_features, where, what="init_r")
         LoRALayer._check_can_add(self, name, pissa=False)
         weight = self.base.weight
-        adapter = AdaLoRAAdapter(self.in_features, self.out_features, init_r, target_r, alpha, dropout, bias,
-                                 device=weight.device, dtype=weight.dtype)
+        adapter = AdaLoRAAdapter(self.in_features, self.out_features, config, device=weight.device,
+                                 dtype=weight.dtype)
         self.adapters[name] = adapter
         return adapter
 
@@ -162,31 +149,33 @@ class AdaLoRALinear(LoRALayer):
                 f"active_adapter={self.active_adapter!r}, merged={self.merged}")
 
 
-def apply_adalora(model, targets, init_r, target_r, alpha, dropout=0.0, *, bias="none", adapter_name="default"):
+def apply_adalora(model, config=None, *, adapter_name="default", **fields):
     """Add an AdaLoRA adapter (delta W = (alpha / init_r) P diag(lambda) Q, init_r triplets) to each
-    nn.Linear that targets selects (as apply_lora: names, a regular expression, or "all-linear"),
-    in place; then freeze everything but the active adapter's P, lambda, Q (and biases, by `bias`).
+    nn.Linear that config.targets selects (as apply_lora: names, a regular expression, or
+    "all-linear"), in place; then freeze everything but the active adapter's P, lambda, Q (and the
+    biases its config.bias names).
+
+        apply_adalora(model, AdaLoRAConfig(targets=["q_proj"], init_r=12, target_r=8, alpha=16))
+        apply_adalora(model, ["q_proj"], init_r=12, target_r=8, alpha=16)       # the same
 
     target_r is the average rank per matrix the RankAllocator prunes to (rank_allocator.py): the
     total budget is target_r times the number of adapted matrices, spread by importance. Train
     with the allocator and the regulariser (orthogonal_regularizer). Returns model."""
+    config = config_or_targets(config, fields, AdaLoRAConfig)
     check_adapter_name(adapter_name)
-    check_alpha(alpha)
-    check_dropout(dropout)
-    check_choice("bias", bias, BIAS_CHOICES)
-    found = find_targets(model, targets)
+    found = find_targets(model, config.targets)
     _check_not_tied(model, found)
     for name, module in found:  # validate everything before changing anything
         if isinstance(module, LoRALayer) or not isinstance(module, nn.Linear):
             what = "already a LoRA layer" if isinstance(module, LoRALayer) else f"a {type(module).__name__}"
             raise ValueError(f"AdaLoRA adapts plain nn.Linear layers; {name!r} is {what}")
-        check_adalora_ranks(init_r, target_r, module.in_features, module.out_features, repr(name))
+        check_rank(config.init_r, module.in_features, module.out_features, repr(name), what="init_r")
     active = active_adapter(model)
     for name, module in found:
-        model.set_submodule(name, AdaLoRALinear(module, init_r, target_r, alpha, dropout, bias, adapter_name))
+        model.set_submodule(name, AdaLoRALinear(module, config, adapter_name))
     for _, layer in lora_layers(model):  # one active adapter across the model
         layer.active_adapter = adapter_name if active is None else active
-    return set_trainable(model, bias)
+    return set_trainable(model)
 
 
 def adalora_adapters(model):

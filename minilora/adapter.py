@@ -13,27 +13,24 @@ import math
 import torch
 import torch.nn as nn
 
-from minilora.checks import check_alpha, check_dropout
-
 
 class LoRAAdapter(nn.Module):
-    def __init__(self, in_features, out_features, r, alpha, dropout=0.0, rslora=False,
-                 dora=False, pissa=False, bias="none", device=None, dtype=None):
+    """config: a LoRAConfig (config.py), already validated: r, alpha, dropout, rslora, dora are
+    read from it as they are. It stays on the adapter (adapter.config): which biases train while
+    this adapter is active (config.bias, see trainable.py) and what save_adapter writes."""
+
+    def __init__(self, in_features, out_features, config, device=None, dtype=None):
         super().__init__()
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"r must be a positive integer, got {r!r}")
-        self.r = r
-        self.alpha = check_alpha(alpha)
-        self.rslora = bool(rslora)
-        self.pissa = bool(pissa)
-        self.bias_mode = bias  # which biases train with this adapter ("none"...); for save_adapter
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.empty(out_features, r, device=device, dtype=dtype))
+        self.config = config
+        self.r = config.r
+        self.alpha = config.alpha
+        self.lora_A = nn.Parameter(torch.empty(config.r, in_features, device=device, dtype=dtype))  # (r, in)
+        self.lora_B = nn.Parameter(torch.empty(out_features, config.r, device=device, dtype=dtype))  # (out, r)
         # DoRA's magnitude m is set by the layer, which knows W0 (see dora.py); None = plain LoRA.
         self.magnitude = None
-        if dora:
+        if config.dora:
             self.magnitude = nn.Parameter(torch.ones(out_features, device=device, dtype=dtype))
-        self.dropout = nn.Dropout(check_dropout(dropout))
+        self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -44,18 +41,24 @@ class LoRAAdapter(nn.Module):
 
     @property
     def scaling(self):
-        """alpha / r (LoRA), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023: keeps the update's
-        size stable as r grows, so large ranks actually learn faster instead of slower)."""
-        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+        """alpha / r (LoRA), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023). With alpha / r the
+        update's scale falls as r grows; the rsLoRA paper argues alpha / sqrt(r) keeps learning
+        stable across ranks. It does not make large ranks learn faster at a shared learning rate:
+        in this project's rank sweep, at LoRA's tuned rate, rsLoRA r=64 ended worse than r=32
+        (validation loss 1.582 against 1.476, experiments/REPRODUCTIONS.md): the rate needs retuning."""
+        return self.alpha / (math.sqrt(self.r) if self.config.rslora else self.r)
+
+    @property
+    def rslora(self):
+        return self.config.rslora
+
+    @property
+    def pissa(self):
+        return self.config.pissa
 
     @property
     def dora(self):
         return self.magnitude is not None
-
-    def config(self):
-        """The hyperparameters as plain types (what save_adapter writes)."""
-        return dict(r=self.r, alpha=self.alpha, dropout=self.dropout.p, rslora=self.rslora,
-                    dora=self.dora, pissa=self.pissa, bias=self.bias_mode)
 
     def extra_repr(self):
         return (f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}, dropout={self.dropout.p}"

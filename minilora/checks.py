@@ -9,15 +9,16 @@ import numbers
 import torch
 
 
-def check_rank(r, in_features, out_features, where):
+def check_rank(r, in_features, out_features, where, what="r"):
     """r must be an integer in 1..min(in_features, out_features): delta W = B A has rank <= r,
-    and a rank above min(in, out) only adds parameters that cannot add rank."""
+    and a rank above min(in, out) only adds parameters that cannot add rank. (A LoRAConfig has
+    checked that r is an integer >= 1; this is the check that needs the layer's shape.)"""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise TypeError(f"r must be an integer, got {r!r} ({type(r).__name__})")
+        raise TypeError(f"{what} must be an integer, got {r!r} ({type(r).__name__})")
     largest = min(in_features, out_features)
     if not 1 <= r <= largest:
         raise ValueError(
-            f"r={r} is not a valid rank for {where} ({in_features} -> {out_features}); "
+            f"{what}={r} is not a valid rank for {where} ({in_features} -> {out_features}); "
             f"valid ranks are 1..{largest} (at most min(in_features, out_features))"
         )
     return int(r)

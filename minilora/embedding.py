@@ -16,35 +16,42 @@ import torch.nn.functional as F
 
 from minilora.adapter import LoRAAdapter
 from minilora.checks import check_rank
+from minilora.config import as_config
 from minilora.lora_layer import LoRALayer
+from minilora.trainable import set_trainable
 
 
 class LoRAEmbedding(LoRALayer):
-    def __init__(self, base, r=8, alpha=16, rslora=False, bias="none", adapter_name="default"):
+    """LoRAEmbedding(base, config) with a LoRAConfig, or LoRAEmbedding(base, r=8, alpha=16) with its
+    fields as keywords; the adapter, called adapter_name, is active and trains."""
+
+    def __init__(self, base, config=None, adapter_name="default", **fields):
         if not isinstance(base, nn.Embedding):
             raise TypeError(f"LoRAEmbedding wraps an nn.Embedding, got {type(base).__name__}")
         if base.max_norm is not None:
             raise ValueError("LoRAEmbedding does not support nn.Embedding(max_norm=...): "
                              "it renormalises W0 in place")
         super().__init__(base)
-        self.add_adapter(adapter_name, r, alpha, rslora=rslora, bias=bias)
+        self.add_adapter(adapter_name, as_config(config, fields))
         self.active_adapter = adapter_name
+        set_trainable(self)
 
-    def add_adapter(self, name, r, alpha, dropout=0.0, rslora=False, dora=False, pissa=False, bias="none"):
-        """Add adapter `name` (not activated). dropout, dora and pissa are for nn.Linear only."""
+    def add_adapter(self, name, config=None, **fields):
+        """Add adapter `name` with a LoRAConfig (or its fields as keywords), not activated.
+        dropout, dora and pissa are for nn.Linear only."""
+        config = as_config(config, fields)
         num, dim = self.base.num_embeddings, self.base.embedding_dim
-        if dropout:
-            raise ValueError(f"dropout={dropout!r} on an nn.Embedding: adapter dropout acts on a "
+        if config.dropout:
+            raise ValueError(f"dropout={config.dropout!r} on an nn.Embedding: adapter dropout acts on a "
                              f"layer's input, and an embedding's input is token ids; use dropout=0.0 "
                              f"or leave embeddings out of the targets")
-        if dora or pissa:
-            raise ValueError(f"{'DoRA' if dora else 'PiSSA'} is implemented for nn.Linear only, "
+        if config.dora or config.pissa:
+            raise ValueError(f"{'DoRA' if config.dora else 'PiSSA'} is implemented for nn.Linear only, "
                              f"not nn.Embedding({num}, {dim})")
-        r = check_rank(r, num, dim, f"nn.Embedding({num}, {dim})")
-        self._check_can_add(name, pissa)
+        check_rank(config.r, num, dim, f"nn.Embedding({num}, {dim})")
+        self._check_can_add(name, config.pissa)
         weight = self.base.weight
-        adapter = LoRAAdapter(num, dim, r, alpha, 0.0, rslora, bias=bias,
-                              device=weight.device, dtype=weight.dtype)
+        adapter = LoRAAdapter(num, dim, config, device=weight.device, dtype=weight.dtype)
         nn.init.zeros_(adapter.lora_A)  # (r, num_embeddings)
         nn.init.normal_(adapter.lora_B)  # (dim, r)
         self.adapters[name] = adapter

@@ -1,4 +1,4 @@
-r"""Injection by name: apply_lora(model, targets, r, alpha) wraps the chosen layers in place.
+r"""Injection by name: apply_lora(model, config) wraps the layers config.targets picks, in place.
 
 targets picks layers by their names in model.named_modules():
     ["q_proj", "v_proj"]   a list: each item is a full dotted name ("blocks.0.attn.q_proj")
@@ -6,7 +6,7 @@ targets picks layers by their names in model.named_modules():
     r".*\.(q|v)_proj"      one string: a regular expression, matched against full names
     "all-linear"           every nn.Linear except the output head `lm_head` (as PEFT)
 
-quantize="nf4" (or "fp4", "int4") stores each chosen nn.Linear's W0 in 4 bits under the adapter:
+config.quantize="nf4" (or "fp4", "int4") stores each chosen nn.Linear's W0 in 4 bits under the adapter:
 QLoRA (qlora.py).
 
 Everything is validated before anything changes, so a bad call leaves the model as it was.
@@ -15,16 +15,16 @@ import re
 
 import torch.nn as nn
 
-from minilora.checks import check_adapter_name, check_alpha, check_choice, check_dropout, check_rank
+from minilora.checks import check_adapter_name, check_rank
+from minilora.config import ALL_LINEAR, AdaLoRAConfig, config_or_targets
 from minilora.embedding import LoRAEmbedding
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
 from minilora.model_ops import active_adapter, lora_layers
-from minilora.qlora import Linear4bit, QLoRALinear, check_quantize_args, check_quantize_target
+from minilora.qlora import Linear4bit, QLoRALinear, check_quantize_target
+from minilora.trainable import set_trainable
 
-ALL_LINEAR = "all-linear"
 OUTPUT_HEAD = "lm_head"  # left out of "all-linear": adapting the head is rarely wanted (PEFT does the same)
-BIAS_CHOICES = ("none", "lora_only", "all")
 
 
 def _candidates(model):
@@ -131,76 +131,53 @@ def _dims(module):
     return base.num_embeddings, base.embedding_dim
 
 
-def set_trainable(model, bias="none"):
-    """Freeze every parameter except the active adapter's A, B (and DoRA m), plus biases:
-    bias="none" no bias trains, "lora_only" the biases of adapted layers, "all" every bias."""
-    check_choice("bias", bias, BIAS_CHOICES)
-    model.requires_grad_(False)
-    active = active_adapter(model)
-    for _, layer in lora_layers(model):
-        for name, adapter in layer.adapters.items():
-            adapter.requires_grad_(name == active)
-        base_bias = getattr(layer.base, "bias", None)  # nn.Embedding has no bias
-        if bias == "lora_only" and base_bias is not None:
-            base_bias.requires_grad_(True)
-    if bias == "all":
-        for name, p in model.named_parameters():
-            if name.split(".")[-1] == "bias":
-                p.requires_grad_(True)
-    return model
+def apply_lora(model, config=None, *, adapter_name="default", **fields):
+    """Add a LoRA adapter (A, B; delta W = (alpha / r) B A) to each layer config.targets selects, in place.
 
+        apply_lora(model, LoRAConfig(targets=["q_proj", "v_proj"], r=8, alpha=16))
+        apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)      # the same: the keyword shorthand
 
-def apply_lora(model, targets, r, alpha, dropout=0.0, *, bias="none", rslora=False, dora=False,
-               pissa=False, adapter_name="default", quantize=None, quant_block_size=64, double_quant=True):
-    """Add a LoRA adapter (A, B; delta W = (alpha / r) B A) to each layer targets selects, in place.
-
-    Each chosen nn.Linear becomes a LoRALinear, each nn.Embedding a LoRAEmbedding (dropout,
-    dora and pissa are for linear layers only); a layer that is already a LoRA layer gets
-    another adapter. Then every parameter is frozen except the active adapter's (and biases, by
-    `bias`: "none", "lora_only" or "all"). The first adapter added to a model becomes active;
-    later ones are added inactive (see set_adapter). Applying the same adapter name twice is an
+    config: a LoRAConfig (config.py says what each field means), or the targets, with the other
+    fields as keywords. Each chosen nn.Linear becomes a LoRALinear (a QLoRALinear with
+    config.quantize), each nn.Embedding a LoRAEmbedding; a layer that is already a LoRA layer gets
+    another adapter. The first adapter added to a model becomes active; later ones are added
+    inactive (see set_adapter). Then every parameter is frozen except the active adapter's, and
+    the biases its config.bias names (trainable.py). Applying the same adapter name twice is an
     error. Returns model.
 
-    rslora: scaling = alpha / sqrt(r) (adapter.py). dora: learned magnitudes (dora.py).
-    pissa: A, B from W0's top-r singular vectors, the residual left in W0 (pissa.py).
-    quantize: None keeps W0 as it is; "nf4" (QLoRA), "fp4" or "int4" replaces each chosen
-        nn.Linear's W0 by its 4-bit form (blocks of quant_block_size values, double_quant: the
-        block constants in 8 bits), dequantized just in time in forward and backward (qlora.py).
-        For nn.Linear targets only, and not with dora or pissa. A layer that already has a 4-bit
-        base keeps it and takes another adapter.
-    """
+    A layer that already has a 4-bit base keeps it and takes another adapter (not DoRA or PiSSA)."""
+    config = config_or_targets(config, fields)
+    if isinstance(config, AdaLoRAConfig):
+        raise TypeError("an AdaLoRAConfig is for apply_adalora(model, config), not apply_lora")
+    if config.targets is None:
+        raise TypeError(f"targets must be a non-empty list of layer names (e.g. ['q_proj', 'v_proj']), "
+                        f"a regular expression string, or {ALL_LINEAR!r}; got None")
     check_adapter_name(adapter_name)
-    check_alpha(alpha)
-    check_dropout(dropout)
-    check_choice("bias", bias, BIAS_CHOICES)
-    check_quantize_args(quantize, quant_block_size, double_quant, dora, pissa)
-    found = find_targets(model, targets)
+    found = find_targets(model, config.targets)
     _check_not_tied(model, found)
     for name, module in found:  # validate everything before changing anything
-        check_rank(r, *_dims(module), where=repr(name))
-        check_quantize_target(name, module, quantize, dora, pissa)
-        if not _is_linear(module) and (dropout or dora or pissa):
-            raise ValueError(f"{name!r} is an nn.Embedding: dropout, dora and pissa apply to nn.Linear "
-                             f"layers only (got dropout={dropout}, dora={dora}, pissa={pissa}); "
+        check_rank(config.r, *_dims(module), where=repr(name))
+        check_quantize_target(name, module, config)
+        if not _is_linear(module) and (config.dropout or config.dora or config.pissa):
+            raise ValueError(f"{name!r} is an nn.Embedding: dropout, dora and pissa apply to nn.Linear layers "
+                             f"only (got dropout={config.dropout}, dora={config.dora}, pissa={config.pissa}); "
                              f"leave embeddings out of the targets or turn those off")
         if isinstance(module, LoRALayer):
             try:
-                module._check_can_add(adapter_name, pissa)
+                module._check_can_add(adapter_name, config.pissa)
             except (ValueError, RuntimeError) as e:
                 raise type(e)(f"{name!r}: {e}") from None
 
     active = active_adapter(model)
     for name, module in found:
         if isinstance(module, LoRALayer):
-            module.add_adapter(adapter_name, r, alpha, dropout, rslora, dora, pissa, bias)
-        elif isinstance(module, nn.Linear) and quantize is not None:
-            model.set_submodule(name, QLoRALinear(module, r, alpha, dropout, rslora, bias, adapter_name,
-                                                  quantize, quant_block_size, double_quant))
+            module.add_adapter(adapter_name, config)
+        elif isinstance(module, nn.Linear) and config.quantize is not None:
+            model.set_submodule(name, QLoRALinear(module, config, adapter_name))
         elif isinstance(module, nn.Linear):
-            model.set_submodule(name, LoRALinear(module, r, alpha, dropout, rslora, dora, pissa, bias,
-                                                 adapter_name))
+            model.set_submodule(name, LoRALinear(module, config, adapter_name))
         else:
-            model.set_submodule(name, LoRAEmbedding(module, r, alpha, rslora, bias, adapter_name))
+            model.set_submodule(name, LoRAEmbedding(module, config, adapter_name))
     for _, layer in lora_layers(model):  # one active adapter across the model
         layer.active_adapter = adapter_name if active is None else active
-    return set_trainable(model, bias)
+    return set_trainable(model)

@@ -28,20 +28,26 @@ import torch.nn as nn
 
 from minilora.adapter import LoRAAdapter
 from minilora.checks import check_rank
+from minilora.config import as_config
 from minilora.dora import dora_linear, init_magnitude_
 from minilora.fast_path import lora_linear
 from minilora.lora_layer import LoRALayer
 from minilora.pissa import pissa_init_
+from minilora.trainable import set_trainable
 
 
 class LoRALinear(LoRALayer):
-    def __init__(self, base, r=8, alpha=16, dropout=0.0, rslora=False, dora=False, pissa=False,
-                 bias="none", adapter_name="default"):
+    """LoRALinear(base, config) with a LoRAConfig, or LoRALinear(base, r=8, alpha=16, ...) with its
+    fields as keywords. The adapter, called adapter_name, is active and trains (with the base's bias
+    too when config.bias is "lora_only" or "all")."""
+
+    def __init__(self, base, config=None, adapter_name="default", **fields):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         super().__init__(base)
-        self.add_adapter(adapter_name, r, alpha, dropout, rslora, dora, pissa, bias)
+        self.add_adapter(adapter_name, as_config(config, fields))
         self.active_adapter = adapter_name
+        set_trainable(self)
 
     @property
     def in_features(self):
@@ -51,18 +57,18 @@ class LoRALinear(LoRALayer):
     def out_features(self):
         return self.base.out_features
 
-    def add_adapter(self, name, r, alpha, dropout=0.0, rslora=False, dora=False, pissa=False, bias="none"):
-        """Add adapter `name` (not activated: see set_adapter). PiSSA first moves W0's principal
-        part into A, B; DoRA then sets m = ||W0 + delta W||_row."""
+    def add_adapter(self, name, config=None, **fields):
+        """Add adapter `name` with a LoRAConfig (or its fields as keywords), not activated: see
+        set_adapter. PiSSA first moves W0's principal part into A, B; DoRA then sets m = ||W0 + delta W||_row."""
+        config = as_config(config, fields)
         where = f"nn.Linear({self.in_features} -> {self.out_features})"
-        r = check_rank(r, self.in_features, self.out_features, where)
-        self._check_can_add(name, pissa)
+        check_rank(config.r, self.in_features, self.out_features, where)  # the shape check; config did the rest
+        self._check_can_add(name, config.pissa)
         weight = self.base.weight
-        adapter = LoRAAdapter(self.in_features, self.out_features, r, alpha, dropout, rslora, dora,
-                              pissa, bias, device=weight.device, dtype=weight.dtype)
-        if pissa:
+        adapter = LoRAAdapter(self.in_features, self.out_features, config, device=weight.device, dtype=weight.dtype)
+        if config.pissa:
             pissa_init_(weight, adapter)
-        if dora:
+        if config.dora:
             init_magnitude_(adapter, weight, adapter.scaling * (adapter.lora_B @ adapter.lora_A))
         self.adapters[name] = adapter
         return adapter

@@ -6,26 +6,31 @@
     add_weighted_adapter(model, ["default", "french"], [0.5, 0.5], "mix")
 
 Switching changes only which (A, B) forward uses, so switching back gives the same outputs
-bit for bit. Biases trained with bias="lora_only"/"all" belong to the base and are shared.
+bit for bit. Biases trained with bias="lora_only"/"all" belong to the base and are shared; which
+of them train is the active adapter's config.bias (trainable.py), so it switches with the adapter.
 """
 import torch
 
 from minilora.checks import check_adapter_name, check_rank, check_weights
+from minilora.config import LoRAConfig
 from minilora.inject import apply_lora
 from minilora.model_ops import _require_lora_layers, adapter_names
+from minilora.trainable import train_active_adapter
 
 
-def add_adapter(model, name, targets, r, alpha, dropout=0.0, **variants):
-    """Add another adapter called name on the layers targets selects (apply_lora with
-    adapter_name=name; variants: bias, rslora, dora, pissa). It is not activated: the
-    active adapter stays active and trainable until set_adapter(model, name). Returns model."""
-    return apply_lora(model, targets, r, alpha, dropout, adapter_name=name, **variants)
+def add_adapter(model, name, config=None, **fields):
+    """Add another adapter called name: apply_lora(model, config, adapter_name=name), with a
+    LoRAConfig or the shorthand add_adapter(model, name, targets, r=8, alpha=16). It is not
+    activated: the active adapter stays active, and what trains stays as its config says, until
+    set_adapter(model, name). Returns model."""
+    return apply_lora(model, config, adapter_name=name, **fields)
 
 
 def set_adapter(model, name):
     """Make adapter name the active one on every layer: forward uses it, and its A, B (and m)
-    become the trainable ones while the other adapters freeze. Layers without it compute
-    their base function."""
+    become the trainable ones while the other adapters freeze; of the biases, those its config.bias
+    names train, no others. Other parameters keep their setting. Layers without it compute their
+    base function."""
     layers = _require_lora_layers(model, "set_adapter")
     names = adapter_names(model)
     if name not in names:
@@ -36,8 +41,7 @@ def set_adapter(model, name):
                            f"call unmerge_lora(model) before switching adapters")
     for _, layer in layers:
         layer.active_adapter = name
-        for adapter_name, adapter in layer.adapters.items():
-            adapter.requires_grad_(adapter_name == name)
+    train_active_adapter(model)
 
 
 @torch.no_grad()
@@ -83,7 +87,7 @@ def add_weighted_adapter(model, adapters, weights, name):
         rank = sum(p.r for p in parts)
         lora_A = torch.cat([p.lora_A for p in parts], dim=0)  # (sum r_i, in)
         lora_B = torch.cat([w * p.scaling * p.lora_B for w, p in zip(weights, parts)], dim=1)  # (out, sum r_i)
-        combined = layer.add_adapter(name, rank, alpha=rank)  # scaling = alpha / r = 1
+        combined = layer.add_adapter(name, LoRAConfig(r=rank, alpha=rank))  # scaling = alpha / r = 1
         combined.lora_A.copy_(lora_A)
         combined.lora_B.copy_(lora_B)
         combined.requires_grad_(False)  # inactive until set_adapter

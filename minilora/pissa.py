@@ -14,7 +14,14 @@ part now holds the weight's most important directions. The paper reports faster 
 on large models; on the tiny GPT here PiSSA started slower and ended level with plain LoRA
 (experiments/REPRODUCTIONS.md, section 7): its A and B start large, so the same learning rate
 moves the model further. The base weight is changed, so a PiSSA adapter only fits a base prepared the same
-way: load_adapter recomputes the residual from the original W0 (the SVD is deterministic).
+way: load_adapter recomputes the residual from the original W0, by the same SVD.
+
+That repeats the training-time residual W0 - U_r S_r V_r^T only as well as the SVD repeats. The
+SVD is not bit-for-bit deterministic across BLAS libraries, thread counts and devices: the last
+bits differ, and singular vector pairs may flip sign (which leaves U_r S_r V_r^T unchanged). And
+when sigma_r is close to sigma_r+1 the top-r subspace is ill-conditioned: a tiny difference can
+swap which of the two directions is in the principal part, and the residual then differs by about
+sigma_r along them. Compare a reloaded PiSSA model's outputs with the trained model's.
 """
 import torch
 

@@ -33,17 +33,19 @@ Not combined with quantization: DoRA (it needs ||W0 + delta W|| of the full-prec
 every step, and its merge scales W0) and PiSSA (it rewrites W0 into a residual, which would
 then be quantized: a method of its own, QPiSSA). apply_lora refuses both with quantize.
 """
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
-from minilora.checks import check_choice
+# (QUANTIZE_CHOICES: nanogpt/finetune.py imports it from here)
+from minilora.config import QUANTIZE_CHOICES, as_config, check_not_dora_pissa  # noqa: F401
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
-from minilora.quantize import QUANT_TYPES, QuantizedWeight, check_block_size, unpack_4bit
-
-QUANTIZE_CHOICES = (None,) + QUANT_TYPES  # apply_lora's quantize=
+from minilora.quantize import QuantizedWeight, unpack_4bit
+from minilora.trainable import set_trainable
 
 
 class Linear4bit(nn.Module):
@@ -76,22 +78,28 @@ class QLoRALinear(LoRALinear):
     weight and dequantizes it (fast_path.py); with `fused = False`, the formula as written runs
     on Linear4bit's forward (which keeps the dequantized W0 for backward: a reference, for tests).
 
-    base: a Linear4bit, or an nn.Linear, quantized here as quant_type, block_size, double_quant say."""
+    base: a Linear4bit, or an nn.Linear, quantized here as config.quantize, quant_block_size and
+    double_quant say (config.quantize=None here means "nf4": a QLoRALinear's base is always 4-bit).
+    config: a LoRAConfig, or its fields as keywords (QLoRALinear(linear, r=8, alpha=16))."""
 
-    def __init__(self, base, r=8, alpha=16, dropout=0.0, rslora=False, bias="none", adapter_name="default",
-                 quant_type="nf4", block_size=64, double_quant=True):
+    def __init__(self, base, config=None, adapter_name="default", **fields):
+        config = as_config(config, fields)
+        if config.quantize is None:
+            config = dataclasses.replace(config, quantize="nf4")
         if isinstance(base, nn.Linear):
-            base = Linear4bit(base, quant_type, block_size, double_quant)
+            base = Linear4bit(base, config.quantize, config.quant_block_size, config.double_quant)
         if not isinstance(base, Linear4bit):
             raise TypeError(f"QLoRALinear wraps an nn.Linear or a Linear4bit, got {type(base).__name__}")
         LoRALayer.__init__(self, base)  # not LoRALinear's __init__, which accepts an nn.Linear only
-        self.add_adapter(adapter_name, r, alpha, dropout, rslora, bias=bias)
+        self.add_adapter(adapter_name, config)
         self.active_adapter = adapter_name
+        set_trainable(self)
 
-    def add_adapter(self, name, r, alpha, dropout=0.0, rslora=False, dora=False, pissa=False, bias="none"):
+    def add_adapter(self, name, config=None, **fields):
         """Add adapter `name` (not activated); A and B in the base's original dtype."""
-        check_not_dora_pissa(dora, pissa, self.base.quant_type)
-        return super().add_adapter(name, r, alpha, dropout, rslora, bias=bias)
+        config = as_config(config, fields)
+        check_not_dora_pissa(config.dora, config.pissa, self.base.quant_type)
+        return super().add_adapter(name, config)
 
     def merge(self):
         raise RuntimeError(
@@ -117,32 +125,14 @@ class QLoRALinear(LoRALinear):
         return f"{self.base.quant_type}, " + super().extra_repr()
 
 
-def check_not_dora_pissa(dora, pissa, quantize):
-    if dora or pissa:
-        raise ValueError(
-            f"{'dora' if dora else 'pissa'}=True cannot be combined with a {quantize!r} base: DoRA needs the "
-            f"full-precision W0 every step and PiSSA rewrites W0 before quantization (qlora.py); "
-            f"use quantize=None for {'DoRA' if dora else 'PiSSA'}, or a plain adapter on the 4-bit base")
-
-
-def check_quantize_args(quantize, block_size, double_quant, dora, pissa):
-    """apply_lora's quantization arguments, checked before anything changes."""
-    check_choice("quantize", quantize, QUANTIZE_CHOICES)
-    if quantize is None:
-        return
-    check_block_size(block_size)
-    if not isinstance(double_quant, bool):
-        raise TypeError(f"double_quant must be True or False, got {double_quant!r}")
-    check_not_dora_pissa(dora, pissa, quantize)
-
-
-def check_quantize_target(name, module, quantize, dora=False, pissa=False):
-    """With quantize, a target must be an nn.Linear (quantized now) or a QLoRALinear already in
-    that data type (it gets another adapter); without, anything LoRA wraps will do (an existing
+def check_quantize_target(name, module, config):
+    """With config.quantize, a target must be an nn.Linear (quantized now) or a QLoRALinear already
+    in that data type (it gets another adapter); without, anything LoRA wraps will do (an existing
     QLoRALinear keeps its 4-bit base, and takes no DoRA or PiSSA adapter)."""
-    if isinstance(module, QLoRALinear) and (dora or pissa):
+    quantize = config.quantize
+    if isinstance(module, QLoRALinear) and (config.dora or config.pissa):
         try:
-            check_not_dora_pissa(dora, pissa, module.base.quant_type)
+            check_not_dora_pissa(config.dora, config.pissa, module.base.quant_type)
         except ValueError as e:
             raise ValueError(f"{name!r}: {e}") from None
     if quantize is None:

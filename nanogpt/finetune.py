@@ -175,8 +175,8 @@ def build_model(config, settings, device, base_weights=None):
         return model.to(device).requires_grad_(True)
     targets = settings["lora_targets"]
     try:
-        apply_lora(model, targets, settings["lora_r"], settings["lora_alpha"], settings["lora_dropout"],
-                   quantize=settings["quantize"])
+        apply_lora(model, targets, r=settings["lora_r"], alpha=settings["lora_alpha"],
+                   dropout=settings["lora_dropout"], quantize=settings["quantize"])
     except (ValueError, TypeError) as e:
         raise CommandError(f"--lora-targets / --lora-r: {e}") from None
     return model.to(device)

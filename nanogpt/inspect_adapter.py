@@ -24,19 +24,20 @@ from nanogpt.checkpoint import load_model
 from nanogpt.flags import run_main
 
 
-def kind(config):
-    if config.get("adalora"):
-        return f"AdaLoRA (init_r {config['r']}, target_r {config.get('target_r')})"
+def kind(obj):
+    config = obj["config"]
+    if obj["kind"] == "adalora":
+        return f"AdaLoRA (init_r {config['init_r']}, target_r {config['target_r']})"
     variants = [name for key, name in (("rslora", "rsLoRA"), ("dora", "DoRA"), ("pissa", "PiSSA")) if config.get(key)]
     return "LoRA" + (" + " + " + ".join(variants) if variants else "")
 
 
-def layer_rows(config, tensors):
+def layer_rows(obj):
     """[(layer, A shape, B shape, rank, parameters)] for each target, in file order."""
     rows = []
-    for target in config["targets"]:
-        parts = {k.rsplit(".", 1)[1]: t for k, t in tensors.items() if k.rsplit(".", 1)[0] == target}
-        rank = config.get("ranks", {}).get(target, config["r"])
+    for target in obj["config"]["targets"]:
+        parts = {k.rsplit(".", 1)[1]: t for k, t in obj["tensors"].items() if k.rsplit(".", 1)[0] == target}
+        rank = obj["ranks"][target] if obj["kind"] == "adalora" else obj["config"]["r"]
         rows.append((target, tuple(parts["lora_A"].shape), tuple(parts["lora_B"].shape), rank,
                      sum(t.numel() for t in parts.values())))
     return rows
@@ -46,13 +47,15 @@ def summarize(path):
     """The adapter file at path as a dict of plain values (what --json prints)."""
     obj = read_adapter_file(path)
     config, tensors, biases = obj["config"], obj["tensors"], obj["biases"]
-    rows = layer_rows(config, tensors)
-    scaling = config["alpha"] / (config["r"] ** 0.5 if config.get("rslora") else config["r"])
-    base = config.get("base")
+    rows = layer_rows(obj)
+    r = config["init_r"] if obj["kind"] == "adalora" else config["r"]
+    scaling = config["alpha"] / (r ** 0.5 if config["rslora"] else r)
+    base = obj["base"]
+    storage = {k: config[k] for k in ("quantize", "quant_block_size", "double_quant")} if config["quantize"] else None
     return {
-        "file": path, "bytes": os.path.getsize(path), "adapter_name": config["adapter_name"], "kind": kind(config),
-        "r": config["r"], "alpha": config["alpha"], "scaling": scaling, "dropout": config["dropout"],
-        "bias": config["bias"], "base_storage": config.get("quantize") or "full precision",
+        "file": path, "bytes": os.path.getsize(path), "adapter_name": obj["adapter_name"], "kind": kind(obj),
+        "r": r, "alpha": config["alpha"], "scaling": scaling, "dropout": config["dropout"],
+        "bias": config["bias"], "base_storage": storage or "full precision",
         "parameters": sum(t.numel() for t in tensors.values()) + sum(b.numel() for b in biases.values()),
         "trained_biases": sorted(biases),
         "targets": [{"layer": n, "lora_A": a, "lora_B": b, "rank": r, "parameters": p} for n, a, b, r, p in rows],

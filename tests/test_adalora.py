@@ -244,7 +244,7 @@ def test_save_and_load_round_trip_keeps_only_the_surviving_triplets(tmp_path):
     path = tmp_path / "adalora.pt"
     save_adapter(model, path)
     obj = read_adapter_file(path)
-    assert obj["config"]["adalora"] and obj["config"]["r"] == 6 and obj["config"]["ranks"] == ranks
+    assert obj["kind"] == "adalora" and obj["config"]["init_r"] == 6 and obj["ranks"] == ranks
     for layer, k in ranks.items():
         assert obj["tensors"][f"{layer}.lora_E"].shape == (k,)
         assert obj["tensors"][f"{layer}.lora_A"].shape[0] == k and obj["tensors"][f"{layer}.lora_B"].shape[1] == k

@@ -62,8 +62,8 @@ def test_adalora_experiment_end_to_end(tmp_path, corpora):
     section = adalora.report(Results(str(tmp_path)))  # tmp_path/adalora holds the results
     assert section["verdict"] in VERDICTS and show_difference(first["difference"]) in section["body"]
     saved = [read_adapter_file(p) for p in sorted((tmp_path / "cache" / "runs").glob("*.adapter.pt"))]
-    pruned = [s for s in saved if s["config"].get("adalora") and s["config"]["target_r"] == 8]
-    assert pruned and all(sum(s["config"]["ranks"].values()) == 48 for s in pruned)
+    pruned = [s for s in saved if s["kind"] == "adalora" and s["config"]["target_r"] == 8]
+    assert pruned and all(sum(s["ranks"].values()) == 48 for s in pruned)
 
 
 @pytest.mark.parametrize("flags, message", [

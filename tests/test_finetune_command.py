@@ -91,7 +91,7 @@ def test_full_fine_tuning_leaves_a_plain_checkpoint(setup, tmp_path):
 def test_qlora_records_its_4bit_base(setup, tmp_path):
     run(setup, tmp_path / "q", "--qlora", "--lora-targets", "q_proj,v_proj", "--lora-r", "2")
     config = read_adapter_file(str(tmp_path / "q" / "adapter.pt"))["config"]
-    assert config["quantize"]["quantize"] == "nf4" and config["r"] == 2
+    assert config["quantize"] == "nf4" and config["r"] == 2
     assert [t.rsplit(".", 1)[1] for t in config["targets"]] == ["q_proj", "v_proj"]
 
 

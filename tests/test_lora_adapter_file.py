@@ -62,10 +62,11 @@ def test_file_holds_only_tensors_and_plain_types_and_is_small(tmp_path):
     path = tmp_path / "adapter.pt"
     save_adapter(model, path)
     obj = torch.load(path, weights_only=True)
-    base = obj["config"].pop("base")  # the base's fingerprint: tests/test_adapter_base.py
-    assert obj["config"] == dict(adapter_name="default", targets=[n for n, _ in lora_layers(model)], r=4,
-                                 alpha=8.0, dropout=0.1, rslora=False, dora=False, pissa=False, bias="none",
-                                 quantize=None)
+    base = obj.pop("base")  # the base's fingerprint: tests/test_adapter_base.py
+    assert (obj["format"], obj["version"], obj["kind"], obj["adapter_name"]) == ("minilora-adapter", 2, "lora", "default")
+    assert obj["config"] == dict(targets=[n for n, _ in lora_layers(model)], r=4, alpha=8.0, dropout=0.1, bias="none",
+                                 rslora=False, dora=False, pissa=False, quantize=None, quant_block_size=64,
+                                 double_quant=True)
     assert set(base) == {"tensors", "config"} and all(isinstance(d, str) for d in base["tensors"].values())
     assert set(obj["tensors"]) == {f"{n}.{k}" for n, _ in lora_layers(model) for k in ("lora_A", "lora_B")}
     torch.save(tiny_gpt().state_dict(), tmp_path / "full.pt")

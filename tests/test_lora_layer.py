@@ -285,6 +285,6 @@ def test_embedding_starts_equal_and_follows_the_formula():
 
 def test_embedding_rejects_dropout_and_linear_only_variants():
     with pytest.raises(ValueError, match="token ids"):
-        LoRAEmbedding(nn.Embedding(50, 12), r=4, alpha=8).add_adapter("other", 4, 8, dropout=0.1)
+        LoRAEmbedding(nn.Embedding(50, 12), r=4, alpha=8).add_adapter("other", r=4, alpha=8, dropout=0.1)
     with pytest.raises(ValueError, match="DoRA is implemented for nn.Linear only"):
-        LoRAEmbedding(nn.Embedding(50, 12), r=4, alpha=8).add_adapter("other", 4, 8, dora=True)
+        LoRAEmbedding(nn.Embedding(50, 12), r=4, alpha=8).add_adapter("other", r=4, alpha=8, dora=True)

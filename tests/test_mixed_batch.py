@@ -108,7 +108,7 @@ def test_dora_beside_plain_lora():
 def test_adalora_triplets():
     model = apply_adalora(tiny_gpt(), TARGETS, init_r=6, target_r=4, alpha=8, adapter_name="ada")
     for _, layer in lora_layers(model):
-        layer.add_adapter("ada2", 3, 2, alpha=4)
+        layer.add_adapter("ada2", init_r=3, target_r=2, alpha=4)
     randomize(model)
     with torch.no_grad():  # pruned triplets (lambda_i = 0), as the rank allocator leaves them
         model.blocks[0].attn.q_proj.adapters["ada"].lora_E[:3] = 0

@@ -75,9 +75,9 @@ def add_random_adapters(model, names, r, alpha, seed):
     has B = 0: merging it would cost the same, but generation could not tell adapters apart)."""
     for name in names:
         if not lora_layers(model):
-            apply_lora(model, "all-linear", r, alpha, adapter_name=name)
+            apply_lora(model, "all-linear", r=r, alpha=alpha, adapter_name=name)
         else:
-            add_adapter(model, name, "all-linear", r, alpha)
+            add_adapter(model, name, "all-linear", r=r, alpha=alpha)
     g = torch.Generator().manual_seed(seed)
     for _, layer in lora_layers(model):
         for name in names:

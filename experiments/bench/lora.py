@@ -51,11 +51,11 @@ def make_variants(base, r, alpha):
     """name -> model, each a deepcopy of base so that no state is shared."""
     full = copy.deepcopy(base)
     floor = make_floor(copy.deepcopy(base))
-    lora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
-    ref = apply_lora(copy.deepcopy(base), TARGETS, r, alpha)
+    lora = apply_lora(copy.deepcopy(base), TARGETS, r=r, alpha=alpha)
+    ref = apply_lora(copy.deepcopy(base), TARGETS, r=r, alpha=alpha)
     for _, layer in lora_layers(ref):
         layer.fused = False  # the straightforward formula, plain autograd
-    qlora = apply_lora(copy.deepcopy(base), TARGETS, r, alpha, quantize="nf4")
+    qlora = apply_lora(copy.deepcopy(base), TARGETS, r=r, alpha=alpha, quantize="nf4")
     return {"full": full, "floor": floor, "lora": lora, "ref": ref, "qlora": qlora}
 
 

@@ -172,7 +172,7 @@ def check_runs(args, ranks=(), planned=None, variants=("lora",), lr_on_grid=Fals
     for t, r in pairs or [(targets, 1)]:  # with no rank planned, the targets must still exist
         for variant in variants:
             try:
-                minilora.apply_lora(copy.deepcopy(model), t, r, args.alpha, dora=variant == "dora",
+                minilora.apply_lora(copy.deepcopy(model), t, r=r, alpha=args.alpha, dora=variant == "dora",
                                     pissa=variant == "pissa", rslora=variant == "rslora")
             except (ValueError, TypeError) as e:
                 where = t if isinstance(t, str) else ",".join(t)

@@ -7,7 +7,7 @@ experiments/bench/peak_memory.py, experiments/bench/lora.py):
               method can cost (backward still flows through every block, as it must for LoRA)
     qlora     lora on a base stored in 4-bit NF4, when minilora.apply_lora accepts quantize=
 """
-import inspect
+import dataclasses
 
 import torch.nn as nn
 
@@ -35,8 +35,8 @@ def make_floor(model):
 
 
 def qlora_available():
-    """Does this minilora's apply_lora take quantize= (QLoRA)? Checked once, at startup."""
-    return "quantize" in inspect.signature(minilora.apply_lora).parameters
+    """Does this minilora's LoRAConfig have a quantize field (QLoRA)? Checked once, at startup."""
+    return "quantize" in {field.name for field in dataclasses.fields(minilora.LoRAConfig)}
 
 
 def make_variant(model, name):
@@ -47,7 +47,7 @@ def make_variant(model, name):
     if spec["method"] == "floor":
         return make_floor(model)
     quantize = {"quantize": "nf4"} if spec["method"] == "qlora" else {}
-    return minilora.apply_lora(model, spec["targets"], spec["r"], ALPHA, **quantize)
+    return minilora.apply_lora(model, spec["targets"], r=spec["r"], alpha=ALPHA, **quantize)
 
 
 def make_optimizer(model, name):
