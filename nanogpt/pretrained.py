@@ -129,13 +129,14 @@ def _weights_file(folder):
     path = os.path.join(folder, SAFETENSORS)
     if os.path.isfile(path):
         from safetensors import safe_open
-        try:
-            f = safe_open(path, framework="pt")
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error type for a truncated or corrupt header
+        try:  # the safetensors package checks the file: header, types, offsets covering the file exactly
+            with safe_open(path, framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            header, data_start = _safetensors_header(path)
+        except Exception as e:  # safetensors raises its own error type for a truncated or corrupt file
             raise ValueError(f"{path!r} is not a readable safetensors file (truncated or corrupt: {e}); "
                              f"copy it again from its source") from None
-        return path, shapes, f.get_tensor
+        return path, shapes, lambda name: _read_tensor(path, data_start, header[name])
     path = os.path.join(folder, PYTORCH_BIN)
     if os.path.isfile(path):
         try:  # mmap: tensors are read from the file when used, not all at once
@@ -147,6 +148,32 @@ def _weights_file(folder):
             raise ValueError(f"{path!r} does not hold a dict of tensors (a state_dict)")
         return path, {k: tuple(t.shape) for k, t in state.items()}, state.__getitem__
     _require_file(folder, SAFETENSORS, f"the weights; or {PYTORCH_BIN}")
+
+
+def _safetensors_header(path):
+    """The safetensors format: 8 bytes (little-endian length n), n bytes of JSON {name: {dtype, shape,
+    data_offsets}}, then the tensors' bytes. Returns (the JSON, where the bytes start)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _read_tensor(path, data_start, info):
+    """One tensor of a safetensors file, read with plain file reads. (safe_open's get_tensor reads
+    through a memory map, whose pages count as the process's resident memory: loading would then
+    peak at twice the file.)"""
+    start, end = info["data_offsets"]
+    buffer = bytearray(end - start)
+    with open(path, "rb") as f:
+        f.seek(data_start + start)
+        f.readinto(buffer)
+    dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise ValueError(f"{path!r}: a tensor of type {info['dtype']}; GPT-2's weights are one of {list(SAFETENSORS_DTYPES)}")
+    return torch.frombuffer(buffer, dtype=dtype).reshape(info["shape"])
 
 
 def check_weights(path, shapes, config):
