@@ -220,6 +220,17 @@ def load_gpt2(path, device=None, dtype=None):
     return model.eval()
 
 
+def load_init_from(folder):
+    """(the GPT-2 in folder, its BPE tokenizer), checked to belong together: what --init-from loads."""
+    from nanogpt.bpe import load_tokenizer
+
+    model, tokenizer = load_gpt2(folder), load_tokenizer(folder)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"--init-from {folder!r}: vocab.json has {tokenizer.vocab_size} tokens but config.json's "
+                         f"vocab_size is {model.config.vocab_size}: the files are not from the same model")
+    return model, tokenizer
+
+
 def gpt2_state_dict(model):
     """model's weights under GPT-2's names (with save_pretrained's `transformer.` prefix), q/k/v fused
     back into c_attn and Linear weights transposed back to Conv1D's (in, out)."""
