@@ -120,3 +120,29 @@ def test_full_finetuning_of_a_gpt2_exports_and_resumes(tmp_path, gpt2_dir, corpu
     finetune.main(["--out", str(out), "--resume", "--no-progress", "--device", "cpu"])  # tokenized as it was started
     printed = capsys.readouterr().out
     assert "resuming" in printed and "nats/token" in printed and "tokens" in printed
+
+
+def test_rank_sweep_and_full_vs_lora_run_on_a_gpt2_folder(tmp_path, gpt2_dir, corpora):
+    from experiments import full_vs_lora, rank_sweep
+
+    toy = ["--init-from", str(gpt2_dir), "--batch-size", "2", "--max-iters", "4", "--eval-interval", "2",
+           "--eval-iters", "1", "--no-progress", "--workers", "1", *corpora]
+    rank_sweep.main([*toy, "--ranks", "1,2", "--seeds", "1", "--no-rslora", "--out", str(tmp_path / "sweep")])
+    records = json.loads((tmp_path / "sweep" / "records.json").read_text())
+    assert {r["method"] for r in records} == {"full", "lora"} and len(records) == 3
+    for r in records:  # nats per byte = nats per token / bytes per token, with BPE tokens
+        assert r["target_bytes_per_token"] > 1.0 and r["block_size"] == 32
+        assert r["final_target_nats_per_byte"] == pytest.approx(r["final_target_loss"] / r["target_bytes_per_token"])
+        assert r["final_source_nats_per_byte"] == pytest.approx(r["final_source_loss"] / r["source_bytes_per_token"])
+        assert r["total_params"] >= GPT(GPTConfig(vocab_size=269, block_size=32, n_layer=2, n_head=2,
+                                                  n_embd=16)).num_parameters()
+    full_vs_lora.main([*toy, "--memory-batches", "1", "--out", str(tmp_path / "fvl")])
+    assert len(json.loads((tmp_path / "fvl" / "records.json").read_text())) == 2
+
+
+def test_experiments_refuse_a_bad_init_from_before_any_work(tmp_path, corpora, capsys):
+    from experiments import rank_sweep
+
+    with pytest.raises(SystemExit):
+        rank_sweep.main(["--init-from", str(tmp_path), *corpora, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "has no config.json" in capsys.readouterr().err
