@@ -26,6 +26,7 @@ import regex
 PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 END_OF_TEXT = "<|endoftext|>"
 VOCAB, MERGES = "vocab.json", "merges.txt"
+NO_MERGE = float("inf")  # the rank of a pair that merges.txt does not list
 
 
 def bytes_to_unicode():
@@ -40,11 +41,6 @@ def bytes_to_unicode():
             table[b] = chr(256 + shift)
             shift += 1
     return table
-
-
-def get_pairs(word):
-    """The set of adjacent pairs in word, a tuple of strings."""
-    return set(zip(word, word[1:]))
 
 
 class Tokenizer:
@@ -66,23 +62,23 @@ class Tokenizer:
 
     def bpe(self, token):
         """One piece (in bytes_to_unicode characters) -> its BPE tokens (strings), merging by rank."""
-        word = tuple(token)
-        pairs = get_pairs(word)
-        while pairs:
-            first = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))  # the earliest merge
-            if first not in self.ranks:
+        ranks = self.ranks
+        word = list(token)  # start from single characters
+        while len(word) > 1:
+            pairs = zip(word, word[1:])  # adjacent pairs
+            first = min(pairs, key=lambda pair: ranks.get(pair, NO_MERGE))  # the earliest merge in merges.txt
+            if first not in ranks:
                 break  # no pair left that merges.txt knows
             a, b = first
             merged, i = [], 0
-            while i < len(word):  # join every occurrence of (a, b), left to right
-                if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
+            while i < len(word):  # join every occurrence of (a, b), left to right, in one pass
+                if word[i] == a and i < len(word) - 1 and word[i + 1] == b:
                     merged.append(a + b)
                     i += 2
                 else:
                     merged.append(word[i])
                     i += 1
-            word = tuple(merged)
-            pairs = get_pairs(word)
+            word = merged
         return word
 
     def encode_ordinary(self, text):

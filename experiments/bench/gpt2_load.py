@@ -74,11 +74,12 @@ def main(argv=None):
         print(f"{shape}: {row['parameters'] / 1e6:.0f}M parameters, file {row['file_bytes'] / 2**20:,.0f} MiB, "
               f"load {row['load_seconds']:.2f} s, peak added memory {row['peak_added_bytes'] / 2**20:,.0f} MiB "
               f"= {row['peak_over_file']:.2f}x the file")
+    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings on a busy machine are slower")
     if args.out:
         from nanogpt.train import write_json
 
         os.makedirs(args.out, exist_ok=True)
-        write_json({"rows": rows}, os.path.join(args.out, "gpt2_load.json"))
+        write_json({"rows": rows, "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}, os.path.join(args.out, "gpt2_load.json"))
     return rows
 
 
