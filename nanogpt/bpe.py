@@ -99,14 +99,19 @@ class Tokenizer:
         tokenizer does), the text between them is encoded by encode_ordinary."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
-        if self.eot_id is None or END_OF_TEXT not in text:
-            return self.encode_ordinary(text)
-        ids = []
-        for i, part in enumerate(text.split(END_OF_TEXT)):
-            if i:
-                ids.append(self.eot_id)
-            ids.extend(self.encode_ordinary(part))
-        return ids
+        try:
+            if self.eot_id is None or END_OF_TEXT not in text:
+                return self.encode_ordinary(text)
+            ids = []
+            for i, part in enumerate(text.split(END_OF_TEXT)):
+                if i:
+                    ids.append(self.eot_id)
+                ids.extend(self.encode_ordinary(part))
+            return ids
+        except UnicodeEncodeError:  # a lone surrogate: a Python str that is not valid Unicode text
+            at = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+            raise ValueError(f"the text has a lone surrogate {text[at]!r} at position {at}: it is not valid Unicode "
+                             f"text and has no UTF-8 bytes to encode") from None
 
     def decode_bytes(self, ids):
         """ids -> the bytes they stand for (a sample may stop in the middle of a character)."""

@@ -144,3 +144,5 @@ def test_bad_ids_and_bad_input_are_clear_errors(tok):
         tok.decode([1, 99999])
     with pytest.raises(TypeError, match="encode takes a str, got bytes"):
         tok.encode(b"the")
+    with pytest.raises(ValueError, match=r"lone surrogate '\\ud800' at position 2: it is not valid Unicode"):
+        tok.encode("ab\ud800c")
