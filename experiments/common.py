@@ -5,6 +5,7 @@ fine-tune on `python-docs` (English prose), so there is something to learn (pros
 something to forget (code). Flag names match `nanogpt.train` where they mean the same thing.
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import copy
@@ -131,8 +132,14 @@ def stop(message):
 
 
 def model_config(args):
-    if getattr(args, "init_from", None):  # a real GPT-2: its config.json gives the shape
-        return config_from_hf(args.init_from)
+    if getattr(args, "init_from", None):  # a real GPT-2: its config.json gives the shape; --block-size crops it
+        config = config_from_hf(args.init_from)
+        if args.n_layer or args.n_head or args.n_embd:
+            raise ValueError("--n-layer, --n-head and --n-embd shape a model pretrained here; with --init-from the "
+                             "GPT-2's config.json gives them (only --block-size applies: a shorter context)")
+        if args.block_size is not None and args.block_size > config.block_size:
+            raise ValueError(f"--block-size {args.block_size} is longer than the GPT-2's context ({config.block_size})")
+        return dataclasses.replace(config, block_size=args.block_size or config.block_size)
     return config_from_preset(args.preset, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                               block_size=args.block_size)
 
@@ -226,7 +233,7 @@ def load_pretrained_setup(args, device):
     """load_setup with --init-from: the base is the GPT-2 in that folder (nothing to pretrain), and
     both corpora are tokenized with its BPE tokenizer. Its cache key is the hash of its files."""
     try:
-        base, tokenizer = load_init_from(args.init_from)
+        base, tokenizer = load_init_from(args.init_from, args.block_size)
         source = load_corpus(args.source, base.config.block_size, tokenizer=tokenizer)
         target = load_corpus(args.target, base.config.block_size, tokenizer=tokenizer)
     except (ValueError, RuntimeError, OSError) as e:
@@ -239,12 +246,15 @@ def load_pretrained_setup(args, device):
                     digest.update(chunk)
     print(f"base: GPT-2 from {args.init_from} ({base.num_parameters():,} parameters, vocabulary "
           f"{tokenizer.vocab_size}); bytes per token: {source.val_bytes_per_token:.2f} in {source.name}, "
-          f"{target.val_bytes_per_token:.2f} in {target.name}")
+          f"{target.val_bytes_per_token:.2f} in {target.name}. Losses are in nats per BPE token wherever a table "
+          f"or plot says nats/byte (written for byte-level models); per byte of text: final_target_nats_per_byte "
+          f"and final_source_nats_per_byte in records.json")
     if args.workers is None:
         args.workers = default_workers(device)
     args.setup_s = time.time() - args.started
     runs.reset_counts()
-    return base.to(device), f"gpt2-{digest.hexdigest()[:16]}", source, target, device
+    # the files and the context: cached runs are keyed by it
+    return base.to(device), f"gpt2-{digest.hexdigest()[:16]}-T{base.config.block_size}", source, target, device
 
 
 def finish_experiment(args, argv=None):

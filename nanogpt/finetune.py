@@ -70,7 +70,7 @@ ADAPTER, SETTINGS = "adapter.pt", "settings.json"
 RUN_DEFAULTS = dict(base=None, corpus=None, full=False, lora_r=8, lora_alpha=16.0, lora_targets=ALL_LINEAR,
                     lora_dropout=0.0, quantize=None, max_iters=600, batch_size=12, lr=None, min_lr=None,
                     warmup_iters=None, weight_decay=0.0, grad_clip=1.0, eval_interval=100, eval_iters=20,
-                    seed=1337, base_corpus=None, init_from=None)
+                    seed=1337, base_corpus=None, init_from=None, block_size=None)
 LORA_FLAGS = ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "quantize")
 
 
@@ -99,6 +99,9 @@ def make_parser():
                    help="instead of --base: a GPT-2 checkpoint in the Hugging Face layout (config.json, "
                         "model.safetensors, vocab.json, merges.txt; see docs/gpt2.md); the text is tokenized with its "
                         "BPE tokenizer and losses are also reported in nats per byte")
+    p.add_argument("--block-size", type=positive_int,
+                   help="with --init-from: train on a shorter context than GPT-2's 1024 positions (the position "
+                        "embedding is cropped, as in nanoGPT; --export-hf then writes n_positions BLOCK_SIZE)")
     p.add_argument("--export-hf", metavar="OUT",
                    help="after training, write the fine-tuned model (adapter merged) to OUT in GPT-2's Hugging Face "
                         "layout (config.json, model.safetensors, and the tokenizer files with --init-from)")
@@ -166,6 +169,9 @@ def check_settings(settings, given):
         missing = [flag for flag, name in (("--base (or --init-from)", "base"), ("--corpus", "corpus"))
                    if settings[name] is None and not (name == "base" and settings["init_from"] is not None)]
         raise CommandError(f"the following arguments are required for a new run: {', '.join(missing)}")
+    if settings["block_size"] is not None and settings["init_from"] is None:
+        raise CommandError("--block-size crops the context of a GPT-2 given with --init-from; a --base checkpoint "
+                           "keeps the block size it was trained with")
     if settings["full"]:
         lora_given = [f"--{name.replace('_', '-')}" for name in LORA_FLAGS if given.get(name) is not None]
         if lora_given:
@@ -263,7 +269,7 @@ def main(argv=None):
             config = config_from_checkpoint(checkpoint, settings["base"])
             fill_defaults(settings, checkpoint)
         elif settings["init_from"] is not None and settings["base"] is None:
-            base_model, tokenizer = load_init_from(settings["init_from"])
+            base_model, tokenizer = load_init_from(settings["init_from"], settings["block_size"])
             config = base_model.config
             fill_defaults(settings, {})
         check_settings(settings, given)

@@ -27,6 +27,7 @@ Everything about the files (their presence, the config, every key and shape) is 
 any weight is read, so a bad folder fails at once with a message that names the problem.
 """
 import copy
+import dataclasses
 import json
 import os
 
@@ -220,15 +221,31 @@ def load_gpt2(path, device=None, dtype=None):
     return model.eval()
 
 
-def load_init_from(folder):
-    """(the GPT-2 in folder, its BPE tokenizer), checked to belong together: what --init-from loads."""
+def crop_block_size(model, block_size):
+    """Shorten model's context to block_size positions (as nanoGPT does), in place: keep the first
+    block_size rows of the position embedding. A fine-tuning run on a CPU rarely needs GPT-2's 1024."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= model.config.block_size:
+        raise ValueError(f"block_size must be an integer in 1..{model.config.block_size} (the model's context), "
+                         f"got {block_size!r}")
+    model.wpe.weight = torch.nn.Parameter(model.wpe.weight[:block_size].detach().clone())  # (block_size, C)
+    model.config = dataclasses.replace(model.config, block_size=block_size)
+    return model
+
+
+def load_init_from(folder, block_size=None):
+    """(the GPT-2 in folder, its BPE tokenizer), checked to belong together: what --init-from loads.
+    block_size: a shorter context (crop_block_size), or None for the checkpoint's own."""
     from nanogpt.bpe import load_tokenizer
 
-    model, tokenizer = load_gpt2(folder), load_tokenizer(folder)
-    if tokenizer.vocab_size != model.config.vocab_size:
+    config, tokenizer = config_from_hf(folder), load_tokenizer(folder)
+    if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"--init-from {folder!r}: vocab.json has {tokenizer.vocab_size} tokens but config.json's "
-                         f"vocab_size is {model.config.vocab_size}: the files are not from the same model")
-    return model, tokenizer
+                         f"vocab_size is {config.vocab_size}: the files are not from the same model")
+    if block_size is not None and block_size > config.block_size:
+        raise ValueError(f"--block-size {block_size} is longer than the context of the GPT-2 in {folder!r} "
+                         f"({config.block_size} positions): choose at most {config.block_size}")
+    model = load_gpt2(folder)
+    return (model if block_size is None else crop_block_size(model, block_size)), tokenizer
 
 
 def gpt2_state_dict(model):

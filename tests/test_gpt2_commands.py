@@ -8,6 +8,7 @@ import torch
 from minilora import load_adapter
 from nanogpt import finetune, sample
 from nanogpt.bpe import load_tokenizer
+from nanogpt.checkpoint import save_checkpoint
 from nanogpt.flags import CommandError
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.pretrained import load_gpt2, load_init_from, save_gpt2
@@ -125,16 +126,16 @@ def test_full_finetuning_of_a_gpt2_exports_and_resumes(tmp_path, gpt2_dir, corpu
 def test_rank_sweep_and_full_vs_lora_run_on_a_gpt2_folder(tmp_path, gpt2_dir, corpora):
     from experiments import full_vs_lora, rank_sweep
 
-    toy = ["--init-from", str(gpt2_dir), "--batch-size", "2", "--max-iters", "4", "--eval-interval", "2",
+    toy = ["--init-from", str(gpt2_dir), "--block-size", "16", "--batch-size", "2", "--max-iters", "4", "--eval-interval", "2",
            "--eval-iters", "1", "--no-progress", "--workers", "1", *corpora]
     rank_sweep.main([*toy, "--ranks", "1,2", "--seeds", "1", "--no-rslora", "--out", str(tmp_path / "sweep")])
     records = json.loads((tmp_path / "sweep" / "records.json").read_text())
     assert {r["method"] for r in records} == {"full", "lora"} and len(records) == 3
     for r in records:  # nats per byte = nats per token / bytes per token, with BPE tokens
-        assert r["target_bytes_per_token"] > 1.0 and r["block_size"] == 32
+        assert r["target_bytes_per_token"] > 1.0 and r["block_size"] == 16
         assert r["final_target_nats_per_byte"] == pytest.approx(r["final_target_loss"] / r["target_bytes_per_token"])
         assert r["final_source_nats_per_byte"] == pytest.approx(r["final_source_loss"] / r["source_bytes_per_token"])
-        assert r["total_params"] >= GPT(GPTConfig(vocab_size=269, block_size=32, n_layer=2, n_head=2,
+        assert r["total_params"] >= GPT(GPTConfig(vocab_size=269, block_size=16, n_layer=2, n_head=2,
                                                   n_embd=16)).num_parameters()
     full_vs_lora.main([*toy, "--memory-batches", "1", "--out", str(tmp_path / "fvl")])
     assert len(json.loads((tmp_path / "fvl" / "records.json").read_text())) == 2
@@ -146,3 +147,22 @@ def test_experiments_refuse_a_bad_init_from_before_any_work(tmp_path, corpora, c
     with pytest.raises(SystemExit):
         rank_sweep.main(["--init-from", str(tmp_path), *corpora, "--out", str(tmp_path / "o"), "--no-progress"])
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_block_size_crops_the_context_of_a_gpt2(tmp_path, gpt2_dir, corpus):
+    full, _ = load_init_from(str(gpt2_dir))
+    short, _ = load_init_from(str(gpt2_dir), block_size=8)
+    assert short.config.block_size == 8 and short.wpe.weight.shape == (8, 16)
+    idx = torch.randint(0, 269, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the first 8 positions compute what they did
+        assert torch.equal(short(idx)[0], full(idx)[0])
+    with pytest.raises(ValueError, match="--block-size 64 is longer than the context of the GPT-2 in"):
+        load_init_from(str(gpt2_dir), block_size=64)
+    out = tmp_path / "run"
+    finetune.main(finetune_args(gpt2_dir, corpus, out, "--block-size", "16", "--export-hf", str(tmp_path / "x")))
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["n_positions"] == 16
+    assert json.loads((out / "settings.json").read_text())["block_size"] == 16
+    save_checkpoint(str(tmp_path / "base.pt"), GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16)))
+    with pytest.raises(CommandError, match="--block-size crops the context of a GPT-2 given with --init-from"):
+        finetune.main(["--base", str(tmp_path / "base.pt"), "--corpus", corpus, "--out", str(tmp_path / "b"),
+                       "--block-size", "8"])
