@@ -336,6 +336,8 @@ def report(model, settings, result, out, export_hf=None):
         tokens = settings["batch_size"] * model.config.block_size
         lines.append(f"{tokens / statistics.median(result['step_times']):,.0f} tokens/s (median step)")
     base = f"--init-from {settings['init_from']}" if settings.get("init_from") else f"--ckpt {settings['base']}"
+    if settings.get("block_size"):
+        base += f" --block-size {settings['block_size']}"  # the adapter fits the cropped base only
     if export_hf:
         save_gpt2(model, export_hf, overwrite=True)  # merged into a copy; the folder was checked before training
         if settings.get("init_from"):

@@ -42,6 +42,9 @@ def main(argv=None):
     p.add_argument("--init-from", metavar="DIR",
                    help="instead of --ckpt: a GPT-2 in the Hugging Face layout (config.json, model.safetensors, "
                         "vocab.json, merges.txt; see docs/gpt2.md), with its BPE tokenizer")
+    p.add_argument("--block-size", type=positive_int,
+                   help="with --init-from: crop the context to this many positions, as the fine-tuning run that "
+                        "made --adapter did with its --block-size (its adapter fits only that base)")
     p.add_argument("--prompt", default="def ", help="the text to continue (default 'def ')")
     p.add_argument("--max-new-tokens", type=non_negative_int, default=200, help="tokens (bytes, for a byte-level model) to generate (default 200)")
     p.add_argument("--temperature", type=positive_float, default=0.8, help="> 0; lower is more predictable (default 0.8)")
@@ -56,8 +59,10 @@ def main(argv=None):
     tokenizer = None
     if args.init_from and args.ckpt:
         p.error("--ckpt and --init-from both give the model: give one of them")
+    if args.block_size is not None and not args.init_from:
+        p.error("--block-size crops the context of a GPT-2 given with --init-from; a --ckpt model keeps its own")
     if args.init_from:
-        model, tokenizer = load_init_from(args.init_from)
+        model, tokenizer = load_init_from(args.init_from, args.block_size)
         model.to(args.device)
     else:
         model, _ = load_model(args.ckpt or "runs/base/ckpt.pt", map_location=args.device)

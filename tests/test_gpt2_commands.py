@@ -149,7 +149,7 @@ def test_experiments_refuse_a_bad_init_from_before_any_work(tmp_path, corpora, c
     assert "has no config.json" in capsys.readouterr().err
 
 
-def test_block_size_crops_the_context_of_a_gpt2(tmp_path, gpt2_dir, corpus):
+def test_block_size_crops_the_context_of_a_gpt2(tmp_path, gpt2_dir, corpus, capsys):
     full, _ = load_init_from(str(gpt2_dir))
     short, _ = load_init_from(str(gpt2_dir), block_size=8)
     assert short.config.block_size == 8 and short.wpe.weight.shape == (8, 16)
@@ -162,6 +162,10 @@ def test_block_size_crops_the_context_of_a_gpt2(tmp_path, gpt2_dir, corpus):
     finetune.main(finetune_args(gpt2_dir, corpus, out, "--block-size", "16", "--export-hf", str(tmp_path / "x")))
     assert json.loads((tmp_path / "x" / "config.json").read_text())["n_positions"] == 16
     assert json.loads((out / "settings.json").read_text())["block_size"] == 16
+    assert f"sample:  python -m nanogpt.sample --init-from {gpt2_dir} --block-size 16 --adapter" in capsys.readouterr().out
+    sample.main(["--init-from", str(gpt2_dir), "--block-size", "16", "--adapter", str(out / "adapter.pt"),
+                 "--prompt", "The", "--max-new-tokens", "2"])  # the adapter loads onto the cropped base
+    assert capsys.readouterr().out.startswith("The")
     save_checkpoint(str(tmp_path / "base.pt"), GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16)))
     with pytest.raises(CommandError, match="--block-size crops the context of a GPT-2 given with --init-from"):
         finetune.main(["--base", str(tmp_path / "base.pt"), "--corpus", corpus, "--out", str(tmp_path / "b"),
