@@ -148,7 +148,7 @@ def _weights_file(folder):
         if not isinstance(state, dict) or not all(torch.is_tensor(t) for t in state.values()):
             raise ValueError(f"{path!r} does not hold a dict of tensors (a state_dict)")
         return path, {k: tuple(t.shape) for k, t in state.items()}, state.__getitem__
-    _require_file(folder, SAFETENSORS, f"the weights; or {PYTORCH_BIN}")
+    _require_file(folder, SAFETENSORS, f"the weights; or {PYTORCH_BIN}")  # neither file: raises, naming both
 
 
 def _safetensors_header(path):
