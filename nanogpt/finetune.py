@@ -19,6 +19,8 @@ OUT gets:
     settings.json  the settings of the run, every default filled in
     ckpt.pt        the training state (weights, optimizer, settings, history, random state) for
                    --resume; after --full it is also the fine-tuned model, for nanogpt.sample --ckpt
+With --export-hf DIR, DIR gets the fine-tuned model (adapter merged) as a Hugging Face GPT-2 folder
+(nanogpt.pretrained.save_gpt2), with the tokenizer files of the --init-from folder.
 
 The run is nanogpt.train's: the same loop (train()), progress bar, checks and atomic writes. A
 folder that already holds a run is continued only with --resume (with the settings it was started
@@ -45,6 +47,7 @@ import torch
 from minilora import apply_lora, count_parameters, save_adapter
 from minilora.qlora import QUANTIZE_CHOICES
 from nanogpt import distributed
+from nanogpt.bpe import MERGES, VOCAB, load_tokenizer
 from nanogpt.checkpoint import check_plain_gpt_weights, config_from_checkpoint, load_checkpoint
 from nanogpt.data import load_corpus
 from nanogpt.flags import (DEVICE_HELP, CommandError, choice, fraction, non_negative_float, non_negative_int,
@@ -53,7 +56,6 @@ from nanogpt.flags import device as device_flag
 from nanogpt.flags import seed as seed_flag
 from nanogpt.model import GPT
 from nanogpt.pretrained import CONFIG, SAFETENSORS, load_init_from, save_gpt2
-from nanogpt.bpe import MERGES, VOCAB, load_tokenizer
 from nanogpt.run_folder import check_run_folder, check_writable_folder, resolve_settings
 from nanogpt.train import configure_optimizer, divergence_warning, restore_training_state, train, write_json
 
@@ -233,7 +235,6 @@ def check_export_folder(folder, overwrite):
     if there and not overwrite:
         raise CommandError(f"--export-hf {folder!r} already holds {there}; choose another folder, or add --overwrite "
                            f"to replace it")
-
 
 
 def main(argv=None):
