@@ -32,7 +32,11 @@ import json
 import os
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from minilora import lora_layers, unload_lora
+from nanogpt.bpe import load_tokenizer
 from nanogpt.checkpoint import atomic_write
 from nanogpt.model import ACTIVATIONS, GPT, GPTConfig
 
@@ -129,7 +133,6 @@ def _weights_file(folder):
     read here and each tensor is read when asked for."""
     path = os.path.join(folder, SAFETENSORS)
     if os.path.isfile(path):
-        from safetensors import safe_open
         try:  # the safetensors package checks the file: header, types, offsets covering the file exactly
             with safe_open(path, framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -235,8 +238,6 @@ def crop_block_size(model, block_size):
 def load_init_from(folder, block_size=None):
     """(the GPT-2 in folder, its BPE tokenizer), checked to belong together: what --init-from loads.
     block_size: a shorter context (crop_block_size), or None for the checkpoint's own."""
-    from nanogpt.bpe import load_tokenizer
-
     config, tokenizer = config_from_hf(folder), load_tokenizer(folder)
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"--init-from {folder!r}: vocab.json has {tokenizer.vocab_size} tokens but config.json's "
@@ -284,10 +285,6 @@ def save_gpt2(model, path, overwrite=False):
     model.safetensors), which transformers' GPT2LMHeadModel.from_pretrained reads. A model with LoRA
     layers is written with its adapters merged, from a copy: the model in memory is unchanged.
     Returns the paths written."""
-    from safetensors.torch import save_file
-
-    from minilora import lora_layers, unload_lora
-
     config = model.config
     if not (config.bias and config.tie_weights):
         raise ValueError(f"GPT-2's layout has biases and a head tied to wte; this model has bias={config.bias}, "
