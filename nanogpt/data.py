@@ -117,29 +117,41 @@ def shakespeare_text(cache_dir=None):
 @dataclass
 class Corpus:
     name: str
-    train: torch.Tensor  # (N_train,) uint8 byte tokens
-    val: torch.Tensor  # (N_val,) uint8 byte tokens
+    train: torch.Tensor  # (N_train,) uint8 byte tokens (int32 BPE ids with a tokenizer)
+    val: torch.Tensor  # (N_val,) uint8 byte tokens (int32 BPE ids with a tokenizer)
     sha256: str  # of all the corpus's bytes: what caches are keyed by, and what records name
+    # Bytes of text per token in the validation split: a loss in nats per token divided by it is in
+    # nats per byte, which compares a BPE model with a byte-level one. 1.0 for byte tokens.
+    val_bytes_per_token: float = 1.0
 
 
-def load_corpus(name_or_path, block_size, cache_dir=None):
+def load_corpus(name_or_path, block_size, cache_dir=None, tokenizer=None):
     """Tokenize a corpus and split it: the first 90% for training, the last 10% for validation.
 
     A contiguous split (not a random one) keeps validation text unseen: no training window
     overlaps it. Both parts must hold at least one block plus its next-token target.
+    tokenizer: None for byte tokens; or a BPE tokenizer (nanogpt.bpe) for a real GPT-2, which reads
+    the text as UTF-8 (bytes that are not become U+FFFD).
     """
     data = load_bytes(name_or_path, cache_dir)
-    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)  # (N,)
+    if tokenizer is None:
+        tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)  # (N,)
+        unit = "bytes"
+    else:
+        tokens = torch.tensor(tokenizer.encode(data.decode("utf-8", errors="replace")), dtype=torch.int32)  # (N,)
+        unit = "tokens"
     n_val = int(len(tokens) * VAL_FRACTION)
     train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
     need = block_size + 1
     if len(val) < need:
         raise ValueError(
-            f"corpus {name_or_path!r} is too short: {len(tokens)} bytes give a validation split of "
-            f"{len(val)} bytes, but block_size={block_size} needs at least {need} bytes in each split "
-            f"(so at least {need * 10} bytes in all); use a longer text or a smaller --block-size"
+            f"corpus {name_or_path!r} is too short: {len(tokens)} {unit} give a validation split of "
+            f"{len(val)} {unit}, but block_size={block_size} needs at least {need} {unit} in each split "
+            f"(so at least {need * 10} {unit} in all); use a longer text or a smaller --block-size"
         )
-    return Corpus(name=name_or_path, train=train, val=val, sha256=hashlib.sha256(data).hexdigest())
+    per_token = 1.0 if tokenizer is None else sum(tokenizer.token_bytes(i) for i in val.tolist()) / len(val)
+    return Corpus(name=name_or_path, train=train, val=val, sha256=hashlib.sha256(data).hexdigest(),
+                  val_bytes_per_token=per_token)
 
 
 def get_batch(data, batch_size, block_size, generator=None, device="cpu", rows=None):

@@ -17,6 +17,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
+# The MLP's nonlinearity by name, as F.gelu's `approximate` argument.
+ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh"}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 256  # byte-level tokens: every text, every checkpoint
@@ -27,6 +31,10 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # bias in Linear and LayerNorm layers, as in GPT-2
     tie_weights: bool = True  # lm_head shares its weight with the token embedding
+    # GPT-2's checkpoints use the tanh approximation of GELU ("gelu_new"); the presets trained here
+    # use the exact one. The two differ by about 1e-4 in the logits of a trained-size model.
+    activation: str = "gelu"  # "gelu" (exact, erf) or "gelu_new" (tanh approximation, GPT-2's)
+    layer_norm_eps: float = 1e-5  # GPT-2's layer_norm_epsilon, and torch's default
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -41,6 +49,11 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
+            raise ValueError(f"layer_norm_eps must be a number in (0, 1), e.g. 1e-5, got {eps!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -74,9 +87,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.down_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = ACTIVATIONS[config.activation]
 
     def forward(self, x):
-        h = F.gelu(self.up_proj(x))  # (B, T, 4C)
+        h = F.gelu(self.up_proj(x), approximate=self.approximate)  # (B, T, 4C)
         return self.dropout(self.down_proj(h))  # (B, T, C)
 
 
@@ -85,9 +99,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x):
@@ -104,7 +118,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embedding
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # Weight tying (Press & Wolf 2017): the output layer reuses the embedding matrix.

@@ -5,6 +5,8 @@ fine-tune on `python-docs` (English prose), so there is something to learn (pros
 something to forget (code). Flag names match `nanogpt.train` where they mean the same thing.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import copy
 import math
@@ -30,6 +32,7 @@ from nanogpt.flags import (DEVICE_HELP, CommandError, choice, comma_list, device
                            non_negative_float, non_negative_int, positive_float, positive_int, seed)
 from nanogpt.model import GPT
 from nanogpt.presets import PRESETS, config_from_preset
+from nanogpt.pretrained import CONFIG, PYTORCH_BIN, SAFETENSORS, config_from_hf, load_init_from
 from nanogpt.run_folder import check_writable_folder
 from nanogpt.train import write_json
 
@@ -119,6 +122,10 @@ def make_parser(description, default_out):
                    help="fine-tuning runs trained side by side, one thread each (default: one per CPU core; "
                         "1 on a GPU); a speed trick only: the records are the same")
     # model-size overrides, as in nanogpt.train
+    p.add_argument("--init-from", metavar="DIR",
+                   help="fine-tune a real GPT-2 (a Hugging Face folder: config.json, model.safetensors, vocab.json, "
+                        "merges.txt; docs/gpt2.md) instead of pretraining --preset on --source; the corpora are "
+                        "tokenized with its BPE, losses are per token, and records add them per byte of text")
     p.add_argument("--n-layer", type=positive_int)
     p.add_argument("--n-head", type=positive_int)
     p.add_argument("--n-embd", type=positive_int)
@@ -138,6 +145,14 @@ def stop(message):
 
 
 def model_config(args):
+    if getattr(args, "init_from", None):  # a real GPT-2: its config.json gives the shape; --block-size crops it
+        config = config_from_hf(args.init_from)
+        if args.n_layer or args.n_head or args.n_embd:
+            raise ValueError("--n-layer, --n-head and --n-embd shape a model pretrained here; with --init-from the "
+                             "GPT-2's config.json gives them (only --block-size applies: a shorter context)")
+        if args.block_size is not None and args.block_size > config.block_size:
+            raise ValueError(f"--block-size {args.block_size} is longer than the GPT-2's context ({config.block_size})")
+        return dataclasses.replace(config, block_size=args.block_size or config.block_size)
     return config_from_preset(args.preset, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                               block_size=args.block_size)
 
@@ -155,7 +170,9 @@ def check_runs(args, ranks=(), planned=None, variants=("lora",), lr_on_grid=Fals
     naming the run and what is wrong."""
     try:
         config = model_config(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
+        if getattr(args, "init_from", None):
+            stop(f"--init-from: {e}")
         stop(f"the model flags (--preset, --n-layer, --n-head, --n-embd, --block-size) do not fit together: {e}")
     try:
         check_writable_folder(args.out, "--out")
@@ -203,6 +220,8 @@ def load_setup(args):
     check_runs(args)
     device = args.device
     config = model_config(args)
+    if getattr(args, "init_from", None):
+        return load_pretrained_setup(args, device)
     try:
         source = load_corpus(args.source, config.block_size)
         target = load_corpus(args.target, config.block_size)
@@ -221,6 +240,34 @@ def load_setup(args):
     args.setup_s = time.time() - args.started
     runs.reset_counts()
     return base, base_key, source, target, device
+
+
+def load_pretrained_setup(args, device):
+    """load_setup with --init-from: the base is the GPT-2 in that folder (nothing to pretrain), and
+    both corpora are tokenized with its BPE tokenizer. Its cache key is the hash of its files."""
+    try:
+        base, tokenizer = load_init_from(args.init_from, args.block_size)
+        source = load_corpus(args.source, base.config.block_size, tokenizer=tokenizer)
+        target = load_corpus(args.target, base.config.block_size, tokenizer=tokenizer)
+    except (ValueError, RuntimeError, OSError) as e:
+        stop(f"{e} (--init-from {args.init_from!r}, --source {args.source!r}, --target {args.target!r})")
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(args.init_from)):
+        if name in (CONFIG, SAFETENSORS, PYTORCH_BIN, "vocab.json", "merges.txt"):
+            with open(os.path.join(args.init_from, name), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+    print(f"base: GPT-2 from {args.init_from} ({base.num_parameters():,} parameters, vocabulary "
+          f"{tokenizer.vocab_size}); bytes per token: {source.val_bytes_per_token:.2f} in {source.name}, "
+          f"{target.val_bytes_per_token:.2f} in {target.name}. Losses are in nats per BPE token wherever a table "
+          f"or plot says nats/byte (written for byte-level models); per byte of text: final_target_nats_per_byte "
+          f"and final_source_nats_per_byte in records.json")
+    if args.workers is None:
+        args.workers = default_workers(device)
+    args.setup_s = time.time() - args.started
+    runs.reset_counts()
+    # the files and the context: cached runs are keyed by it
+    return base.to(device), f"gpt2-{digest.hexdigest()[:16]}-T{base.config.block_size}", source, target, device
 
 
 def finish_experiment(args, argv=None):

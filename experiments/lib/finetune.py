@@ -253,6 +253,10 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         record["final_eval"] = final_eval[1](model)
     if eval_batch_size not in (None, batch_size):
         record["eval_batch_size"] = eval_batch_size
+    if target.val_bytes_per_token != 1.0:  # BPE tokens (--init-from, a real GPT-2): the losses per byte of text too
+        for name, corpus in (("target", target), ("source", source)):
+            record[f"{name}_bytes_per_token"] = corpus.val_bytes_per_token
+            record[f"final_{name}_nats_per_byte"] = final[f"{name}_loss"] / corpus.val_bytes_per_token
     if distributed.is_main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if spec["method"] == "lora":  # cheap (the adapter is tiny), and a later experiment may need it
