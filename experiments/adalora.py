@@ -400,7 +400,7 @@ def report(results):
         below = sum(v < 0 for v in top["values"])
         bullets.append(f"- The top half of the layers got less than its uniform share in {below} of {top['n']} seeds; "
                        f"AdaLoRA's rate was tuned, its schedule and orthogonality weight (gamma {st['gamma']:g}) were "
-                       f"not, and a final average rank of 1-2, where adaptive budgets should matter most, was not run.")
+                       f"not, and no run ends at a final average rank of 1-2.")
     bullets.append(f"- Where the rank went (mean over seeds): by matrix type "
                    + ", ".join(f"{t} {v:.1f}" for t, v in a["mean_rank_by_type"].items())
                    + "; by layer, bottom to top, " + ", ".join(f"{v:.1f}" for v in a["mean_rank_by_layer"]) + ".")
