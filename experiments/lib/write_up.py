@@ -31,8 +31,9 @@ def opening(results, sections):
 
 Each section puts one published claim to the test on a model a laptop can train: the claim and
 its source, the command, the plot from a real run of that command, our numbers, and a verdict:
-**reproduced**, **partly**, **not reproduced**, or **not tested in the claim's regime** (the
-claim is about a setting this scale cannot reach), with the likely reason.
+**reproduced**, **partly**, **not reproduced**, **not tested in the claim's regime** (the
+claim is about a setting this scale cannot reach), or **not settled** (too few seeds to decide),
+by the rules below, with the likely reason.
 
 This file is generated: `python -m experiments.report` writes it from the records each command
 leaves in `results/`, and `tests/test_report.py` fails if the committed text is not what the
