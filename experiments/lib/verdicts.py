@@ -197,5 +197,5 @@ that is not there with probability {ALPHA:g}; if none of the effects behind thes
 real, about {m['expected_false']:.1f} of them would still be called, and the chance of at least one
 false call would be {m['at_least_one']:.0%} were the tests independent (they share runs, so they are not). No correction is applied (Bonferroni would test each at
 {ALPHA / max(1, m['n']):.4f}): read a single call, above all one near its interval's edge, as one
-piece of evidence. {len(m['not_settled'])} comparisons are not settled at three seeds{': ' + unsettled if unsettled else ''}.
+piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']) == 1 else 'are'} not settled at three seeds{': ' + unsettled if unsettled else ''}.
 """
