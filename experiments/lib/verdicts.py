@@ -113,9 +113,11 @@ def show(c):
 
 
 def show_interval(c, digits=3):
-    """A comparison's mean and the interval its rule reads: '+0.002, 90% interval -0.003 to +0.007'."""
+    """A comparison's mean, the interval its rule reads, and the smallest effect its seeds detect:
+    '+0.002, 90% interval -0.003 to +0.007, MDE 0.009'."""
     level = "95%" if c["rule"] == "beats" else "90%"
-    return f"{c['mean']:+.{digits}f}, {level} interval {c['low']:+.{digits}f} to {c['high']:+.{digits}f}"
+    mde = f", MDE {c['mde']:.{digits}f}" if math.isfinite(c["mde"]) else ""
+    return f"{c['mean']:+.{digits}f}, {level} interval {c['low']:+.{digits}f} to {c['high']:+.{digits}f}{mde}"
 
 
 def combine(parts, headline=None, regime=None):
