@@ -18,8 +18,8 @@ AdaLoRA's one grid step higher: with Adam each lambda_i moves about lr per step 
 matrix's width, while LoRA's B A grows about sqrt(width) times faster, so AdaLoRA wants a higher
 rate (a one-seed check at the default setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2
 / 1e-1). --no-pruning-control adds AdaLoRA 12->12, the SVD form with nothing pruned, to tell the
-pruning from the parameterisation. Differences are paired over seeds and called only when their
-95% interval excludes zero (lib/seeds.py).
+pruning from the parameterisation. Differences are paired over seeds (lib/seeds.py) and judged by
+the shared rules (lib/verdicts.py): a "beats" needs its 95% interval clear of 0 and at least delta.
 
 Writes OUT/records.json, OUT/adalora.json (the summary), OUT/budget.png, OUT/final_ranks.png,
 OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.

@@ -17,7 +17,8 @@ Two comparisons:
    forget little); LoRA over ranks and rates. For each LoRA run we read full's front at that
    run's target loss (linear between vertices, experiments/lib/pareto.py), seed by seed (the front
    of seed s from seed s's full runs), and call LoRA above (forgets more at equal learning),
-   below (forgets less) or on the front by the paired rule. Only finished runs make a front:
+   below (forgets less) or on the front by the shared equivalence rule (lib/verdicts.py: on it
+   when the 90% interval lies inside +-delta). Only finished runs make a front:
    a mid-run point of a long run at a high rate is not a model anyone would keep, and reading
    full's own path mid-run (the old comparison) is shown beside it for what it misses.
 
