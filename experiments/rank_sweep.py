@@ -341,7 +341,8 @@ if only the seeds made them differ (Tippett's constant times the mean seed SD ov
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)
-    detail = (f"the ranks' curves agree to step {together[-1]} and part from step {first_apart}; r={top} ends "
+    detail = (f"the ranks' curves agree only during the warm-up (to step {together[-1]}, where the seeds alone "
+              f"would give a wider range) and part from step {first_apart}; r={top} ends "
               f"{by_r[top]['target_loss']['mean'] - full['target_loss']['mean']:.3f} above full fine-tuning"
               if first_apart and together else "see the section")
     return {"title": "Rank: early learning curves, and what more rank buys", "source": "LoRA Without Regret",
