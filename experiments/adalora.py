@@ -18,8 +18,8 @@ AdaLoRA's one grid step higher: with Adam each lambda_i moves about lr per step 
 matrix's width, while LoRA's B A grows about sqrt(width) times faster, so AdaLoRA wants a higher
 rate (a one-seed check at the default setup: 1.634 / 1.566 / 1.589 / 1.652 at 3e-3 / 1e-2 / 3e-2
 / 1e-1). --no-pruning-control adds AdaLoRA 12->12, the SVD form with nothing pruned, to tell the
-pruning from the parameterisation. Differences are paired over seeds and called only when their
-95% interval excludes zero (lib/seeds.py).
+pruning from the parameterisation. Differences are paired over seeds (lib/seeds.py) and judged by
+the shared rules (lib/verdicts.py): a "beats" needs its 95% interval clear of 0 and at least delta.
 
 Writes OUT/records.json, OUT/adalora.json (the summary), OUT/budget.png, OUT/final_ranks.png,
 OUT/loss_curves.png, OUT/results.md and OUT/run_info.json.
@@ -37,6 +37,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, write_report
 from experiments.lib.rank_maps import (MATRIX_TYPES, MLP_TYPES, layer_and_type, rank_grid, seed_agreement,
                                        share_against_uniform, shares, uniform_shares)
+from experiments.lib import verdicts
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_index, grid_neighbours, tune
 from nanogpt.train import write_json
@@ -70,23 +71,33 @@ def number_flag(low, below=None):
 
 
 def claim1_verdict(difference):
-    """difference: paired(AdaLoRA, LoRA at the same budget), LoRA minus AdaLoRA per seed; > 0: AdaLoRA lower."""
-    if not difference["called"]:
-        return "not reproduced", "no difference called between AdaLoRA and LoRA at the same final rank"
-    if difference["mean"] > 0:
-        return "reproduced", "AdaLoRA's final docs loss is lower"
-    return "not reproduced", "uniform LoRA's final docs loss is lower"
+    """difference: paired(AdaLoRA, LoRA at the same budget), LoRA minus AdaLoRA per seed; > 0: AdaLoRA
+    lower. The shared "beats" rule (experiments/lib/verdicts.py). Returns (verdict, detail)."""
+    c = verdicts.beats(difference, "loss", "AdaLoRA beats LoRA at the same final rank")
+    if c["outcome"] == verdicts.REPRODUCED:
+        return c["outcome"], "AdaLoRA's final docs loss is lower"
+    if c["why"] == "called the other way":
+        return c["outcome"], "uniform LoRA's final docs loss is lower"
+    return c["outcome"], f"no difference of at least {c['delta']:g} called between AdaLoRA and LoRA ({c['why']})"
+
+
+def claim2_parts(mlp, top):
+    """mlp, top: share_against_uniform spreads (or None), judged by the shared "beats" rule on shares."""
+    return [verdicts.beats(d, "share", f"more than the uniform share to {what}")
+            for what, d in (("the MLP matrices", mlp), ("the top layers", top)) if d is not None]
 
 
 def claim2_verdict(mlp, top):
-    """mlp, top: share_against_uniform spreads (or None). More than uniform, called, for both: reproduced."""
-    found = [what for what, d in (("the MLP matrices", mlp), ("the top layers", top))
-             if d is not None and d["called"] and d["mean"] > 0]
+    """Both shares above uniform by the rule: reproduced; one: partly. Returns (verdict, detail)."""
+    parts = claim2_parts(mlp, top)
+    found = [c["question"].removeprefix("more than the uniform share to ") for c in parts
+             if c["outcome"] == verdicts.REPRODUCED]
+    detail = "; ".join(f"{c['question']}: {verdicts.show(c)}" for c in parts)
     if len(found) == 2:
-        return "reproduced", "more than their uniform share to the MLP matrices and to the top layers"
+        return verdicts.REPRODUCED, detail
     if found:
-        return "partly", f"more than the uniform share to {found[0]} only"
-    return "not reproduced", "neither the MLP matrices nor the top layers get more than their uniform share"
+        return verdicts.PARTLY, detail
+    return verdicts.combine([c["outcome"] for c in parts]) if parts else verdicts.NOT_REPRODUCED, detail
 
 
 def mean_curve(runs, key):
@@ -356,14 +367,19 @@ def results_table(summary):
 def report(results):
     """Section of REPRODUCTIONS.md from results/adalora."""
     summary = results.json("adalora", "adalora.json")
+    a = summary["allocation"]
+    first = summary["comparisons"][0]["difference"]
+    # The verdicts by the shared rules (the ones stored in adalora.json are the old rule's).
+    c1, c1_detail = claim1_verdict(first)
+    c2, c2_detail = claim2_verdict(a["mlp_share_minus_uniform"], a["top_half_share_minus_uniform"])
+    summary = {**summary, "claims": {k: {**c, "verdict": v, "detail": d} for (k, c), (v, d) in
+                                     zip(summary["claims"].items(), ((c1, c1_detail), (c2, c2_detail)))}}
     claims = list(summary["claims"].values())
-    verdicts = [c["verdict"] for c in claims]
-    verdict = ("reproduced" if all(v == "reproduced" for v in verdicts) else
-               "not reproduced" if all(v == "not reproduced" for v in verdicts) else "partly")
+    judged = ([verdicts.beats(first, "loss", "AdaLoRA beats LoRA at the same final rank")]
+              + claim2_parts(a["mlp_share_minus_uniform"], a["top_half_share_minus_uniform"]))
+    verdict = verdicts.combine([c1, c2], headline=0)  # the headline is claim 1: where the rank goes cannot rescue it
     st = summary["settings"]
     n = len(summary["seeds"])
-    a = summary["allocation"]
-    first = claims[0]["difference"]
     rows = {row["name"]: row for row in summary["contenders"]}
     bullets = []  # the claims' own lines are in the table's notes above
     control = [c for c in summary["comparisons"] if "no pruning" in c["question"]]
@@ -375,9 +391,16 @@ def report(results):
                        f"{show(no_prune['final_target_loss'])}, behind LoRA r={st['r']}'s "
                        f"{show(larger['final_target_loss'])} at the same rank; pruned to {st['target_r']} it ends "
                        f"{abs(d['mean']):.3f} {'higher' if d['mean'] < 0 else 'lower'} than unpruned (the unpruned "
-                       f"minus the pruned, seed by seed: {show_difference(d)}). So the gap to LoRA comes with "
+                       f"minus the pruned, seed by seed: {show_difference(d)}: "
+                       f"{verdicts.show(verdicts.beats(d, 'loss'))}). So the gap to LoRA comes with "
                        f"the SVD form and its training (initialisation, the regulariser, the rate), not with the "
                        f"pruning.")
+    top = a["top_half_share_minus_uniform"]
+    if top is not None:
+        below = sum(v < 0 for v in top["values"])
+        bullets.append(f"- The top half of the layers got less than its uniform share in {below} of {top['n']} seeds; "
+                       f"AdaLoRA's rate was tuned, its schedule and orthogonality weight (gamma {st['gamma']:g}) were "
+                       f"not, and no run ends at a final average rank of 1-2.")
     bullets.append(f"- Where the rank went (mean over seeds): by matrix type "
                    + ", ".join(f"{t} {v:.1f}" for t, v in a["mean_rank_by_type"].items())
                    + "; by layer, bottom to top, " + ", ".join(f"{v:.1f}" for v in a["mean_rank_by_layer"]) + ".")
@@ -409,7 +432,7 @@ Losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called difference.
     return {"title": "AdaLoRA: where a fixed budget of rank should go",
             "source": "AdaLoRA (Zhang et al. 2023)",
             "claim": "At an equal final rank budget AdaLoRA beats uniform LoRA; the budget goes to the MLP and the top "
-                     "layers", "verdict": verdict, "detail": detail, "body": body}
+                     "layers", "verdict": verdict, "detail": detail, "body": body, "comparisons": judged}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Two comparisons:
    forget little); LoRA over ranks and rates. For each LoRA run we read full's front at that
    run's target loss (linear between vertices, experiments/lib/pareto.py), seed by seed (the front
    of seed s from seed s's full runs), and call LoRA above (forgets more at equal learning),
-   below (forgets less) or on the front by the paired rule. Only finished runs make a front:
+   below (forgets less) or on the front by the shared equivalence rule (lib/verdicts.py: on it
+   when the 90% interval lies inside +-delta). Only finished runs make a front:
    a mid-run point of a long run at a high rate is not a model anyone would keep, and reading
    full's own path mid-run (the old comparison) is shown beside it for what it misses.
 
@@ -36,6 +37,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.pareto import front_at, pareto_front
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all
+from experiments.lib import verdicts
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from nanogpt.train import write_json
 
@@ -114,10 +116,14 @@ def versus_full_front(rows, n_seeds):
 
 
 def position(difference):
-    """'above', 'below' or 'on' full's front, by the paired rule (None: outside its range)."""
+    """'on' full's front (the shared equivalence rule: within delta), 'above' or 'below' it (beyond
+    delta), or 'not settled' (too few seeds to tell); None: outside its range."""
     if difference is None:
         return None
-    return ("above" if difference["mean"] > 0 else "below") if difference["called"] else "on"
+    outcome = verdicts.matches(difference, "loss")["outcome"]
+    if outcome == verdicts.NOT_SETTLED:
+        return "not settled"
+    return "on" if outcome == verdicts.REPRODUCED else "above" if difference["mean"] > 0 else "below"
 
 
 def mid_run_comparison(rows, runs_by_config, full_row):
@@ -270,15 +276,15 @@ def headline_table(summary):
 
 def front_table(summary):
     lines = ["| LoRA run | docs loss | code loss | full's front at that docs loss | LoRA - full's front | "
-             "full's tuned run mid-path (the old comparison) | on LoRA's front |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | :---: |"]
+             "against full's front (the rule) | full's tuned run mid-path (the old comparison) | on LoRA's front |",
+             "| --- | ---: | ---: | ---: | ---: | :---: | ---: | :---: |"]
     for row in summary["rows"]:
         if row["method"] != "lora":
             continue
         front, d, path = row["full_front_source_loss"], row["above_full_front"], row["full_path_source_loss"]
         lines.append(f"| {row['name']} | {show(row['target_loss'])} | {show(row['source_loss'])} | "
                      f"{show(front) if front else 'outside its range'} | {show_difference(d) if d else '-'} | "
-                     f"{show(path) if path else 'never got that low'} | {'yes' if row['on_front'] else ''} |")
+                     f"{position(d) or '-'} | {show(path) if path else 'never got that low'} | {'yes' if row['on_front'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,15 +313,22 @@ def report(results):
     rows, heads, n = s["rows"], s["headline"], len(s["seeds"])
     lora = [row for row in rows if row["method"] == "lora"]
     full = [row for row in rows if row["method"] == "full"]
-    learns_less = all(h["learned_less"]["called"] and h["learned_less"]["mean"] > 0 for h in heads)
-    forgets_less = all(h["forgot_less"]["called"] and h["forgot_less"]["mean"] < 0 for h in heads)
+    # The shared rules: "learns less" and "forgets less" are beats claims, rank by rank; "one curve" is
+    # a matches claim, LoRA's front settings against full's front at the same docs loss.
+    learned = [verdicts.beats(h["learned_less"], "loss", f"r={h['r']} learns less than full") for h in heads]
+    forgot = [verdicts.beats([-v for v in h["forgot_less"]["values"]], "loss", f"r={h['r']} forgets less than full")
+              for h in heads]
+    learns_less = all(c["outcome"] == verdicts.REPRODUCED for c in learned)
+    forgets_less = all(c["outcome"] == verdicts.REPRODUCED for c in forgot)
+    lora = [{**row, "position": position(row["above_full_front"])} for row in lora]  # by the rule, not the record's
     lora_front = [row for row in lora if row["on_front"]]
     placed = [row for row in lora_front if row["position"] is not None]
-    counts = {k: sum(row["position"] == k for row in placed) for k in ("above", "on", "below")}
+    curve = [verdicts.matches(row["above_full_front"], "loss", f"{row['name']} lies on full's front") for row in placed]
+    counts = {k: sum(row["position"] == k for row in placed) for k in ("above", "on", "below", "not settled")}
     majority = max(counts, key=counts.get) if placed else None
-    same_curve = majority == "on"
-    verdict = ("reproduced" if learns_less and forgets_less and same_curve
-               else "partly" if learns_less and forgets_less else "not reproduced")
+    parts = [verdicts.combine([c["outcome"] for c in learned]), verdicts.combine([c["outcome"] for c in forgot]),
+             verdicts.combine([c["outcome"] for c in curve]) if curve else verdicts.NOT_REPRODUCED]
+    verdict = verdicts.combine(parts)
 
     def rng(values, fmt="{:+.3f}"):
         return fmt.format(min(values)) + " to " + fmt.format(max(values))
@@ -325,7 +338,7 @@ def report(results):
     fronts = s["fronts"]
     full_front = "; ".join(f"{v['name']} ({v['target_loss']:.3f}, {v['source_loss']:.3f})" for v in fronts["full"])
     in_range = [row for row in lora if row["above_full_front"] is not None]
-    all_counts = {k: sum(row["position"] == k for row in in_range) for k in ("above", "on", "below")}
+    all_counts = {k: sum(row["position"] == k for row in in_range) for k in ("above", "on", "below", "not settled")}
     diffs = [row["above_full_front"]["mean"] for row in placed]
     def each(key):
         return ", ".join(f"r={h['r']} {show_difference(h[key])}" for h in heads)
@@ -344,9 +357,10 @@ def report(results):
     if placed:
         lines.append(f"- At the same amount learned, the {len(placed)} LoRA settings on LoRA's own front that fall "
                      f"inside full's range are {counts['above']} above full's front (forget more), {counts['on']} on it "
-                     f"(not called) and {counts['below']} below it (forget less); LoRA minus the front {rng(diffs)}. "
-                     f"Over all {len(in_range)} LoRA settings in range: {all_counts['above']} above, {all_counts['on']} "
-                     f"on, {all_counts['below']} below.")
+                     f"(within ±{verdicts.DELTAS['loss']:g} by the equivalence rule), {counts['below']} below it (forget "
+                     f"less) and {counts['not settled']} not settled; LoRA minus the front {rng(diffs)}. One curve: "
+                     f"**{parts[2]}**. Over all {len(in_range)} LoRA settings in range: {all_counts['above']} above, "
+                     f"{all_counts['on']} on, {all_counts['below']} below, {all_counts['not settled']} not settled.")
     path = [row for row in lora_front if row.get("full_path_source_loss") and row["above_full_front"]]
     if path:
         worst = max(path, key=lambda row: row["full_path_source_loss"]["mean"] - row["full_front_source_loss"]["mean"])
@@ -356,6 +370,7 @@ def report(results):
                      f"{show(worst['full_front_source_loss'])}. A run mid-way at a high rate is far off the front.")
     what = {"on": "LoRA lies on full fine-tuning's front, as Biderman et al. (Sec. 4.3) found: it forgets less "
                   "because it learns less, not because it forgets less at equal learning.",
+            "not settled": "too few seeds to place most of LoRA's front against full fine-tuning's.",
             "above": "LoRA lies above full fine-tuning's front: at equal learning it forgets more. Its lower "
                      "forgetting at the tuned rates comes from learning less.",
             "below": "LoRA lies below full fine-tuning's front: at equal learning it forgets less, which goes "
@@ -366,8 +381,8 @@ def report(results):
     if one_rate:
         lines.append(f"- Ranks {', '.join(one_rate)} ran at one rate only (the default, tuned for r=8); the others "
                      f"at {len(max(heads, key=lambda h: len(h['rates_tried']))['rates_tried'])} rates.")
-    lines.append(f"- {n} seeds per setting; a front point is called above or below when the 95% interval of the "
-                 f"seed-by-seed difference excludes zero. Between vertices the front is read as a straight line, "
+    lines.append(f"- {n} seeds per setting; a front point is on the front when the equivalence rule places it within "
+                 f"±{verdicts.DELTAS['loss']:g}, above or below when its 90% interval lies beyond that. Between vertices the front is read as a straight line, "
                  f"which no trained run sits on; dense vertices keep that reading close.")
     ranks = ", ".join(str(h["r"]) for h in heads)
     body = f"""**Claim.** Biderman et al. 2024, "LoRA Learns Less and Forgets Less": LoRA adapts less to the new
@@ -395,10 +410,11 @@ front column reads full fine-tuning's front of the same seed at that seed's LoRA
 """ + "\n".join(lines)
     detail = (f"at tuned rates LoRA ends {rng(docs_gaps)} higher on the docs and {rng(code_gaps)} on the code; "
               + (f"its front's settings are {counts['above']} above, {counts['on']} on, {counts['below']} below "
-                 f"full's front" if placed else "no LoRA setting falls in full's front range"))
+                 f"full's front, {counts['not settled']} not settled" if placed else
+                 "no LoRA setting falls in full's front range"))
     return {"title": "Learning versus forgetting, and the two Pareto fronts", "source": "Biderman et al. 2024",
             "claim": "LoRA learns less and forgets less; at equal learning both lie on one curve",
-            "verdict": verdict, "detail": detail, "body": body}
+            "verdict": verdict, "detail": detail, "body": body, "comparisons": learned + forgot + curve}
 
 
 if __name__ == "__main__":

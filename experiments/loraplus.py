@@ -21,6 +21,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
                                     positive_int, run_kwargs)
 from experiments.lib.plots import finish, log2_axis, write_report
 from experiments.lib.sections import section_ref
+from experiments.lib import verdicts
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.train import write_json
@@ -149,8 +150,9 @@ def report(results):
     steps = results.json("loraplus", "records.json")[0]["steps"]
     ranks = sorted({row["r"] for row in rows})
     bests = {r: best_ratio(rows, r) for r in ranks}
-    better = [r for r, b in bests.items() if b and b["vs_plain"]["called"] and b["vs_plain"]["mean"] > 0]
-    verdict = "reproduced" if len(better) == len(ranks) else "not reproduced" if not better else "partly"
+    judged = {r: verdicts.beats(b["vs_plain"], "loss", f"r={r}: lambda {b['ratio']:g} beats one shared rate")
+              for r, b in bests.items() if b}  # the shared rule, at each rank's best ratio
+    verdict = verdicts.combine([j["outcome"] for j in judged.values()])
     edges = [f"r={row['r']}, lambda {row['ratio']:g}" for row in rows if row["tuning"]["at_grid_edge"]]
     bullets = []
     for r, b in bests.items():
@@ -158,14 +160,13 @@ def report(results):
             continue
         d = b["vs_plain"]
         plain = next(row for row in rows if row["r"] == r and row["ratio"] == 1)
-        state = ("called: better, as claimed" if d["called"] and d["mean"] > 0 else
-                 "called: worse" if d["called"] else "not called: within the seed spread")
+        state = verdicts.show(judged[r])
         reach = b["steps_to_target"]
         speed = (f"it reaches plain LoRA's final loss ({plain['target_loss']['mean']:.3f}) after "
                  f"{show(reach, digits=0)} of {steps} steps" if reach else "it never reaches plain LoRA's final loss")
         bullets.append(f"- r={r}: the best ratio, lambda {b['ratio']:g} at base rate {b['lr']:g} (B at "
                        f"{b['lr'] * b['ratio']:.3g}), ends at {show(b['target_loss'])} against plain LoRA's "
-                       f"{show(plain['target_loss'])} at {plain['lr']:g}: difference {show_difference(d)} ({state}); "
+                       f"{show(plain['target_loss'])} at {plain['lr']:g}: difference {show_difference(d)}: **{state}**; "
                        f"{speed}.")
     bullets.append(f"- rsLoRA is this knob turned by the scaling: at rank r it is LoRA with lambda = sqrt(r) "
                    f"({section_ref('variants')}).")
@@ -192,11 +193,11 @@ Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called differe
 
 **Verdict: {verdict}.**{narrow}
 """ + "\n".join(bullets)
-    detail = "; ".join(f"r={r}: lambda {b['ratio']:g} vs 1 {show_difference(b['vs_plain'])}"
+    detail = "; ".join(f"r={r}: lambda {b['ratio']:g} vs 1 {show_difference(b['vs_plain'])}: {judged[r]['outcome']}"
                        for r, b in bests.items() if b)
     return {"title": "LoRA+: a larger learning rate for B", "source": "LoRA+ (Hayou et al. 2024)",
             "claim": "B's rate about 16 times A's fine-tunes better and faster than one shared rate",
-            "verdict": verdict, "detail": detail, "body": body}
+            "verdict": verdict, "detail": detail, "body": body, "comparisons": list(judged.values())}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import statistics
 
 import matplotlib.pyplot as plt
 
+from experiments.lib import verdicts
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_lrs, parse_ranks,
                                     parse_targets, positive_int, run_kwargs)
 from experiments.lib.plots import finish, lr_text, write_report
@@ -163,7 +164,9 @@ def report(results):
     r8 = next(c for c in loras if c["r"] == 8)
     lo, hi = min(ratios), max(ratios)
     ten_inside = lo <= 10 <= hi
-    verdict = "reproduced" if ten_inside and rank_fold < 2 else "partly"
+    # Two parts, each a stated threshold: 10x inside the seeds' range of ratios; the best rate within 2x over ranks.
+    verdict = verdicts.combine([verdicts.REPRODUCED if ten_inside else verdicts.NOT_REPRODUCED,
+                                verdicts.REPRODUCED if rank_fold < 2 else verdicts.NOT_REPRODUCED])
     loss_at = {c["name"]: dict(zip(c["lrs"], c["loss_spreads"])) for c in curves}
     full_grid, r8_grid = full["best_grid_lr"], r8["best_grid_lr"]
     r8_at_full = loss_at[r8["name"]].get(full_grid)

@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
+from experiments.lib import verdicts
 from experiments.lib.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
                                     parse_ranks, parse_targets, positive_int, run_kwargs)
 from experiments.lib.plots import finish, lr_text, write_report
@@ -327,8 +328,8 @@ def report(results):
     w0_90 = rng(lambda v: v["w0"]["k"]["0.9"])
     lora90 = {r: rng(lambda v: v["lora"][str(r)]["k"]["0.9"]["mean"], 1) for r in ranks}
     rel = rng(lambda v: v["relative_norm"]["mean"], 2)
-    verdict = ("reproduced" if c["high_rank_types"] == c["types"] else "partly" if c["high_rank_types"]
-               else "not reproduced")
+    verdict = verdicts.combine([verdicts.REPRODUCED if c["high_rank_types"] == c["types"] else
+                                verdicts.PARTLY if c["high_rank_types"] else verdicts.NOT_REPRODUCED])
     by_type = "; ".join(f"{t} {v:.2f}" for t, v in c["k90_share_by_type"].items())
     high = [t for t, v in c["k90_share_by_type"].items() if v >= HIGH_RANK]
     low = [t for t in c["k90_share_by_type"] if t not in high]

@@ -28,6 +28,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib.sections import section_ref
+from experiments.lib import verdicts
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
@@ -156,12 +157,10 @@ def results_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def claim_verdict(difference):
-    """A claim that one contender beats another, read from their paired difference (the other's
-    loss minus the claimed winner's, seed by seed)."""
-    if difference["called"]:
-        return "reproduced" if difference["mean"] > 0 else "not reproduced"
-    return "not reproduced"  # no difference beyond the seed spread: the claimed gain is not seen
+def claim_verdict(difference, question=""):
+    """A claim that one contender beats another, by the shared rule (experiments/lib/verdicts.py)
+    on their paired difference (the other's loss minus the claimed winner's, seed by seed)."""
+    return verdicts.beats(difference, "loss", question)
 
 
 def report(results):
@@ -176,16 +175,12 @@ def report(results):
         claims.append((f"rsLoRA beats LoRA at a high rank (r={high})", f"rsLoRA beats LoRA at r={high}"))
     claims += [(f"DoRA beats LoRA at r={r}", f"DoRA beats LoRA at r={r}"),
                (f"PiSSA beats LoRA at r={r}", f"PiSSA beats LoRA at r={r}")]
-    verdicts = [(claim, q, claim_verdict(comps[q])) for claim, q in claims]
-    held = [v for *_, v in verdicts if v == "reproduced"]
-    verdict = "reproduced" if len(held) == len(verdicts) else "not reproduced" if not held else "partly"
+    judged = [(claim, q, claim_verdict(comps[q], claim)) for claim, q in claims]
+    verdict = verdicts.combine([c["outcome"] for *_, c in judged])
     edges = [g["name"] for g in summary["groups"] if g.get("tuning", {}).get("at_grid_edge")]
     bullets = []
-    for claim, q, v in verdicts:
-        d = comps[q]
-        state = ("called: as claimed" if d["called"] and d["mean"] > 0 else
-                 "called: the other way" if d["called"] else "not called: within the seed spread")
-        bullets.append(f"- {claim}: difference {show_difference(d)} ({state}); **{v}**.")
+    for claim, q, c in judged:
+        bullets.append(f"- {claim}: difference {show_difference(comps[q])}; **{verdicts.show(c)}**.")
     if high:
         for kind in ("LoRA", "rsLoRA"):
             d = comps[f"{kind}: r={high} beats r={r}"]
@@ -225,11 +220,12 @@ claimed winner's, seed by seed; `*` marks a called one (its 95% interval exclude
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)
-    detail = "; ".join(f"{claim.split(' beats')[0]} vs LoRA {show_difference(comps[q])}" for claim, q, _ in verdicts)
+    detail = "; ".join(f"{claim.split(' beats')[0]} vs LoRA {show_difference(comps[q])}: {c['outcome']}"
+                       for claim, q, c in judged)
     return {"title": "Variants at their own rates: rsLoRA, DoRA, PiSSA",
             "source": "rsLoRA (Kalajdzievski 2023); DoRA (Liu et al. 2024); PiSSA (Meng et al. 2024)",
             "claim": "rsLoRA makes a high rank pay off; DoRA and PiSSA learn more than LoRA at the same rank",
-            "verdict": verdict, "detail": detail, "body": body}
+            "verdict": verdict, "detail": detail, "body": body, "comparisons": [c for *_, c in judged]}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, positive_int, run_kwargs
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
+from experiments.lib import verdicts
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from minilora import find_targets
@@ -168,21 +169,17 @@ def report(results):
     """Section of REPRODUCTIONS.md from results/which_weights."""
     summary = results.json("which_weights", "which_weights.json")
     comps = summary["comparisons"]
-    held = [c for c in comps if c["difference"]["called"] and c["difference"]["mean"] > 0]
-    against = [c for c in comps if c["difference"]["called"] and c["difference"]["mean"] < 0]
-    verdict = ("reproduced" if len(held) == len(comps) else
-               "not reproduced" if not held else "partly")
+    judged = [verdicts.beats(c["difference"], "loss", c["question"]) for c in comps]  # the shared rule
+    verdict = verdicts.combine([j["outcome"] for j in judged])
     rows = {row["set"]: row for row in summary["rows"]}
     edges = [row["set"] for row in summary["rows"] if row["tuning"]["at_grid_edge"]]
     over = [(row["set"], row["trainable_params"] / summary["budget"] - 1) for row in summary["rows"]
             if row["trainable_params"] > summary["budget"]]
     bullets = []
-    for c in comps:
-        d = c["difference"]
-        state = ("called: as claimed" if d["called"] and d["mean"] > 0 else
-                 "called: the other way" if d["called"] else "not called: within the seed spread")
+    for c, j in zip(comps, judged):
         bullets.append(f"- {c['question']}: {rows[c['winner']]['target_loss']['mean']:.3f} against "
-                       f"{rows[c['loser']]['target_loss']['mean']:.3f}, difference {show_difference(d)} ({state}).")
+                       f"{rows[c['loser']]['target_loss']['mean']:.3f}, difference {show_difference(c['difference'])}: "
+                       f"**{verdicts.show(j)}**.")
     if over:
         bullets.append("- The MLP's matrices are wider (128 <-> 512), so with an integer rank their sets land over the "
                        "budget: " + ", ".join(f"{name} by {100 * x:.0f}%" for name, x in over) + ". The rank sweep "
@@ -209,10 +206,11 @@ winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)
-    detail = "; ".join(f"{c['winner']} vs {c['loser']} {show_difference(c['difference'])}" for c in comps[:3])
-    if against:
-        detail += f"; {len(against)} ordering(s) called the other way"
+    counts = {v: sum(j["outcome"] == v for j in judged) for v in verdicts.VERDICTS}
+    detail = (f"{counts[verdicts.REPRODUCED]} of {len(judged)} orderings reproduced, "
+              f"{counts[verdicts.NOT_REPRODUCED]} not, {counts[verdicts.NOT_SETTLED]} not settled; "
+              + "; ".join(f"{c['winner']} vs {c['loser']} {show_difference(c['difference'])}" for c in comps[:3]))
     return {"title": "Which weights to adapt, under one budget", "source": "LoRA Table 5; LoRA Without Regret",
             "claim": "Under a fixed parameter budget, a low rank on several matrix types beats a high rank on one; "
                      "attention-only falls short of including the MLP",
-            "verdict": verdict, "detail": detail, "body": body}
+            "verdict": verdict, "detail": detail, "body": body, "comparisons": judged}

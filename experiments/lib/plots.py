@@ -117,18 +117,12 @@ def plot_memory_vs_batch(rows, path, title):
 
 
 def plot_costs(records, path, title):
-    """Memory by part, median step time, and the size of what must be saved (log scale)."""
-    fig, (ax_m, ax_t, ax_c) = plt.subplots(1, 3, figsize=(14, 4.4))
+    """Memory by part, and the size of what must be saved (log scale). No step time: these runs may
+    share the machine with others, so their times are noise; experiments/bench/lora.py times steps in turns."""
+    fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(10, 4.4))
     names = [label(r) for r in records]
     plot_memory_bars(ax_m, records)
     ax_m.set_title("training memory by part (measured)")
-    times = [r["median_step_s"] * 1000 for r in records]
-    ax_t.bar(names, times, color="#55A868")
-    for i, t in enumerate(times):
-        ax_t.text(i, t, f"{t:.1f} ms\n({times[0] / t:.2f}x)", ha="center", va="bottom", fontsize=8)
-    ax_t.set_ylabel("median training step (ms)")
-    ax_t.set_title(f"step time (speed-up vs {names[0]})")
-    ax_t.margins(y=0.2)
     sizes = [r["saved_bytes"] / 1024 for r in records]
     ax_c.bar(names, sizes, color="#8172B3")
     ax_c.set_yscale("log")
@@ -137,8 +131,7 @@ def plot_costs(records, path, title):
         ax_c.text(i, s, f"{s:,.0f} KiB", ha="center", va="bottom", fontsize=8)
     ax_c.set_ylabel("file size (KiB, log scale)")
     ax_c.set_title("what must be saved: checkpoint vs adapter")
-    for ax in (ax_t, ax_c):
-        ax.tick_params(axis="x", labelrotation=20)
+    ax_c.tick_params(axis="x", labelrotation=20)
     return finish(fig, title, path)
 
 
@@ -156,17 +149,18 @@ def write_markdown(path, heading, title, records):
 
 
 def markdown_table(records):
-    """One row per run: the numbers a reader compares."""
+    """One row per run: the numbers a reader compares. No step time: runs may share the machine, and
+    a time taken so is noise (experiments/bench/lora.py times steps in turns)."""
     rows = ["| run | trainable params | target loss | source loss | memory (MiB): weights / grads / optimizer / "
-            "activations | median step (ms) | saved file (KiB) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "activations | saved file (KiB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         m = r["memory"]
         rows.append(
             f"| {label(r)} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
             f"{r['final_target_loss']:.3f} | {r['final_source_loss']:.3f} | "
             f"{m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / {m['optimizer'] / MIB:.2f} / {m['activations'] / MIB:.2f} | "
-            f"{r['median_step_s'] * 1000:.1f} | {r['saved_bytes'] / 1024:,.1f} |"
+            f"{r['saved_bytes'] / 1024:,.1f} |"
         )
     base = records[0]
     rows.append(f"\nBase model before fine-tuning: target loss {base['base_target_loss']:.3f}, "

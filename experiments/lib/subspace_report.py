@@ -3,6 +3,7 @@ the rule that gives the verdict, and the per-module tables (experiments/subspace
 its results.md too). It reads results/subspace/subspace.json, written by experiments/subspace.py."""
 import math
 
+from experiments.lib import verdicts
 from experiments.lib.plots import lr_text
 from experiments.lib.seeds import show, show_difference
 
@@ -78,7 +79,7 @@ def report(results):
     amp_kind = c["more_than_random"] > most and c["below_half_w0_top"] > most
     amp_size = c["factor_near_paper"] > most
     amp_verdict = "reproduced" if amp_kind and amp_size else "partly" if amp_kind else "not reproduced"
-    verdict = sim_verdict if sim_verdict == amp_verdict else "partly"
+    verdict = verdicts.combine([sim_verdict, amp_verdict])
 
     # The shared-init diagnostic, in the first adapted module of the paper's set.
     m0 = main_set["modules"][first]

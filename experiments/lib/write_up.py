@@ -4,7 +4,8 @@ table, the run times. Numbers in it come from the records, like everything in th
 Each experiment module's `report(results)` returns its section as a dict:
     title           the section's heading, e.g. "The best learning rate for LoRA"
     claim, source   one line each for the summary table
-    verdict         "reproduced", "partly", "not reproduced" or "not tested in the claim's regime"
+    verdict         one of verdicts.VERDICTS, drawn by verdicts.combine from the section's parts
+    comparisons     the beats()/matches() results (experiments/lib/verdicts.py) the verdict rests on
     detail          one line for the summary table: the numbers the verdict rests on
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
     folder, command optional: the results folder and the command, where they are not results/<name>/
@@ -12,8 +13,8 @@ Each experiment module's `report(results)` returns its section as a dict:
 """
 from experiments.lib.sections import MAIN_SWEEP_FOLDER, section_number
 from experiments.lib.seeds import show
+from experiments.lib.verdicts import VERDICTS, method
 
-VERDICTS = ("reproduced", "partly", "not reproduced", "not tested in the claim's regime")
 
 
 def base_losses(results):
@@ -22,7 +23,7 @@ def base_losses(results):
     return first["base_target_loss"], first["base_source_loss"]
 
 
-def opening(results):
+def opening(results, sections):
     target, source = base_losses(results)
     info = results.json("lr_sweep", "lr_sweep.json")
     full = info["curves"][0]
@@ -30,8 +31,9 @@ def opening(results):
 
 Each section puts one published claim to the test on a model a laptop can train: the claim and
 its source, the command, the plot from a real run of that command, our numbers, and a verdict:
-**reproduced**, **partly**, **not reproduced**, or **not tested in the claim's regime** (the
-claim is about a setting this scale cannot reach), with the likely reason.
+**reproduced**, **partly**, **not reproduced**, **not tested in the claim's regime** (the
+claim is about a setting this scale cannot reach), or **not settled** (too few seeds to decide),
+by the rules below, with the likely reason.
 
 This file is generated: `python -m experiments.report` writes it from the records each command
 leaves in `results/`, and `tests/test_report.py` fails if the committed text is not what the
@@ -54,13 +56,7 @@ Other contenders (target sets, variants, ranks) get their rate from a small cach
 same quarter-decade grid (`experiments/lib/tuning.py`): the first seed at a few rates around the
 default, widened while the best sits at an edge, then the other seeds at the chosen rate.
 
-**Statistics.** A fine-tuning seed changes the batches and the adapter's initialisation, never
-the base model. Every comparison uses three seeds (1337, 1338, 1339) unless a section says
-otherwise, and reports the mean with its 95% confidence interval (Student's t, 2 degrees of
-freedom: the interval is wide). Two methods run with the same seeds see the same batches, so
-differences are taken seed by seed, and a difference is **called** (marked `*`) only when the
-95% interval of the paired difference excludes zero.
-
+{method(sections)}
 Every command runs offline on a CPU; `--device cuda --preset small` runs the same experiment at
 the GPU scale. Finished runs are cached in `runs/cache` by a hash of everything that decides
 them (the corpora by the SHA-256 of their bytes), so a command that needs a run another one
@@ -115,7 +111,7 @@ def run_times(results, sections):
 
 
 def document(results, sections):
-    parts = [opening(results), "## The claims at a glance\n", summary_table(sections)]
+    parts = [opening(results, sections), "## The claims at a glance\n", summary_table(sections)]
     for name, s in sections:  # numbered by their place in SECTIONS, as section_ref names them
         parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
     parts.append(run_times(results, sections))
