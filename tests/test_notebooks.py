@@ -62,7 +62,7 @@ def test_the_seven_classroom_notebooks_are_found():
     names = [p.name for p in NOTEBOOKS]
     for name in ("01_low_rank_intuition.ipynb", "02_lora_layer_from_scratch.ipynb",
                  "03_finetune_gpt_with_lora.ipynb", "04_rank_sweep.ipynb", "05_qlora.ipynb",
-                 "06_adalora.ipynb", "07_lora_at_scale.ipynb"):
+                 "06_adalora.ipynb", "07_lora_at_scale.ipynb", "08_tokens_bpe.ipynb"):
         assert name in names
 
 
