@@ -99,3 +99,22 @@ def test_mixed_adapters_generate_with_the_cache_as_each_adapter_alone():
             expected = model.generate(idx[i:i + 1], n, top_k=1, use_cache=False)
         assert torch.equal(mixed[i:i + 1], expected), f"row {i} ({name})"
     assert len({tuple(row.tolist()) for row in mixed[:, 4:]}) > 1  # the adapters make a difference
+
+
+@torch.no_grad()
+def test_the_gather_kept_for_generation_sees_an_adapter_changed_in_place():
+    model = gpt(n_layer=1, n_head=2, n_embd=32, block_size=16)
+    apply_lora(model, ["q_proj", "up_proj"], r=2, alpha=2, adapter_name="a")
+    add_adapter(model, "b", ["q_proj", "up_proj"], r=2, alpha=2)
+    idx = prompt(2, 6)
+    with mixed_adapters(model, ["a", "b"]):
+        before = model(idx)[0]
+        assert torch.equal(model(idx)[0], before)  # the kept gather: the same numbers again
+        layer = model.blocks[0].mlp.up_proj
+        layer.adapters["b"].lora_B.normal_(std=0.5)  # an in-place change bumps the tensor's version
+        layer.adapters["b"].lora_A.normal_(std=0.5)
+        after = model(idx)[0]
+    set_adapter(model, "b")
+    torch.testing.assert_close(after[1:], model(idx[1:])[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after[1:], before[1:])
+    torch.testing.assert_close(after[:1], before[:1], rtol=0, atol=0)  # row "a" untouched
