@@ -351,28 +351,42 @@ def adapters(results):
     """The README's measured numbers for many adapters over one base, from results/bench_adapters."""
     bench = results.json("bench_adapters", "bench_adapters.json")
     a = bench["args"]
+    gen, ceiling = "mixed tokens/s / one_at_a_time tokens/s", "base batched tokens/s / base grouped tokens/s (the ceiling)"
     lines = [f"Measured by `python -m experiments.bench_adapters` ({bench['torch']}, {bench['threads']} threads; "
              f"times are medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation, "
              f"taken in turns; {a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens "
-             f"and {a['new_tokens']} new ones, greedy):", "",
-             "| model | N adapters | set_adapter | merge swap | load from disk | memory: N resident / N merged copies "
-             "(MiB) | generation, mixed batch / one at a time (ceiling) | decode steps, mixed / one at a time "
-             "(ceiling) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"and {a['new_tokens']} new ones, greedy, with the KV cache):", "",
+             "| model | N adapters | set_adapter | merge swap | memory: N resident / N merged copies (MiB) | tokens/s: "
+             "mixed batch, one at a time, base alone | mixed / one at a time (quartiles) | ceiling |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for preset, data in bench["presets"].items():
         for n, row in data["by_n_adapters"].items():
-            t, r, b = row["seconds_median"], row["ratios"], row["bytes"]
+            t, r, q, b, tps = (row["seconds_median"], row["ratios"], row["ratio_quartiles"], row["bytes"],
+                               row["tokens_per_s_median"])
             lines.append(
                 f"| `{preset}` | {n} | {1000 * t['set_adapter']:.2f} ms | {1000 * t['merge_swap']:.2f} ms | "
-                f"{1000 * t['load']:.2f} ms | {b['base_plus_adapters'] / MIB:.1f} / {b['merged_copies'] / MIB:.1f} | "
-                f"{r['mixed tokens/s / one_at_a_time tokens/s']:.2f}x "
-                f"({r['base batched tokens/s / base grouped tokens/s (the ceiling)']:.2f}x) | "
-                f"{r['decode steps: mixed / one_at_a_time (tokens/s)']:.2f}x "
-                f"({r['decode steps: base batched / base grouped (the ceiling)']:.2f}x) |")
+                f"{b['base_plus_adapters'] / MIB:.1f} / {b['merged_copies'] / MIB:.1f} | {tps['mixed']:,.0f}, "
+                f"{tps['one_at_a_time']:,.0f}, {tps['base_batched']:,.0f} | {r[gen]:.2f}x ({q[gen][0]:.2f}-{q[gen][1]:.2f}) "
+                f"| {r[ceiling]:.2f}x |")
+    same = all(row["same_tokens_share"] == 1 for d in bench["presets"].values() for row in d["by_n_adapters"].values())
     lines += ["", "The ceiling is what batching gains for the base model alone (one batch of all requests against "
-              "one batch per adapter): a mixed batch can gain at most that much. Every mixed batch produced the "
-              "same tokens as serving each adapter alone."
-              if all(row["same_tokens_share"] == 1 for d in bench["presets"].values()
-                     for row in d["by_n_adapters"].values()) else ""]
+              "one batch per adapter)." + (" Every mixed batch produced the same tokens as serving each adapter "
+                                           "alone." if same else "")]
+    head = bench.get("headline")
+    if head:
+        lines += ["", f"Goal ({head['goal']}): " + ", ".join(
+            f"`{p}` {x:.2f}x (quartiles {head['quartiles_by_preset'][p][0]:.2f}-{head['quartiles_by_preset'][p][1]:.2f})"
+            for p, x in head["speedup_by_preset"].items()) + f": **{'met' if head['met'] else 'not met'}**."]
+    for preset, data in bench["presets"].items():
+        disk, cache = data["from_disk"], data["kv_cache"]
+        lines += ["", f"`{preset}`: an adapter file ({disk['bytes_per_file'] / 1024:.0f} KiB) loads through the "
+                      f"`AdapterStore` in {1000 * disk['seconds_per_adapter_median']['cold']:.1f} ms (cold: read, "
+                      f"checked, added; from the OS's page cache) and {1e6 * disk['seconds_per_adapter_median']['warm']:.0f}"
+                      f" us when resident (warm). The KV cache generates {cache['new_tokens']} tokens "
+                      f"{cache['speedup']:.2f}x faster than without (quartiles {cache['speedup_quartiles'][0]:.2f}-"
+                      f"{cache['speedup_quartiles'][1]:.2f}); {cache['steps_past_block_size']} of those steps lie past "
+                      f"block_size {cache['block_size']}, where the window slides and runs in full either way."]
+    lines += ["", "![tokens per second against the number of adapters](results/bench_adapters/bench_adapters.png)"]
     return "\n".join(lines).rstrip() + "\n"
 
 

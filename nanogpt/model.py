@@ -85,7 +85,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = len(cache)
             k, v = cache.append(k, v)  # (B, nh, past + T, hs): the cached positions' k, v, then these
-        if past > 0:
+        if past > 0 and T > 1:  # (one new position sees every key: no mask)
             # new position t sits at past + t and sees keys 0 .. past + t: the causal mask, shifted by past
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
         y = F.scaled_dot_product_attention(
