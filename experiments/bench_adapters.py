@@ -369,9 +369,10 @@ def plot(results, path):
               "one_at_a_time": ("one adapter at a time, merge swaps", "tab:red", "-")}
     for ax, (preset, result) in zip(axes[0], results.items()):
         rows = result["by_n_adapters"]
-        ns = sorted(rows)
+        keys = sorted(rows, key=int)  # ints here, strings when read back from the JSON
+        ns = [int(k) for k in keys]
         for way, (label, color, line) in styles.items():
-            ax.plot(ns, [rows[n]["tokens_per_s_median"][way] for n in ns], line, color=color, marker="o", label=label)
+            ax.plot(ns, [rows[k]["tokens_per_s_median"][way] for k in keys], line, color=color, marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_yscale("log")
@@ -380,7 +381,7 @@ def plot(results, path):
         c = result["config"]
         ax.set_title(f"{preset}: {c['n_layer']} layers x {c['n_embd']}, KV cache")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=8, loc="lower left")
+    axes[0][-1].legend(fontsize=8, loc="upper left")
     fig.suptitle("Serving many adapters over one base (greedy generation, CPU)")
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -431,7 +432,7 @@ def main(argv=None):
               f"({', '.join(f'{p} {x:.2f}x' for p, x in top['speedup_by_preset'].items())}): "
               f"{'met' if top['met'] else 'NOT met'}")
     out = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "headline": top, "presets": results}
+           "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "headline": top, "presets": results}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_adapters.json")
     write_json(out, path)

@@ -116,6 +116,8 @@ def document(results, sections):
     parts = [opening(results), "## The claims at a glance\n", summary_table(sections)]
     for name, s in sections:  # numbered by their place in report.SECTIONS, as section_ref names them
         parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
+    if results.has("bench_adapters", "bench_adapters.json"):  # a measurement, not a claim with a verdict
+        parts.append("## Serving many adapters over one base\n\n" + adapters(results, root="../"))
     parts.append(run_times(results, sections))
     return "\n".join(parts)
 
@@ -347,47 +349,48 @@ tables, the plots, every prediction beside its measurement, and why ours and the
 """
 
 
-def adapters(results):
-    """The README's measured numbers for many adapters over one base, from results/bench_adapters."""
+def adapters(results, root=""):
+    """Many adapters over one base, from results/bench_adapters; root: from the Markdown file to the repository."""
     bench = results.json("bench_adapters", "bench_adapters.json")
-    a = bench["args"]
-    gen, ceiling = "mixed tokens/s / one_at_a_time tokens/s", "base batched tokens/s / base grouped tokens/s (the ceiling)"
-    lines = [f"Measured by `python -m experiments.bench_adapters` ({bench['torch']}, {bench['threads']} threads; "
-             f"times are medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation, "
-             f"taken in turns; {a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens "
-             f"and {a['new_tokens']} new ones, greedy, with the KV cache):", "",
+    a, gen = bench["args"], "mixed tokens/s / one_at_a_time tokens/s"
+    lines = [f"Measured by `python -m experiments.bench_adapters` ({bench['torch']}, {bench['threads']} thread(s); "
+             f"medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation "
+             f"({a.get('gen_rounds_large', a['gen_rounds'])} above 16 adapters), taken in turns; "
+             f"{a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens and "
+             f"{a['new_tokens']} new ones, greedy, with the KV cache):", "",
              "| model | N adapters | set_adapter | merge swap | memory: N resident / N merged copies (MiB) | tokens/s: "
              "mixed batch, one at a time, base alone | mixed / one at a time (quartiles) | ceiling |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for preset, data in bench["presets"].items():
         for n, row in data["by_n_adapters"].items():
-            t, r, q, b, tps = (row["seconds_median"], row["ratios"], row["ratio_quartiles"], row["bytes"],
-                               row["tokens_per_s_median"])
+            t, r, (q1, q3), b, tps = (row["seconds_median"], row["ratios"], row["ratio_quartiles"][gen], row["bytes"],
+                                      row["tokens_per_s_median"])
             lines.append(
                 f"| `{preset}` | {n} | {1000 * t['set_adapter']:.2f} ms | {1000 * t['merge_swap']:.2f} ms | "
                 f"{b['base_plus_adapters'] / MIB:.1f} / {b['merged_copies'] / MIB:.1f} | {tps['mixed']:,.0f}, "
-                f"{tps['one_at_a_time']:,.0f}, {tps['base_batched']:,.0f} | {r[gen]:.2f}x ({q[gen][0]:.2f}-{q[gen][1]:.2f}) "
-                f"| {r[ceiling]:.2f}x |")
+                f"{tps['one_at_a_time']:,.0f}, {tps['base_batched']:,.0f} | {r[gen]:.2f}x "
+                f"({'one round' if q1 == q3 else f'{q1:.2f}-{q3:.2f}'}) | "
+                f"{r['base batched tokens/s / base grouped tokens/s (the ceiling)']:.2f}x |")
     same = all(row["same_tokens_share"] == 1 for d in bench["presets"].values() for row in d["by_n_adapters"].values())
-    lines += ["", "The ceiling is what batching gains for the base model alone (one batch of all requests against "
-              "one batch per adapter)." + (" Every mixed batch produced the same tokens as serving each adapter "
-                                           "alone." if same else "")]
-    head = bench.get("headline")
-    if head:
+    lines += ["", "The ceiling is what batching gains for the base model alone (one batch of all requests against one "
+              "batch per adapter)." + (" Every mixed batch produced the same tokens as each adapter alone." * same)]
+    if head := bench.get("headline"):
         lines += ["", f"Goal ({head['goal']}): " + ", ".join(
             f"`{p}` {x:.2f}x (quartiles {head['quartiles_by_preset'][p][0]:.2f}-{head['quartiles_by_preset'][p][1]:.2f})"
             for p, x in head["speedup_by_preset"].items()) + f": **{'met' if head['met'] else 'not met'}**."]
-    for preset, data in bench["presets"].items():
-        disk, cache = data["from_disk"], data["kv_cache"]
+    for preset, disk, cache in ((p, d["from_disk"], d["kv_cache"]) for p, d in bench["presets"].items()):
+        load, (q1, q3) = disk["seconds_per_adapter_median"], cache["speedup_quartiles"]
         lines += ["", f"`{preset}`: an adapter file ({disk['bytes_per_file'] / 1024:.0f} KiB) loads through the "
-                      f"`AdapterStore` in {1000 * disk['seconds_per_adapter_median']['cold']:.1f} ms (cold: read, "
-                      f"checked, added; from the OS's page cache) and {1e6 * disk['seconds_per_adapter_median']['warm']:.0f}"
-                      f" us when resident (warm). The KV cache generates {cache['new_tokens']} tokens "
-                      f"{cache['speedup']:.2f}x faster than without (quartiles {cache['speedup_quartiles'][0]:.2f}-"
-                      f"{cache['speedup_quartiles'][1]:.2f}); {cache['steps_past_block_size']} of those steps lie past "
-                      f"block_size {cache['block_size']}, where the window slides and runs in full either way."]
-    lines += ["", "![tokens per second against the number of adapters](results/bench_adapters/bench_adapters.png)"]
-    return "\n".join(lines).rstrip() + "\n"
+                      f"`AdapterStore` in {1000 * load['cold']:.1f} ms (cold: read, checked, added; from the OS's page "
+                      f"cache) and {1e6 * load['warm']:.0f} us when resident (warm). The KV cache generates "
+                      f"{cache['new_tokens']} tokens {cache['speedup']:.2f}x faster than without (quartiles {q1:.2f}-"
+                      f"{q3:.2f}); {cache['steps_past_block_size']} of those steps lie past block_size "
+                      f"{cache['block_size']}, where the window slides and runs in full either way."]
+    note = bench.get("machine_note", "")
+    lines += ["", note[:1].upper() + note[1:] + ". " * bool(note) + "What the mixed batch still loses to the base alone, "
+              f"and where the rest of the gap to S-LoRA's figures lies: [`docs/serving.md`]({root}docs/serving.md).", "",
+              f"![tokens per second against the number of adapters]({root}results/bench_adapters/bench_adapters.png)\n"]
+    return "\n".join(lines)
 
 
 def ddp(results):

@@ -45,8 +45,8 @@ class GPTConfig:
 
 class KVCache:
     """One attention layer's keys and values of the positions seen so far, for generation: each
-    new position then computes its own q, k, v only and attends to the cached k, v (Pope et al.
-    2022 call it the KV cache; transformers' `past_key_values`). Empty until the prompt is fed."""
+    new position then computes its own q, k, v only and attends to the cached k, v (transformers
+    calls them `past_key_values`). Empty until the prompt is fed."""
 
     def __init__(self):
         self.k = None  # (B, nh, T_past, hs)
