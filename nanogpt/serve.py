@@ -271,6 +271,8 @@ def main(argv=None):
         args.ckpt = "runs/base/ckpt.pt"
     if not os.path.isfile(args.requests):
         raise CommandError(f"--requests {args.requests!r}: no such file; give a file of JSON lines, one request each")
+    if args.adapters is not None and not os.path.isdir(args.adapters):
+        raise CommandError(f"--adapters {args.adapters!r}: no such folder; give a folder of NAME.pt adapter files")
     if os.path.abspath(args.out) == os.path.abspath(args.requests):
         raise CommandError(f"--out {args.out!r} is the requests file itself; give another path")
     if os.path.exists(args.out) and not args.overwrite:

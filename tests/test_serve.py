@@ -159,6 +159,8 @@ def test_an_existing_output_is_refused_unless_overwrite(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "requests.jsonl"]  # no temporary left
     with pytest.raises(CommandError, match="is the requests file itself"):
         serve.main(flags[:-1] + [str(requests), "--overwrite"])
+    with pytest.raises(CommandError, match="--adapters '.*nope': no such folder"):
+        serve.main(flags[:3] + [str(tmp_path / "nope")] + flags[4:] + ["--overwrite"])
 
 
 @pytest.mark.parametrize("flags, message", [
