@@ -13,7 +13,8 @@ Layers:     LoRALinear (layer.py), LoRAEmbedding (embedding.py), the fast path (
 Model ops:  apply_lora (inject.py); merge/unmerge/unload/disable/count/summary (model_ops.py)
 Files:      save_adapter, load_adapter (adapter_file.py)
 Adapters:   add_adapter, set_adapter, add_weighted_adapter (multi_adapter.py)
-Serving:    mixed_adapters: one batch, each row its own adapter (mixed_batch.py)
+Serving:    mixed_adapters: one batch, each row its own adapter (mixed_batch.py);
+            AdapterStore: a folder of adapter files, at most N loaded, LRU (adapter_store.py)
 Variants:   rsLoRA (adapter.py), DoRA (dora.py), PiSSA (pissa.py), LoRA+ (loraplus.py)
 QLoRA:      apply_lora(..., quantize="nf4"); quantize_nf4/fp4/int4 (quantize.py); Linear4bit, QLoRALinear (qlora.py)
 AdaLoRA:    apply_adalora, orthogonal_regularizer (adalora.py), RankAllocator (rank_allocator.py)
@@ -21,6 +22,7 @@ AdaLoRA:    apply_adalora, orthogonal_regularizer (adalora.py), RankAllocator (r
 from minilora.adalora import AdaLoRAAdapter, AdaLoRALinear, apply_adalora, orthogonal_regularizer
 from minilora.adapter import LoRAAdapter
 from minilora.adapter_file import load_adapter, read_adapter_file, save_adapter
+from minilora.adapter_store import AdapterStore, remove_adapter
 from minilora.config import AdaLoRAConfig, LoRAConfig
 from minilora.embedding import LoRAEmbedding
 from minilora.fast_path import LoRALinearFunction, lora_linear
@@ -53,7 +55,7 @@ __all__ = [
     "merge_lora", "unmerge_lora", "unload_lora", "disable_lora", "count_parameters", "lora_summary",
     "lora_layers", "adapter_names", "active_adapter",
     "save_adapter", "load_adapter", "read_adapter_file",
-    "add_adapter", "set_adapter", "add_weighted_adapter", "mixed_adapters",
+    "add_adapter", "set_adapter", "add_weighted_adapter", "mixed_adapters", "AdapterStore", "remove_adapter",
     "loraplus_param_groups",
     "quantize_nf4", "quantize_fp4", "quantize_int4", "quantize_4bit", "QuantizedWeight",
     "Linear4bit", "QLoRALinear", "requantization_error",

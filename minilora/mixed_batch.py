@@ -47,10 +47,11 @@ changed in place inside the `with` is seen (one added or replaced there is not).
 are refused (merging serves one adapter; unmerge first), and so is adapter dropout in training
 mode (each adapter would need its own mask).
 
-Cost: the two batched products are thin (rank r_max) and the gather copies each row's factors at
-every forward, so on a CPU the mixed batch runs somewhat slower than the base model on the same
-batch; what it saves is the merge per adapter and the many small batches of serving one adapter
-at a time (experiments/bench/adapters.py measures both).
+Cost: the two batched products are thin (rank r_max) and the gather copies each row's factors
+(at every forward with gradients; without them, once per `with` while the adapters do not change,
+so generation with the KV cache gathers once, not at every step), so on a CPU the mixed batch runs
+somewhat slower than the base model on the same batch; what it saves is the merge per adapter and
+the many small batches of serving one adapter at a time (experiments/bench/adapters.py measures both).
 """
 import contextlib
 
@@ -96,10 +97,24 @@ class RowAdapters:
         scales = [0.0 if n is None else layer.adapters[n].scaling for n in names]
         self.s_rows = torch.tensor(scales, device=like.device, dtype=like.dtype).view(-1, 1, 1)  # (n_rows, 1, 1)
         self.dora = any(m is not None for _, _, _, m, _ in self.slots)
+        self._kept = None  # (the tensors' versions, what gather() returned then): see gather()
 
     def gather(self):
         """(A_rows (n_rows, r_max, in), B_rows (n_rows, out, r_max), DoRA's row scale (n_rows, 1, out)
-        or None): each row's adapter's factors, read now, zero-padded to the largest rank."""
+        or None): each row's adapter's factors, read now, zero-padded to the largest rank.
+
+        Without gradients (inference), the result is kept and reused while no tensor it was read
+        from has changed (their version counters, which every in-place change bumps): generation
+        gathers once for the prefill and reuses it at every step of one token."""
+        if torch.is_grad_enabled():
+            return self._gather()
+        versions = tuple(t._version for slot in self.slots for t in slot[:4] if t is not None)
+        versions += (getattr(self.layer.base.weight, "_version", 0),) if self.dora else ()  # DoRA's norm reads W0
+        if self._kept is None or self._kept[0] != versions:
+            self._kept = (versions, self._gather())
+        return self._kept[1]
+
+    def _gather(self):
         As, Bs = [], []
         for A, E, B, _, _ in self.slots:
             if E is not None:  # AdaLoRA: delta W = s P diag(lambda) Q, so A = diag(lambda) Q, B = P

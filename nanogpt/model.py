@@ -56,6 +56,25 @@ class GPTConfig:
             raise ValueError(f"layer_norm_eps must be a number in (0, 1), e.g. 1e-5, got {eps!r}")
 
 
+class KVCache:
+    """One attention layer's keys and values of the positions seen so far, for generation: each
+    new position then computes its own q, k, v only and attends to the cached k, v (transformers
+    calls them `past_key_values`). Empty until the prompt is fed."""
+
+    def __init__(self):
+        self.k = None  # (B, nh, T_past, hs)
+        self.v = None  # (B, nh, T_past, hs)
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.size(2)  # T_past: positions cached
+
+    def append(self, k, v):
+        """k, v (B, nh, T, hs) of the new positions -> all keys and values (B, nh, T_past + T, hs)."""
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -68,14 +87,22 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """x (B, T, C) -> (B, T, C). With a KVCache, x holds the T positions after the cached ones."""
         B, T, C = x.size()
         nh, hs = self.n_head, C // self.n_head
         q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = self.v_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        past, mask = 0, None
+        if cache is not None:
+            past = len(cache)
+            k, v = cache.append(k, v)  # (B, nh, past + T, hs): the cached positions' k, v, then these
+        if past > 0 and T > 1:  # (one new position sees every key: no mask)
+            # new position t sits at past + t and sees keys 0 .. past + t: the causal mask, shifted by past
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=past == 0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.o_proj(y))  # (B, T, C)
@@ -104,8 +131,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -143,17 +170,20 @@ class GPT(nn.Module):
         """Parameters counted once (a tied weight is one parameter)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, caches=None):
+        """idx (B, T) token ids -> logits (B, T, V), and the loss if targets (B, T) are given.
+        caches: one KVCache per block (generation): idx then continues the cached positions."""
         B, T = idx.size()
-        if T > self.config.block_size:
+        past = 0 if caches is None else len(caches[0])  # positions already in the cache
+        if past + T > self.config.block_size:
             raise ValueError(
-                f"sequence length {T} is longer than block_size {self.config.block_size}; "
+                f"sequence length {past + T} is longer than block_size {self.config.block_size}; "
                 f"crop the input to at most {self.config.block_size} tokens"
             )
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        pos = torch.arange(past, past + T, device=idx.device)  # (T,): the positions after the cached ones
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])  # (B, T, C)
         x = self.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
@@ -163,17 +193,30 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Append max_new_tokens sampled tokens to idx (B, T) and return the result (B, T + n)."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T) and return the result (B, T + n).
+
+        use_cache=True: the prompt runs once (prefill), filling each block's KVCache, then each step
+        feeds only the newest position. Past block_size the window slides: every kept token moves to
+        a new position, so each cached k, v (built on its old position embedding) is stale, and the
+        window runs again in full, as use_cache=False does at every step. Same tokens either way."""
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        caches = None
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]  # (B, <= block_size): crop the context
-            logits, _ = self(idx_cond)  # (B, T, V)
+            if use_cache and idx.size(1) <= self.config.block_size:
+                if caches is None:  # prefill: the whole prompt once
+                    caches = [KVCache() for _ in self.blocks]
+                    logits, _ = self(idx, caches=caches)  # (B, T, V)
+                else:  # one step: the newest token only, at position T - 1, attending to the cache
+                    logits, _ = self(idx[:, -1:], caches=caches)  # (B, 1, V)
+            else:
+                idx_cond = idx[:, -self.config.block_size:]  # (B, <= block_size): crop the context
+                logits, _ = self(idx_cond)  # (B, T, V)
             logits = logits[:, -1, :].float() / temperature  # (B, V): only the last position
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)

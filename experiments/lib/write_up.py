@@ -11,6 +11,7 @@ Each experiment module's `report(results)` returns its section as a dict:
     folder, command optional: the results folder and the command, where they are not results/<name>/
                     and `python -m experiments.<name>` (rank_sweep's section is its --reproduce run)
 """
+from experiments.lib.bench_write_up import adapters, ddp
 from experiments.lib.sections import MAIN_SWEEP_FOLDER, section_number
 from experiments.lib.seeds import show
 from experiments.lib.verdicts import VERDICTS, method
@@ -114,6 +115,8 @@ def document(results, sections):
     parts = [opening(results, sections), "## The claims at a glance\n", summary_table(sections)]
     for name, s in sections:  # numbered by their place in SECTIONS, as section_ref names them
         parts.append(f"## {section_number(name)}. {s['title']}\n\n{s['body'].strip()}\n")
+    if results.has("bench_adapters", "bench_adapters.json"):  # a measurement, not a claim with a verdict
+        parts.append("## Serving many adapters over one base\n\n" + adapters(results, root="../"))
     parts.append(run_times(results, sections))
     return "\n".join(parts)
 
@@ -348,62 +351,6 @@ tables, the plots, every prediction beside its measurement, and why ours and the
 
 {chr(10).join(rows)}
 """
-
-
-def adapters(results):
-    """The README's measured numbers for many adapters over one base, from results/bench_adapters."""
-    bench = results.json("bench_adapters", "bench_adapters.json")
-    a = bench["args"]
-    lines = [f"Measured by `python -m experiments.bench.adapters` ({bench['torch']}, {bench['threads']} threads; "
-             f"times are medians over {a['switch_rounds']} rounds for switching and {a['gen_rounds']} for generation, "
-             f"taken in turns; {a['requests_per_adapter']} requests per adapter, a prompt of {a['prompt_len']} tokens "
-             f"and {a['new_tokens']} new ones, greedy):", "",
-             "| model | N adapters | set_adapter | merge swap | load from disk | memory: N resident / N merged copies "
-             "(MiB) | generation, mixed batch / one at a time (ceiling) | decode steps, mixed / one at a time "
-             "(ceiling) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for preset, data in bench["presets"].items():
-        for n, row in data["by_n_adapters"].items():
-            t, r, b = row["seconds_median"], row["ratios"], row["bytes"]
-            lines.append(
-                f"| `{preset}` | {n} | {1000 * t['set_adapter']:.2f} ms | {1000 * t['merge_swap']:.2f} ms | "
-                f"{1000 * t['load']:.2f} ms | {b['base_plus_adapters'] / MIB:.1f} / {b['merged_copies'] / MIB:.1f} | "
-                f"{r['mixed tokens/s / one_at_a_time tokens/s']:.2f}x "
-                f"({r['base batched tokens/s / base grouped tokens/s (the ceiling)']:.2f}x) | "
-                f"{r['decode steps: mixed / one_at_a_time (tokens/s)']:.2f}x "
-                f"({r['decode steps: base batched / base grouped (the ceiling)']:.2f}x) |")
-    lines += ["", "The ceiling is what batching gains for the base model alone (one batch of all requests against "
-              "one batch per adapter): a mixed batch can gain at most that much. Every mixed batch produced the "
-              "same tokens as serving each adapter alone."
-              if all(row["same_tokens_share"] == 1 for d in bench["presets"].values()
-                     for row in d["by_n_adapters"].values()) else ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def ddp(results):
-    """The README's communication table and step-time ratios, from results/bench_ddp."""
-    bench = results.json("bench_ddp", "bench_ddp.json")
-    measured = {(c["preset"], c["method"]): c for c in bench["communication"]}
-    lines = ["| model | full fine-tuning, bytes per step | LoRA r=8, bytes per step | LoRA / full | how |",
-             "| --- | ---: | ---: | ---: | --- |"]
-    for preset in dict.fromkeys(p for p, _ in measured):
-        f, l = measured.get((preset, "full")), measured.get((preset, "lora"))
-        if f and l:
-            lines.append(f"| `{preset}` ({f['base_params'] / 1e6:.2f}M parameters) | "
-                         f"{f['allreduce_bytes_per_step']:,} ({f['allreduce_bytes_per_step'] / MIB:.2f} MiB) | "
-                         f"{l['allreduce_bytes_per_step']:,} ({l['allreduce_bytes_per_step'] / MIB:.2f} MiB) | "
-                         f"{l['allreduce_bytes_per_step'] / f['allreduce_bytes_per_step']:.3f} | measured, 2 processes |")
-    for preset, c in bench.get("counted_bytes_per_step", {}).items():
-        if (preset, "full") not in measured:
-            lines.append(f"| `{preset}` shape | {c['full']:,} ({c['full'] / MIB:.1f} MiB) | {c['lora']:,} "
-                         f"({c['lora'] / MIB:.2f} MiB) | {c['lora'] / c['full']:.3f} | counted, 4 bytes per trainable "
-                         f"parameter |")
-    lines += ["", f"Step time, {bench['cpu_count']} cores, {bench['torch']}, the global batch fixed, launches in "
-              f"turns ({bench['settings']['rounds']} rounds of {bench['settings']['steps']} steps; median of the "
-              f"rounds' ratios, quartiles in brackets):", "",
-              "| model | method | step-time ratio | median (quartiles) |", "| --- | --- | --- | ---: |"]
-    lines += [f"| `{r['preset']}` | {r['method']} | {r['ratio']} | {r['median']:.2f} "
-              f"({r['quartiles'][0]:.2f}-{r['quartiles'][1]:.2f}) |" for r in bench["step_time_ratios"]]
-    return "\n".join(lines) + "\n"
 
 
 def reproductions_table(sections):
