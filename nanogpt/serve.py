@@ -38,6 +38,7 @@ from nanogpt.batch_generate import generate_batch
 from nanogpt.checkpoint import atomic_write, load_model
 from nanogpt.flags import (DEVICE_HELP, SEED_LIMIT, CommandError, device, non_negative_float, non_negative_int,
                            positive_int, run_main, seed)
+from nanogpt.pretrained import load_init_from
 from nanogpt.tokenizer import decode, encode
 
 FIELDS = ("id", "adapter", "prompt", "max_new_tokens", "temperature", "seed")
@@ -174,13 +175,9 @@ def serve_batch(model, requests):
 
 def load_base(args):
     """(model, tokenizer) from --ckpt or --init-from."""
-    if args.init_from is not None:
-        try:  # a GPT-2 folder in the Hugging Face layout, with its BPE tokenizer
-            from nanogpt.bpe import load_tokenizer
-            from nanogpt.pretrained import load_gpt2
-        except ImportError as e:
-            raise CommandError(f"--init-from needs nanogpt.pretrained and nanogpt.bpe, which this copy lacks ({e})")
-        return load_gpt2(args.init_from, device=args.device), load_tokenizer(args.init_from)
+    if args.init_from is not None:  # a GPT-2 folder in the Hugging Face layout, with its BPE tokenizer
+        model, tokenizer = load_init_from(args.init_from)
+        return model.to(args.device), tokenizer
     model, _ = load_model(args.ckpt, map_location=args.device)
     return model, byte_tokenizer()
 

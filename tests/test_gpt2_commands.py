@@ -17,15 +17,20 @@ from tests.test_bpe import write_tokenizer
 PROSE = "The quick brown fox jumps over the lazy dog. The thing is singing in the theatre.\n" * 60
 
 
-@pytest.fixture
-def gpt2_dir(tmp_path):
-    """A 2-layer GPT-2 (gelu_new, BPE vocabulary of 269 tokens, 32 positions) in the Hugging Face layout."""
-    folder = tmp_path / "gpt2"
+def write_gpt2_folder(root):
+    """A 2-layer GPT-2 (gelu_new, BPE vocabulary of 269 tokens, 32 positions) in the Hugging Face layout,
+    written to root/gpt2; returns that folder."""
+    folder = root / "gpt2"
     vocab = write_tokenizer(folder)
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=16, activation="gelu_new")
     save_gpt2(GPT(config), str(folder))
     return folder
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    return write_gpt2_folder(tmp_path)
 
 
 @pytest.fixture

@@ -185,3 +185,45 @@ def test_without_an_adapter_folder_only_the_base_model_is_served(setup, tmp_path
     first, second = [json.loads(line) for line in out.read_text().splitlines()]
     assert first["tokens"] == expected(setup, None, "hi", 30, 0.9, 3)
     assert second["error"].startswith("line 2: unknown adapter 'a': no --adapters folder was given")
+
+
+def test_a_gpt2_folder_is_served_with_its_own_tokenizer(tmp_path):
+    """--init-from: the model and the BPE tokenizer come from a GPT-2 folder in the Hugging Face layout;
+    each completion is what GPT.generate gives for the prompt's BPE ids, with and without an adapter."""
+    from nanogpt.bpe import load_tokenizer
+    from nanogpt.pretrained import load_gpt2
+    from tests.test_gpt2_commands import write_gpt2_folder
+
+    folder = write_gpt2_folder(tmp_path)
+    (tmp_path / "adapters").mkdir()
+    model = load_gpt2(str(folder))
+    apply_lora(model, ["q_proj", "v_proj"], r=2, alpha=4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_B.normal_(std=1.0)
+    save_adapter(model, str(tmp_path / "adapters" / "a.pt"))
+    requests = [{"id": 1, "adapter": "a", "prompt": "The quick brown fox", "max_new_tokens": 6, "temperature": 0},
+                {"id": 2, "prompt": "The thing is", "max_new_tokens": 6, "temperature": 0}]
+    path, out = tmp_path / "r.jsonl", tmp_path / "r.out"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    serve.main(["--init-from", str(folder), "--adapters", str(tmp_path / "adapters"), "--requests", str(path),
+                "--out", str(out)])
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    tokenizer = load_tokenizer(str(folder))
+    for request, record in zip(requests, got):
+        base = load_gpt2(str(folder)).eval()
+        if request.get("adapter"):
+            load_adapter(base, str(tmp_path / "adapters" / "a.pt"))
+        idx = torch.tensor([tokenizer.encode(request["prompt"])])
+        want = base.generate(idx, 6, top_k=1)[0, idx.shape[1]:].tolist()
+        assert record["tokens"] == want and record["completion"] == tokenizer.decode(want)
+    assert got[0]["tokens"] != got[1]["tokens"]
+
+
+def test_a_bad_gpt2_folder_is_refused_before_any_work(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        serve.main(["--init-from", str(tmp_path), "--requests", str(path), "--out", str(tmp_path / "o.jsonl")])
+    assert not (tmp_path / "o.jsonl").exists()
