@@ -311,7 +311,7 @@ def report(results):
                      f"N={b['n_facts']}: with more facts each one comes round less often in the same "
                      f"{s['max_iters']:,} steps, and LoRA, at the highest rate that does not diverge, is still in its "
                      f"slow first phase. What limits LoRA here is the step budget, not its capacity.")
-    if verdict == "not tested in the claim's regime":
+    if verdict == verdicts.REGIME:
         lines.append("- Testing capacity itself needs every run trained to convergence: many times the steps, "
                      "beyond the 15-minute CPU default (`--max-iters`, `--n-facts` and `--device cuda` are there for "
                      "it).")

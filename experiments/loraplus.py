@@ -173,7 +173,7 @@ def report(results):
     if edges:
         bullets.append(f"- The tuned base rate of {', '.join(edges)} sat at the edge of the rates tried, so its best "
                        f"may lie further out.")
-    narrow = ("" if verdict == "reproduced" else " The paper's argument is about width, and this model is narrow "
+    narrow = ("" if verdict == verdicts.REPRODUCED else " The paper's argument is about width, and this model is narrow "
               "(128 dims): what is not seen here may still hold in wide models.")
     body = f"""**Claim.** LoRA+ (Hayou et al. 2024): giving B a learning rate lambda times A's (about 16)
 makes LoRA fine-tune better and faster: B starts at zero and A at random, so one shared rate is

@@ -58,12 +58,6 @@ def sections(results):
     return out
 
 
-def reproductions_md(results):
-    from experiments.lib.write_up import document  # the prose around the sections
-
-    return document(results, sections(results))
-
-
 def readme_blocks(results, secs=None):
     from experiments.lib.write_up import readme_blocks as blocks
 

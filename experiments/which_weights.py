@@ -209,7 +209,8 @@ winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
     counts = {v: sum(j["outcome"] == v for j in judged) for v in verdicts.VERDICTS}
     detail = (f"{counts[verdicts.REPRODUCED]} of {len(judged)} orderings reproduced, "
               f"{counts[verdicts.NOT_REPRODUCED]} not, {counts[verdicts.NOT_SETTLED]} not settled; "
-              + "; ".join(f"{c['winner']} vs {c['loser']} {show_difference(c['difference'])}" for c in comps[:3]))
+              + "; ".join(f"{c['winner']} vs {c['loser']} {show_difference(c['difference'])}: {j['outcome']}"
+                          for c, j in list(zip(comps, judged))[:3]))
     return {"title": "Which weights to adapt, under one budget", "source": "LoRA Table 5; LoRA Without Regret",
             "claim": "Under a fixed parameter budget, a low rank on several matrix types beats a high rank on one; "
                      "attention-only falls short of including the MLP",

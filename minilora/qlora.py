@@ -40,8 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import skip_init
 
-# (QUANTIZE_CHOICES: nanogpt/finetune.py imports it from here)
-from minilora.config import QUANTIZE_CHOICES, as_config, check_not_dora_pissa  # noqa: F401
+from minilora.config import as_config, check_not_dora_pissa
 from minilora.layer import LoRALinear
 from minilora.lora_layer import LoRALayer
 from minilora.quantize import QuantizedWeight, unpack_4bit

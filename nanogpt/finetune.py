@@ -45,7 +45,7 @@ import sys
 import torch
 
 from minilora import apply_lora, count_parameters, save_adapter
-from minilora.qlora import QUANTIZE_CHOICES
+from minilora.config import ALL_LINEAR, QUANTIZE_CHOICES
 from nanogpt import distributed
 from nanogpt.bpe import MERGES, VOCAB, load_tokenizer
 from nanogpt.checkpoint import check_plain_gpt_weights, config_from_checkpoint, load_checkpoint
@@ -67,7 +67,6 @@ from nanogpt.train_config import TrainConfig
 # these too (experiments.lib.common.DEFAULT_LR is this dict): change them here, and only from a new sweep.
 DEFAULT_LR = {"full": 1.8e-3, "lora": 5.6e-3}
 
-ALL_LINEAR = "all-linear"
 ADAPTER, SETTINGS = "adapter.pt", "settings.json"
 # The settings that define a run and their defaults; None = derived from others (see fill_defaults).
 RUN_DEFAULTS = dict(base=None, corpus=None, full=False, lora_r=8, lora_alpha=16.0, lora_targets=ALL_LINEAR,
@@ -270,7 +269,7 @@ def main(argv=None):
             check_plain_gpt_weights(checkpoint["model"], settings["base"])
             config = config_from_checkpoint(checkpoint, settings["base"])
             fill_defaults(settings, checkpoint)
-        elif settings["init_from"] is not None and settings["base"] is None:
+        elif settings["init_from"] is not None:
             base_model, tokenizer = load_init_from(settings["init_from"], settings["block_size"])
             config = base_model.config
             fill_defaults(settings, {})

@@ -236,7 +236,7 @@ def front_end():
 
 
 def finished_base_models(cache):
-    """The folders of the finished base models in a cache (experiments/base_model.py writes each
+    """The folders of the finished base models in a cache (experiments/lib/base_model.py writes each
     folder's settings.json last)."""
     return {p.parent for p in Path(cache).glob("base-*/settings.json")}
 

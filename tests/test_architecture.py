@@ -7,7 +7,8 @@
     experiments.<name>  the commands          } never one another
 
 Every import statement counts, including those inside functions. No module imports itself back
-through a chain of others (an import circle), and no .py file is over 450 lines.
+through a chain of others (an import circle), no .py file is over 450 lines, and no function in
+minilora/ or nanogpt/ takes more than 8 parameters (self and cls not counted).
 """
 import ast
 import pathlib
@@ -15,6 +16,8 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("minilora", "nanogpt", "experiments")
 MAX_LINES = 450
+MAX_PARAMETERS = 8
+SMALL_FUNCTIONS = ("minilora", "nanogpt")  # the packages a student reads
 
 
 def module_name(path, root=ROOT):
@@ -129,6 +132,23 @@ def long_files(root=ROOT, limit=MAX_LINES):
     return out
 
 
+def parameters(function):
+    """The parameter names of a def or lambda node, less self and cls."""
+    a = function.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def long_signatures(root=ROOT, packages=SMALL_FUNCTIONS, limit=MAX_PARAMETERS):
+    out = []
+    for path in sorted(p for package in packages for p in (root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and len(parameters(node)) > limit:
+                out.append(f"{path.relative_to(root)}:{node.lineno} {getattr(node, 'name', 'lambda')} "
+                           f"({len(parameters(node))} parameters)")
+    return out
+
+
 def test_the_graph_sees_every_kind_of_import(tmp_path):
     (tmp_path / "experiments" / "lib").mkdir(parents=True)
     for package in ("minilora", "nanogpt"):
@@ -156,6 +176,12 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
                                        "experiments.lib.write_up imports experiments.report"]
     (tmp_path / "minilora" / "big.py").write_text("x = 1\n" * 451)
     assert long_files(tmp_path) == [f"{pathlib.Path('minilora', 'big.py')} (451 lines)"]
+    (tmp_path / "nanogpt" / "wide.py").write_text(
+        "def ok(self, a, b, c, d, e, f, g, h): pass\n"
+        "def wide(a, b, c, d, e, f, g, *h, i): pass\n"
+        "class K:\n    def m(cls, a, b, c, d, e, f, g, h, **i): pass\n")
+    assert long_signatures(tmp_path) == [f"{pathlib.Path('nanogpt', 'wide.py')}:2 wide (9 parameters)",
+                                         f"{pathlib.Path('nanogpt', 'wide.py')}:4 m (9 parameters)"]
 
 
 def test_no_import_circle():
@@ -171,3 +197,8 @@ def test_each_layer_imports_only_the_layers_below_it():
 def test_no_python_file_is_over_450_lines():
     long = long_files()
     assert not long, f"over {MAX_LINES} lines, split by concept: " + ", ".join(long)
+
+
+def test_no_function_in_minilora_or_nanogpt_takes_more_than_8_parameters():
+    wide = long_signatures()
+    assert not wide, f"over {MAX_PARAMETERS} parameters (group the settings in a dataclass): " + ", ".join(wide)

@@ -1,7 +1,6 @@
 """train()'s settings as one TrainConfig: each bad value refused when the config is made, naming the
 field; a batch that cannot fit refused before any work, saying what it needs; the same numbers as
-train() gave before it took a config; and nanogpt/'s functions at most 8 parameters."""
-import ast
+train() gave before it took a config. (nanogpt/'s functions at most 8 parameters: test_architecture.py.)"""
 import json
 from pathlib import Path
 
@@ -208,23 +207,3 @@ def test_a_run_resumed_through_its_run_folder_is_the_uninterrupted_run(tmp_path)
                     folder=RunFolder(str(tmp_path / "b"), "toy", {"x": 1}, resume))
     assert without_times(resumed["history"]) == without_times(straight["history"])
     assert resumed["step_losses"] == straight["step_losses"][5:]
-
-
-# -- the shape of nanogpt/ -------------------------------------------------------------------------
-
-def parameters(function):
-    a = function.args
-    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
-    return [n for n in names if n not in ("self", "cls")]
-
-
-def test_no_function_in_nanogpt_takes_more_than_8_parameters_and_no_file_is_over_450_lines():
-    too_many, too_long = [], []
-    for path in sorted((ROOT / "nanogpt").glob("*.py")):
-        source = path.read_text()
-        if len(source.splitlines()) > 450:
-            too_long.append(path.name)
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and len(parameters(node)) > 8:
-                too_many.append(f"{path.name}:{node.lineno} {getattr(node, 'name', 'lambda')}")
-    assert too_many == [] and too_long == []

@@ -16,24 +16,15 @@ import argparse
 import copy
 import os
 import statistics
-import time
 
 import torch
 
+from experiments.lib.timing import paired_ratio, timed, train_step
 from minilora import apply_lora, count_parameters
 from nanogpt.flags import positive_int
 from nanogpt.model import GPT, GPTConfig
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-
-
-def step_seconds(model, optimizer, x, y):
-    start = time.perf_counter()
-    _, loss = model(x, y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -51,7 +42,7 @@ def main(argv=None):
     base = GPT(config)
     models = {"full": copy.deepcopy(base).train(), "lora": copy.deepcopy(base).train()}
     del base
-    apply_lora(models["lora"], TARGETS, args.r, 16.0)
+    apply_lora(models["lora"], TARGETS, r=args.r, alpha=16.0)
     optimizers = {name: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4)
                   for name, m in models.items()}
     x = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len))
@@ -59,15 +50,15 @@ def main(argv=None):
     times = {name: [] for name in models}
     for round_ in range(args.rounds + 1):
         order = list(models) if round_ % 2 == 0 else list(reversed(models))
-        last = {name: step_seconds(models[name], optimizers[name], x, y) for name in order}
+        last = {name: timed(train_step, models[name], optimizers[name], x, y) for name in order}
         if round_ > 0:  # round 0 warms up (allocations, AdamW state)
             for name, seconds in last.items():
                 times[name].append(seconds)
         print(f"round {round_}{' (warm-up)' if round_ == 0 else ''}: " + ", ".join(f"{n} {last[n]:.2f} s" for n in order))
-    ratios = [f / l for f, l in zip(times["full"], times["lora"])]
+    ratios = [f / l for f, l in zip(times["full"], times["lora"])]  # within each round: the drift cancels
     row = {"seq_len": args.seq_len, "batch_size": args.batch_size, "r": args.r, "rounds": args.rounds,
            "full_step_s": statistics.median(times["full"]), "lora_step_s": statistics.median(times["lora"]),
-           "full_over_lora": statistics.median(ratios), "ratios": ratios,
+           "full_over_lora": paired_ratio(times["full"], times["lora"])[0], "ratios": ratios,
            "trainable": {n: count_parameters(m)[0] for n, m in models.items()},
            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
     print(f"median step: full {row['full_step_s']:.2f} s, LoRA r={args.r} {row['lora_step_s']:.2f} s; full/LoRA "

@@ -16,7 +16,7 @@ from nanogpt.checkpoint import load_checkpoint, load_model
 from nanogpt.data import load_corpus
 from nanogpt.flags import CommandError
 from nanogpt.model import GPT
-from nanogpt.run_folder import Resume, RunFolder, clean_stale_temporaries
+from nanogpt.run_folder import RunFolder, clean_stale_temporaries
 from nanogpt.train import configure_optimizer, restore_training_state, train, write_json
 from nanogpt.train_config import TrainConfig
 
@@ -64,17 +64,17 @@ def get_base_model(corpus, config, *, max_iters, batch_size, lr, seed, device, c
     torch.manual_seed(seed)
     model = GPT(config)
     optimizer = configure_optimizer(model, lr, 0.1)
-    start_step, history, elapsed = 0, [], 0.0
+    resume = None  # a new run from step 0, unless an interrupted one is found
     resumable = _interrupted_run(ckpt, settings) if not force and not os.path.exists(done_marker) else None
     if resumable is not None:
-        start_step, history, elapsed = restore_training_state(resumable, model, optimizer, out_dir)
-        print(f"continuing the interrupted pretraining in {out_dir} from step {start_step} of {max_iters}")
+        resume = restore_training_state(resumable, model, optimizer, out_dir)
+        print(f"continuing the interrupted pretraining in {out_dir} from step {resume.step} of {max_iters}")
     else:
         print(f"pretraining the base model on {corpus.name} ({max_iters} steps) -> {out_dir}")
     train_config = TrainConfig(max_iters=max_iters, batch_size=batch_size, lr=lr,
                                eval_interval=max(1, max_iters // 4), device=device, seed=seed, progress=progress)
     train(model, corpus.train, {"train": corpus.train, "val": corpus.val}, train_config, optimizer=optimizer,
-          folder=RunFolder(out_dir, corpus.name, settings, Resume(start_step, history, elapsed)))
+          folder=RunFolder(out_dir, corpus.name, settings, resume))
     if distributed.is_main():  # under torchrun, rank 0 writes; the others read it once it is written
         write_json({**settings, "corpus_name": corpus.name}, done_marker)
     distributed.barrier()

@@ -64,9 +64,6 @@ def parse_batch_sizes(text):
     return positive_ints(text, "--memory-batches")
 
 
-positive_floats = comma_list(positive_float, "1e-4,1e-3")  # learning-rate lists and the like
-
-
 def parse_lrs(text, flag="--lrs", at_least=3):
     """'1e-4,1e-3,1e-2' -> [0.0001, 0.001, 0.01]; anything else is a clear error naming the flag.
     A sweep needs at least three rates to find a minimum; other uses may ask for fewer."""

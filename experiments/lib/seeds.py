@@ -106,17 +106,3 @@ def show_difference(d, digits=3):
     text = show(d, signed=True, digits=digits) + (" *" if d["called"] else "")
     mde = smallest_detectable(difference_sd(d), d["n"])
     return text + (f" (MDE {mde:.{digits}f})" if math.isfinite(mde) else "")
-
-
-# -- until every experiment plans its runs for runs.run_all (the science rework) ----------------
-
-def run_seeds(base, base_key, spec, target, source, seeds, **kwargs):
-    """One run_finetune record per seed, same spec; kwargs as run_finetune's (without seed)."""
-    from experiments.lib.finetune import run_finetune
-
-    return [run_finetune(base, base_key, spec, target, source, seed=s, **kwargs) for s in seeds]
-
-
-def separated(a, b):
-    """True when two spreads do not overlap (the old rule; paired() replaces it)."""
-    return a["max"] < b["min"] or b["max"] < a["min"]
