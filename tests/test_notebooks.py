@@ -58,11 +58,12 @@ def fast_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook-cache")
 
 
-def test_the_eight_classroom_notebooks_are_found():
+def test_the_classroom_notebooks_are_found():
     names = [p.name for p in NOTEBOOKS]
     for name in ("01_low_rank_intuition.ipynb", "02_lora_layer_from_scratch.ipynb",
                  "03_finetune_gpt_with_lora.ipynb", "04_rank_sweep.ipynb", "05_qlora.ipynb",
-                 "06_adalora.ipynb", "07_lora_at_scale.ipynb", "08_tokens_bpe.ipynb"):
+                 "06_adalora.ipynb", "07_lora_at_scale.ipynb", "08_tokens_bpe.ipynb",
+                 "09_serving_adapters.ipynb"):
         assert name in names
 
 
