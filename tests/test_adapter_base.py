@@ -11,6 +11,7 @@ from minilora.base_fingerprint import base_fingerprint, base_mismatch, short_id
 from minilora.qlora import QLoRALinear
 from nanogpt.model import GPT
 from nanogpt.presets import config_from_preset
+from tests.test_lora_config import randomized as randomized_adapters
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -25,13 +26,8 @@ def tokens():
 
 
 def randomized(model):
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            for adapter in layer.adapters.values():
-                adapter.lora_B.normal_(std=0.05)
-                if hasattr(adapter, "lora_E"):
-                    adapter.lora_E.normal_()
-    return model
+    """B (and AdaLoRA's lambda) away from init, as after training; the biases as they were."""
+    return randomized_adapters(model, biases=False)
 
 
 def test_an_adapter_for_another_base_is_refused_naming_the_tensors(tmp_path):

@@ -21,6 +21,7 @@ import tempfile
 
 import torch
 
+from experiments.lib.bench_record import finish_rows
 from nanogpt.flags import comma_list, choice
 
 SHAPES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768), "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
@@ -88,13 +89,7 @@ def main(argv=None):
         print(f"{shape} ({fmt}): {row['parameters'] / 1e6:.0f}M parameters, file {row['file_bytes'] / 2**20:,.0f} MiB, "
               f"load {row['load_seconds']:.2f} s, peak added memory {row['peak_added_bytes'] / 2**20:,.0f} MiB "
               f"= {row['peak_over_file']:.2f}x the file")
-    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings on a busy machine are slower")
-    if args.out:
-        from nanogpt.train import write_json
-
-        os.makedirs(args.out, exist_ok=True)
-        write_json({"rows": rows, "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}, os.path.join(args.out, "gpt2_load.json"))
-    return rows
+    return finish_rows(rows, args.out, "gpt2_load.json")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ the Python docs (python-docs, 0.5 MB) and the standard library's code (python-co
 tokenizer encoding the text again (every piece from the cache). The median of --rounds rounds.
 """
 import argparse
-import os
 import statistics
 import time
 
 from nanogpt.bpe import load_tokenizer
 from nanogpt.data import load_bytes
+from experiments.lib.bench_record import finish_rows
 from nanogpt.flags import positive_int
 
 
@@ -46,13 +46,7 @@ def main(argv=None):
         rows.append(row)
         print(f"{corpus}: {row['mb']} MB, {row['tokens']:,} tokens ({row['bytes_per_token']} bytes/token): "
               f"{row['cold_mb_per_s']} MB/s cold cache, {row['warm_mb_per_s']} MB/s warm")
-    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: timings on a busy machine are slower")
-    if args.out:
-        from nanogpt.train import write_json
-
-        os.makedirs(args.out, exist_ok=True)
-        write_json({"rows": rows, "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}, os.path.join(args.out, "gpt2_tokenizer.json"))
-    return rows
+    return finish_rows(rows, args.out, "gpt2_tokenizer.json")
 
 
 if __name__ == "__main__":
