@@ -1,4 +1,4 @@
-"""Corpora, the train/validation split, and batches.
+"""Corpora, the train/validation(/test) split, and batches.
 
 Every corpus is a sequence of bytes, read as stored (see tokenizer.py). Two are embedded in every Python install, so
 the project runs offline with no download:
@@ -123,13 +123,19 @@ class Corpus:
     # Bytes of text per token in the validation split: a loss in nats per token divided by it is in
     # nats per byte, which compares a BPE model with a byte-level one. 1.0 for byte tokens.
     val_bytes_per_token: float = 1.0
+    # With test_split (load_corpus): the held-out tail's second half, kept apart from every choice.
+    # val is then its first half: what learning rates and settings are tuned on. None otherwise.
+    test: torch.Tensor | None = None
 
 
-def load_corpus(name_or_path, block_size, cache_dir=None, tokenizer=None):
+def load_corpus(name_or_path, block_size, cache_dir=None, tokenizer=None, test_split=False):
     """Tokenize a corpus and split it: the first 90% for training, the last 10% for validation.
 
     A contiguous split (not a random one) keeps validation text unseen: no training window
     overlaps it. Both parts must hold at least one block plus its next-token target.
+    test_split: cut the held-out 10% in two contiguous halves: validation (the first 5%, for
+    every choice: rates, settings) and test (the last 5%, for the numbers reported). The
+    training part is the same either way, so a run trains on the same batches with or without.
     tokenizer: None for byte tokens; or a BPE tokenizer (nanogpt.bpe) for a real GPT-2, which reads
     the text as UTF-8 (bytes that are not become U+FFFD).
     """
@@ -149,9 +155,18 @@ def load_corpus(name_or_path, block_size, cache_dir=None, tokenizer=None):
             f"{len(val)} {unit}, but block_size={block_size} needs at least {need} {unit} in each split "
             f"(so at least {need * 10} {unit} in all); use a longer text or a smaller --block-size"
         )
+    test = None
+    if test_split:
+        val, test = val[: len(val) // 2], val[len(val) // 2:]
+        if len(val) < need:
+            raise ValueError(
+                f"corpus {name_or_path!r} is too short for a test split: its held-out {2 * len(val)} {unit} "
+                f"give validation and test halves of {len(val)} {unit}, but block_size={block_size} needs at "
+                f"least {need} {unit} in each (so at least {need * 20} {unit} in all); use a longer text, a "
+                f"smaller --block-size, or no test split")
     per_token = 1.0 if tokenizer is None else sum(tokenizer.token_bytes(i) for i in val.tolist()) / len(val)
     return Corpus(name=name_or_path, train=train, val=val, sha256=hashlib.sha256(data).hexdigest(),
-                  val_bytes_per_token=per_token)
+                  val_bytes_per_token=per_token, test=test)
 
 
 def get_batch(data, batch_size, block_size, generator=None, device="cpu", rows=None):

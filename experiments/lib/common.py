@@ -88,8 +88,12 @@ def parse_methods(text):
     return methods
 
 
-def make_parser(description, default_out):
+def make_parser(description, default_out, test_split=False):
+    """The shared flags. test_split: the experiment tunes on the held-out text's first half and
+    reports on its second (nanogpt.data.load_corpus), as every experiment written since the
+    split exists does; the older ones (False) still tune and report on the same validation text."""
     p = argparse.ArgumentParser(description=description)
+    p.set_defaults(test_split=test_split)
     p.add_argument("--source", default="python-code", help="corpus the base model is pretrained on")
     p.add_argument("--target", default="python-docs", help="corpus the fine-tuning learns")
     p.add_argument("--preset", type=choice(PRESETS), default="tiny", help=f"model size: {', '.join(PRESETS)}")
@@ -220,8 +224,8 @@ def load_setup(args):
     if getattr(args, "init_from", None):
         return load_pretrained_setup(args, device)
     try:
-        source = load_corpus(args.source, config.block_size)
-        target = load_corpus(args.target, config.block_size)
+        source = load_corpus(args.source, config.block_size, test_split=args.test_split)
+        target = load_corpus(args.target, config.block_size, test_split=args.test_split)
     except (ValueError, RuntimeError) as e:
         stop(f"{e} (--source {args.source!r}, --target {args.target!r})")
     try:
@@ -244,8 +248,8 @@ def load_pretrained_setup(args, device):
     both corpora are tokenized with its BPE tokenizer. Its cache key is the hash of its files."""
     try:
         base, tokenizer = load_init_from(args.init_from, args.block_size)
-        source = load_corpus(args.source, base.config.block_size, tokenizer=tokenizer)
-        target = load_corpus(args.target, base.config.block_size, tokenizer=tokenizer)
+        source = load_corpus(args.source, base.config.block_size, tokenizer=tokenizer, test_split=args.test_split)
+        target = load_corpus(args.target, base.config.block_size, tokenizer=tokenizer, test_split=args.test_split)
     except (ValueError, RuntimeError, OSError) as e:
         stop(f"{e} (--init-from {args.init_from!r}, --source {args.source!r}, --target {args.target!r})")
     digest = hashlib.sha256()

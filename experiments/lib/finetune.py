@@ -22,8 +22,9 @@ from experiments.lib.memory import measure_training_memory
 from minilora.quantize import QUANT_TYPES
 from nanogpt import distributed
 from nanogpt.batch_memory import check_batch_fits
-from nanogpt.data import get_batch
+from nanogpt.data import fixed_batches, get_batch
 from nanogpt.device import autocast
+from nanogpt.evaluate import evaluate_shared
 from nanogpt.train import NonFiniteLossError, configure_optimizer, train, write_json
 from nanogpt.train_config import TrainConfig
 
@@ -97,6 +98,17 @@ def measure_step_memory(model, spec, data, batch_size, seed, device, weight_deca
     return measure_training_memory(probe, make_optimizer(probe, spec, weight_decay), x, y, autocast(device))
 
 
+def test_losses(model, target, source, eval_iters, eval_batch_size, device):
+    """{"target", "source"}: the model's mean loss on fixed batches of each corpus's test part (the
+    same windows for every run), or None without a test split. Taken only before and after
+    training, never during it, so nothing the run or its tuner decides can see it."""
+    if target.test is None or source.test is None:
+        return None
+    block_size = model.config.block_size
+    return {name: evaluate_shared(model, fixed_batches(corpus.test, eval_iters, eval_batch_size, block_size), device)
+            for name, corpus in (("target", target), ("source", source))}
+
+
 def read_cached_record(path):
     """The cached record at path, or None when there is none or it cannot be read (a damaged
     cache file is then recomputed, with a warning naming it)."""
@@ -126,6 +138,8 @@ def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, 
         settings["final_eval"] = final_eval[0]
     if eval_batch_size not in (None, batch_size):  # likewise: evaluating at the training batch is the old key
         settings["eval_batch_size"] = eval_batch_size
+    if target.test is not None:  # validation is then the held-out tail's first half, test its second
+        settings["test_split"] = True
     return settings_key(settings)
 
 
@@ -140,7 +154,9 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
         "adalora" also needs "target_r" and the adalora_hooks schedule keys, and its record gets
         "adalora": the budget b(t) per step, every reallocation, and the final rank per layer.
     target, source: nanogpt.data.Corpus; the run trains on target.train and evaluates on
-    target.val (learning) and source.val (forgetting).
+    target.val (learning) and source.val (forgetting). Loaded with test_split, both corpora also
+    hold a test part: the record then adds the base and final losses on it ("base_target_test_loss",
+    "final_target_test_loss", and the same for source), which no choice may read (test_losses).
     keep_adapter: also keep the trained adapter file beside the record (LoRA only), its path in
         record["adapter_path"], for experiments that look inside the adapters.
     final_eval: (name, fn) where fn(trained model) -> dict of JSON numbers stored as
@@ -178,6 +194,7 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
     check_batch_fits(model, target.train, train_config, 2, distributed.world_size())  # before the memory probe's step
 
     memory = measure_step_memory(model, spec, target.train, batch_size, seed, device, weight_decay)
+    base_test = test_losses(model, target, source, eval_iters, eval_batch_size or batch_size, device)
 
     is_cuda = str(device).startswith("cuda")
     if is_cuda:
@@ -249,6 +266,12 @@ def run_finetune(base, base_key, spec, target, source, *, steps, batch_size, see
                                                  for _, a in allocator.adapters)}
     if "communication" in result:  # trained on several processes (torchrun)
         record["communication"] = result["communication"]
+    if base_test is not None:
+        final_test = (test_losses(model, target, source, eval_iters, eval_batch_size or batch_size, device)
+                      if diverged_at is None else {"target": math.nan, "source": math.nan})
+        for name in ("target", "source"):
+            record[f"base_{name}_test_loss"] = base_test[name]
+            record[f"final_{name}_test_loss"] = final_test[name]
     if final_eval is not None:
         record["final_eval"] = final_eval[1](model)
     if eval_batch_size not in (None, batch_size):
