@@ -33,6 +33,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, log2_axis, lr_text, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
+from experiments.lib.settled import settle
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
@@ -206,8 +207,8 @@ def report(results):
     change = s["gap_change_fixed"]
     change_t = s["gap_change_tuned"]
     # The claim, by the shared rule: the gap (LoRA minus full) widens from the smallest batch to the largest.
-    judged = [verdicts.beats(c, "loss", f"the gap widens from batch {small['batch_size']} to {large['batch_size']} "
-                                        f"({what})")
+    judged = [settle(results, verdicts.beats(c, "loss", f"the gap widens from batch {small['batch_size']} to "
+                                                        f"{large['batch_size']} ({what})"))
               for c, what in ((change, "one rate"), (change_t, "tuned rates")) if c]
     measured = verdicts.combine([j["outcome"] for j in judged])
     params = next(r["total_params"] for r in results.json("batch_size", "records.json") if r["method"] == "full")

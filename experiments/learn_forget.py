@@ -38,6 +38,7 @@ from experiments.lib.pareto import front_at, pareto_front
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
+from experiments.lib.settled import settle
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from nanogpt.train import write_json
 
@@ -323,7 +324,11 @@ def report(results):
     lora = [{**row, "position": position(row["above_full_front"])} for row in lora]  # by the rule, not the record's
     lora_front = [row for row in lora if row["on_front"]]
     placed = [row for row in lora_front if row["position"] is not None]
-    curve = [verdicts.matches(row["above_full_front"], "loss", f"{row['name']} lies on full's front") for row in placed]
+    curve = [settle(results, verdicts.matches(row["above_full_front"], "loss", f"{row['name']} lies on full's front"))
+             for row in placed]
+    for row, c in zip(placed, curve):  # a position five seeds settled (lib/settled.py)
+        if "three_seeds" in c:
+            row["position"] = ("on" if c["outcome"] == verdicts.REPRODUCED else "above" if c["mean"] > 0 else "below")
     counts = {k: sum(row["position"] == k for row in placed) for k in ("above", "on", "below", "not settled")}
     majority = max(counts, key=counts.get) if placed else None
     parts = [verdicts.combine([c["outcome"] for c in learned]), verdicts.combine([c["outcome"] for c in forgot]),

@@ -22,6 +22,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, log2_axis, write_report
 from experiments.lib.sections import section_ref
 from experiments.lib import verdicts
+from experiments.lib.settled import settle
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.train import write_json
@@ -150,7 +151,8 @@ def report(results):
     steps = results.json("loraplus", "records.json")[0]["steps"]
     ranks = sorted({row["r"] for row in rows})
     bests = {r: best_ratio(rows, r) for r in ranks}
-    judged = {r: verdicts.beats(b["vs_plain"], "loss", f"r={r}: lambda {b['ratio']:g} beats one shared rate")
+    judged = {r: settle(results, verdicts.beats(b["vs_plain"], "loss", f"r={r}: lambda {b['ratio']:g} beats one "
+                                                                       f"shared rate"))
               for r, b in bests.items() if b}  # the shared rule, at each rank's best ratio
     verdict = verdicts.combine([j["outcome"] for j in judged.values()])
     edges = [f"r={row['r']}, lambda {row['ratio']:g}" for row in rows if row["tuning"]["at_grid_edge"]]

@@ -29,6 +29,7 @@ from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib.sections import section_ref
 from experiments.lib import verdicts
+from experiments.lib.settled import settle
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
@@ -175,7 +176,7 @@ def report(results):
         claims.append((f"rsLoRA beats LoRA at a high rank (r={high})", f"rsLoRA beats LoRA at r={high}"))
     claims += [(f"DoRA beats LoRA at r={r}", f"DoRA beats LoRA at r={r}"),
                (f"PiSSA beats LoRA at r={r}", f"PiSSA beats LoRA at r={r}")]
-    judged = [(claim, q, claim_verdict(comps[q], claim)) for claim, q in claims]
+    judged = [(claim, q, settle(results, claim_verdict(comps[q], claim))) for claim, q in claims]
     verdict = verdicts.combine([c["outcome"] for *_, c in judged])
     edges = [g["name"] for g in summary["groups"] if g.get("tuning", {}).get("at_grid_edge")]
     bullets = []

@@ -20,6 +20,7 @@ from experiments.lib.common import check_runs, finish_experiment, load_setup, ma
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
+from experiments.lib.settled import settle
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from minilora import find_targets
@@ -169,7 +170,8 @@ def report(results):
     """Section of REPRODUCTIONS.md from results/which_weights."""
     summary = results.json("which_weights", "which_weights.json")
     comps = summary["comparisons"]
-    judged = [verdicts.beats(c["difference"], "loss", c["question"]) for c in comps]  # the shared rule
+    # the shared rule; a comparison three seeds left undecided takes its five-seed read (lib/settled.py)
+    judged = [settle(results, verdicts.beats(c["difference"], "loss", c["question"])) for c in comps]
     verdict = verdicts.combine([j["outcome"] for j in judged])
     rows = {row["set"]: row for row in summary["rows"]}
     edges = [row["set"] for row in summary["rows"] if row["tuning"]["at_grid_edge"]]

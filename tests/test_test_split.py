@@ -82,3 +82,43 @@ def test_corpus_without_a_test_part_is_the_old_corpus():
     data = torch.arange(100, dtype=torch.uint8)
     corpus = Corpus("toy", data, data[:40], "0" * 64)
     assert corpus.test is None and corpus.val_bytes_per_token == 1.0
+
+
+def fake_runs(n=5, dora_gain=0.02):
+    """Records per contender of experiments.settle, with validation and test losses set by hand."""
+    import experiments.settle as settle
+
+    def recs(val, test, src_val=2.0, src_test=2.0):
+        return [{"final_target_loss": val + 0.001 * s, "final_target_test_loss": test + 0.001 * s,
+                 "final_source_loss": src_val, "final_source_test_loss": src_test} for s in range(n)]
+
+    runs = {name: recs(1.5, 1.5) for name in settle.TUNED}
+    runs["DoRA r=8"] = recs(1.5, 1.5 - dora_gain)  # better on test only
+    # full's front: (1.40, 2.10), (1.44, 2.00), (1.48, 1.90), (1.52, 1.80); LoRA at 1.46 sits 0.05 above it
+    for lr, (t, src) in zip(settle.FRONT_FULL_LRS, [(1.52, 1.80), (1.48, 1.90), (1.44, 2.00), (1.40, 2.10)]):
+        runs[f"full, lr {lr:g}"] = recs(t, t, src, src)
+    runs["LoRA r=64, lr 5.6e-3"] = recs(1.46, 1.46, 2.0, 2.0)
+    for b, gap in zip(settle.BATCHES, (0.05, 0.10)):  # the gap widens by 0.05
+        runs[f"full, batch {b}"] = recs(1.4, 1.4)
+        runs[f"LoRA, batch {b}"] = recs(1.4 + gap, 1.4 + gap)
+    return runs
+
+
+def test_settle_signs_each_difference_as_its_claim_and_reads_the_split_asked_for():
+    import experiments.settle as settle
+    from experiments.lib import verdicts
+
+    runs = fake_runs()
+    test = {c["question"]: c for c in settle.judge(settle.differences(runs, "test", 5))}
+    val = {c["question"]: c for c in settle.judge(settle.differences(runs, "val", 5))}
+    assert test["DoRA beats LoRA at r=8"]["mean"] == pytest.approx(0.02)
+    assert test["DoRA beats LoRA at r=8"]["outcome"] == verdicts.REPRODUCED
+    assert val["DoRA beats LoRA at r=8"]["mean"] == pytest.approx(0.0)  # the gain is on test only
+    front = test["LoRA r=64, lr 5.6e-3 lies on full's front"]
+    # at LoRA's docs loss full's front reads 1.95 (halfway between its vertices at 1.44 and 1.48); LoRA's
+    # source loss is 2.0, so it sits 0.05 above the front, well outside +-0.01: not on it
+    assert front["rule"] == "matches" and front["mean"] == pytest.approx(0.05, abs=0.01)
+    assert front["outcome"] == verdicts.NOT_REPRODUCED
+    assert test["the gap widens from batch 6 to 96 (one rate)"]["mean"] == pytest.approx(0.05)
+    assert test["four attention types at r=2 beat two at r=4"]["mean"] == pytest.approx(0.0)
+    assert len(test) == len(settle.QUESTIONS)

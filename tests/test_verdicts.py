@@ -124,4 +124,40 @@ def test_multiplicity_counts_the_comparisons_the_verdicts_rest_on():
     text = verdicts.method(sections)
     assert "The verdicts rest on 3 comparisons (2 in section 3, 1 in section 12)" in text
     assert "about 0.2 of them would still be called" in text and "would be 14%" in text
-    assert "1 of them is not settled at three seeds: section 3: b." in text
+    assert "1 of them is not settled: section 3: b." in text
+    assert "five seeds" not in text  # nothing was settled by experiments.settle
+
+
+class FakeResults:
+    """results/ with only a settle.json holding the five-seed reads."""
+
+    def __init__(self, reads):
+        self.summary = {"seeds": [1, 2, 3, 4, 5], "reads": {"all 5 seeds, test": reads}}
+
+    def has(self, experiment, name="run_info.json"):
+        return experiment == "settle"
+
+    def json(self, experiment, name):
+        assert (experiment, name) == ("settle", "settle.json")
+        return self.summary
+
+
+def test_a_comparison_three_seeds_left_open_takes_its_five_seed_read_and_is_counted_once():
+    from experiments.lib.settled import settle
+
+    five = {**beats([0.012, 0.015, 0.011, 0.014, 0.013], question="b"), "section": "which_weights",
+            "difference": {}}
+    results = FakeResults([five])
+    open_ = beats([0.004, 0.005, 0.006], question="b")
+    assert open_["outcome"] == verdicts.NOT_SETTLED
+    read = settle(results, open_)
+    assert read["outcome"] == verdicts.REPRODUCED and read["n"] == 5
+    assert read["three_seeds"] is open_ and "5 seeds on a held-out test split (section 14)" in read["why"]
+    decided = beats([0.05, 0.052, 0.048], question="b")
+    assert settle(results, decided) is decided  # a settled comparison keeps its own read
+    assert settle(results, beats([0.004, 0.005, 0.006], question="other"))["outcome"] == verdicts.NOT_SETTLED
+    m = verdicts.multiplicity([("which_weights", {"comparisons": [read]})])
+    assert m["n"] == 1 and m["not_settled"] == [] and [c["question"] for _, c in m["settled"]] == ["b"]
+    text = verdicts.method([("which_weights", {"comparisons": [read]})])
+    assert ("run again with five seeds on a held-out test split (section 14), whose read their sections' verdicts "
+            "now take: section 3: b (not settled: needs 5 seeds -> reproduced).") in text

@@ -138,7 +138,7 @@ def run_key(base_key, spec, target, source, *, steps, batch_size, seed, device, 
         settings["final_eval"] = final_eval[0]
     if eval_batch_size not in (None, batch_size):  # likewise: evaluating at the training batch is the old key
         settings["eval_batch_size"] = eval_batch_size
-    if target.test is not None:  # validation is then the held-out tail's first half, test its second
+    if getattr(target, "test", None) is not None:  # validation is then the held-out tail's first half, test its second
         settings["test_split"] = True
     return settings_key(settings)
 

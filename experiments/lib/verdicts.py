@@ -155,8 +155,10 @@ def multiplicity(sections):
     by_section = [(name, len(s.get("comparisons", []))) for name, s in sections]
     n = sum(k for _, k in by_section)
     unsettled = [(name, c) for name, s in sections for c in s.get("comparisons", []) if c["outcome"] == NOT_SETTLED]
+    # those three seeds left unsettled and five seeds on a test split then decided (lib/settled.py)
+    settled = [(name, c) for name, s in sections for c in s.get("comparisons", []) if "three_seeds" in c]
     return {"n": n, "expected_false": ALPHA * n, "at_least_one": 1 - (1 - ALPHA) ** n, "not_settled": unsettled,
-            "by_section": by_section}
+            "settled": settled, "by_section": by_section}
 
 
 def method(sections):
@@ -167,6 +169,8 @@ def method(sections):
     m = multiplicity(sections)
     counts = ", ".join(f"{k} in section {section_number(name)}" for name, k in m["by_section"] if k)
     unsettled = "; ".join(f"section {section_number(name)}: {c['question']}" for name, c in m["not_settled"])
+    settled = "; ".join(f"section {section_number(name)}: {c['question']} ({c['three_seeds']['outcome']} -> "
+                        f"{c['outcome']})" for name, c in m["settled"])
     return f"""**Statistics.** A fine-tuning seed changes the batches and the adapter's initialisation, never
 the base model. Every comparison uses three seeds (1337, 1338, 1339) unless a section says
 otherwise, and reports the mean with its 95% confidence interval (Student's t, 2 degrees of
@@ -199,5 +203,14 @@ that is not there with probability {ALPHA:g}; if none of the effects behind thes
 real, about {m['expected_false']:.1f} of them would still be called, and the chance of at least one
 false call would be {m['at_least_one']:.0%} were the tests independent (they share runs, so they are not). No correction is applied (Bonferroni would test each at
 {ALPHA / max(1, m['n']):.4f}): read a single call, above all one near its interval's edge, as one
-piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']) == 1 else 'are'} not settled at three seeds{': ' + unsettled if unsettled else ''}.
+piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']) == 1 else 'are'} not settled{': ' + unsettled if unsettled else ''}.{settled_text(m, settled)}
 """
+
+
+def settled_text(m, settled):
+    if not settled:
+        return ""
+    from experiments.lib.sections import section_ref
+
+    return (f" {len(m['settled'])} more were not settled at three seeds and were run again with five seeds on "
+            f"a held-out test split ({section_ref('settle')}), whose read their sections' verdicts now take: {settled}.")
