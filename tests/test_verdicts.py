@@ -124,4 +124,4 @@ def test_multiplicity_counts_the_comparisons_the_verdicts_rest_on():
     text = verdicts.method(sections)
     assert "The verdicts rest on 3 comparisons (2 in section 3, 1 in section 12)" in text
     assert "about 0.2 of them would still be called" in text and "would be 14%" in text
-    assert "1 of them is not settled at three seeds: section 3: b." in text
+    assert "1 of them is not settled with the seeds run: section 3: b." in text
