@@ -376,8 +376,8 @@ it is the data's ceiling.
     detail = (f"{reach_text}; LoRA stored at most {max(e['bits_per_param'] for e in lora_most):.4f} bits/param"
               + (f", and every shortfall had room for the data at ~{BITS_PER_PARAM_AT_CONVERGENCE:g} bits/param"
                  if behind and len(behind_with_room) == len(behind) else "")
-              + ("; one seed: every comparison not settled" if n_seeds == 1 and all(
-                  c["outcome"] == verdicts.NOT_SETTLED for c in parts) else "; one seed" if n_seeds == 1 else ""))
+              + ("; one seed" if n_seeds == 1 else "") + "; by the rule, "
+              + verdicts.show_parts(parts, label=lambda c: c["question"].split(":")[0].replace(", ", " ")))
     return {"title": "Capacity: when does a low rank run out of room?", "source": "LoRA Without Regret",
             "claim": "Low-rank LoRA tracks full fine-tuning until the data exceed its capacity", "verdict": verdict,
             "detail": detail, "body": body, "comparisons": parts}
