@@ -160,7 +160,7 @@ def judge(curves):
     """The claim as comparisons the shared rules judge (experiments/lib/verdicts.py), seed by seed on
     log10 of the best rates: per rank, LoRA's best over full fine-tuning's matches 10x (log10 ratio
     minus 1 inside +-0.3, a factor 2); and the best rate of the highest rank matches the lowest's."""
-    full, loras = curves[0], curves[1:]
+    loras = curves[1:]  # curves[0] is full fine-tuning, whose rate each ratio_to_full_per_seed divides by
     parts = [verdicts.matches([math.log10(x) - math.log10(PAPER_RATIO) for x in c["ratio_to_full_per_seed"]],
                               "log_ratio", f"r={c['r']}: best rate about {PAPER_RATIO}x full's")
              for c in loras]
