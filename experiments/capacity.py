@@ -247,6 +247,25 @@ def main(argv=None):
     print(f"wrote {args.out}/records.json, capacity.json, capacity.png, bits_per_param.png, results.md")
 
 
+def judge(rows):
+    """The claim as comparisons the shared rules judge (experiments/lib/verdicts.py), one per LoRA
+    cell, on full fine-tuning's recall minus LoRA's, seed by seed: where the data fit in LoRA's room
+    (~2 bits per parameter) the claim says LoRA tracks full fine-tuning (matches, within 0.1 of the
+    facts); where they do not, that it falls behind (beats, by at least 0.1). One seed per cell gives
+    no interval: every part is then not settled."""
+    full = {r["n_facts"]: r for r in rows if r["method"] == "full"}
+    parts = []
+    for r in rows:
+        if r["method"] == "full" or r["n_facts"] not in full:
+            continue
+        gap = [f - x for f, x in zip(full[r["n_facts"]]["recall"]["values"], r["recall"]["values"])]
+        fits = r["bits_possible"] <= r["room_bits"]
+        rule = verdicts.matches if fits else verdicts.beats
+        parts.append(rule(gap, "recall", f"r={r['r']}, N={r['n_facts']}: "
+                                        + ("tracks full" if fits else "falls behind full")))
+    return parts
+
+
 def report(results):
     """Section of REPRODUCTIONS.md from results/capacity."""
     s = results.json("capacity", "capacity.json")
@@ -262,8 +281,8 @@ def report(results):
     # Outside the claim's regime when nothing fell behind (the data never exceeded anything) or every
     # shortfall happened with room to spare (the step budget, not the capacity, held LoRA back).
     regime = not behind or len(behind_with_room) == len(behind)
-    verdict = verdicts.combine([verdicts.REPRODUCED if ordered and not behind_with_room else verdicts.PARTLY],
-                               regime=regime)
+    parts = judge(rows)
+    verdict = verdicts.combine([c["outcome"] for c in parts], regime=regime)
     by = {(r["n_facts"], r["method"]): r for r in rows}
     full_ratio = [e for e in most if e["method"] == "full"]
     lora_most = [e for e in most if e["method"] != "full"]
@@ -311,6 +330,11 @@ def report(results):
                      f"N={b['n_facts']}: with more facts each one comes round less often in the same "
                      f"{s['max_iters']:,} steps, and LoRA, at the highest rate that does not diverge, is still in its "
                      f"slow first phase. What limits LoRA here is the step budget, not its capacity.")
+    lines.append(f"- By the rule, per LoRA cell on full fine-tuning's recall minus LoRA's (tracks: within "
+                 f"±{verdicts.DELTAS['recall']:g} of the facts, an equivalence test; falls behind: by at least "
+                 f"{verdicts.DELTAS['recall']:g}): " + verdicts.show_parts(parts)
+                 + (". With one seed a difference has no interval, so no cell is decided, however large the gap."
+                    if n_seeds == 1 else "."))
     if verdict == verdicts.REGIME:
         lines.append("- Testing capacity itself needs every run trained to convergence: many times the steps, "
                      "beyond the 15-minute CPU default (`--max-iters`, `--n-facts` and `--device cuda` are there for "
@@ -352,10 +376,11 @@ it is the data's ceiling.
     detail = (f"{reach_text}; LoRA stored at most {max(e['bits_per_param'] for e in lora_most):.4f} bits/param"
               + (f", and every shortfall had room for the data at ~{BITS_PER_PARAM_AT_CONVERGENCE:g} bits/param"
                  if behind and len(behind_with_room) == len(behind) else "")
-              + ("; one seed" if n_seeds == 1 else ""))
+              + ("; one seed" if n_seeds == 1 else "") + "; by the rule, "
+              + verdicts.show_parts(parts, label=lambda c: c["question"].split(":")[0].replace(", ", " ")))
     return {"title": "Capacity: when does a low rank run out of room?", "source": "LoRA Without Regret",
             "claim": "Low-rank LoRA tracks full fine-tuning until the data exceed its capacity", "verdict": verdict,
-            "detail": detail, "body": body}
+            "detail": detail, "body": body, "comparisons": parts}
 
 
 if __name__ == "__main__":

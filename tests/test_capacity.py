@@ -132,19 +132,21 @@ def test_capacity_end_to_end(tmp_path, corpora):
 
 def test_capacity_verdict_says_what_the_data_support():
     """Hand-made rows: LoRA falls behind with room to spare (a step budget, not a capacity), then
-    only where the data exceed its room."""
-    def row(n, method, r, bits, params):
+    only where the data exceed its room; each LoRA cell judged by the shared rules, which one seed
+    cannot settle."""
+    def row(n, method, r, bits, params, seeds=1):
         possible = n * 4 * DIGIT_BITS
-        return {"n_facts": n, "method": method, "label": method, "r": r, "seeds": [1], "trainable_params": params,
-                "recall": spread([bits / possible]), "bits": spread([bits]), "bits_possible": possible,
-                "bits_per_param": spread([bits / params]),
+        values = [bits * (1 - 0.001 * k) for k in range(seeds)]  # seeds that nearly agree
+        return {"n_facts": n, "method": method, "label": method, "r": r, "seeds": list(range(seeds)),
+                "trainable_params": params, "recall": spread([b / possible for b in values]), "bits": spread(values),
+                "bits_possible": possible, "bits_per_param": spread([b / params for b in values]),
                 "room_bits": 2.0 * params, "all_the_data": bits >= 0.95 * possible,
-                "source_loss": spread([2.0]), "base_source_loss": 1.0}
+                "source_loss": spread([2.0] * seeds), "base_source_loss": 1.0}
 
     class Fake:
         def __init__(self, rows):
-            self.summary = {"seeds": [1], "max_iters": 100, "lrs": {"full": 1e-3, "lora": 1e-2}, "rows": rows,
-                            "most_bits_per_param": capacity.most_bits_per_param(rows),
+            self.summary = {"seeds": rows[0]["seeds"], "max_iters": 100, "lrs": {"full": 1e-3, "lora": 1e-2},
+                            "rows": rows, "most_bits_per_param": capacity.most_bits_per_param(rows),
                             "keeping_up": capacity.keeping_up(rows)}
 
         def json(self, experiment, name):
@@ -157,5 +159,25 @@ def test_capacity_verdict_says_what_the_data_support():
     assert section["verdict"] == "not tested in the claim's regime"
     assert "This rests on one fine-tuning seed" in section["body"]
     assert "is the data's ceiling, not a capacity" in section["body"]  # full stored every fact
+    # One comparison per LoRA cell: the data fit, so the claim says "tracks"; one seed settles neither.
+    parts = section["comparisons"]
+    assert [(c["rule"], c["question"], c["outcome"]) for c in parts] == [
+        ("matches", "r=1, N=10: tracks full", "not settled: needs 5 seeds"),
+        ("matches", "r=1, N=1000: tracks full", "not settled: needs 5 seeds")]
+    assert parts[1]["mean"] == pytest.approx(1.0)  # full recalls every fact, LoRA none
+    assert section["detail"].endswith("one seed; by the rule, r=1 N=10, r=1 N=1000: not settled: needs 5 seeds "
+                                      "(its 90% interval holds the margin ±0.1)")
     out_of_room = [*with_room[:3], row(1000, "lora-r1", 1, 0.0, 100)]  # 200 bits of room for 53,151
-    assert capacity.report(Fake(out_of_room))["verdict"] == "reproduced"
+    section = capacity.report(Fake(out_of_room))
+    assert section["verdict"] == "not settled: needs 5 seeds"  # the right regime, but one seed
+    assert [c["rule"] for c in section["comparisons"]] == ["matches", "beats"]  # falls behind, as claimed
+    # Five seeds that agree: LoRA tracks full where the data fit and falls behind where they do not.
+    five = [row(10, "full", None, small, 10_000, 5), row(10, "lora-r1", 1, small, 1_000, 5),
+            row(1000, "full", None, large, 10_000, 5), row(1000, "lora-r1", 1, 0.0, 100, 5)]
+    section = capacity.report(Fake(five))
+    assert [c["outcome"] for c in section["comparisons"]] == ["reproduced", "reproduced"]
+    assert section["verdict"] == "reproduced"
+    # ... and a LoRA that stores nothing at N=10, with room to spare, does not track it: not reproduced.
+    lagging = [five[0], row(10, "lora-r1", 1, 0.0, 1_000, 5), *five[2:]]
+    section = capacity.report(Fake(lagging))
+    assert section["comparisons"][0]["why"] == "differs by more than 0.1" and section["verdict"] == "partly"

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from experiments import report
+from experiments.lib import verdicts
 from experiments.report import Results, fill_blocks
 from experiments.lib.write_up import VERDICTS
 
@@ -25,6 +26,25 @@ def test_every_section_has_a_verdict_from_the_list_and_its_plots_exist():
         assert section["verdict"] in VERDICTS, name
         for plot in re.findall(r"\]\(\.\./(results/[^)]+\.png)\)", section["body"]):
             assert os.path.exists(os.path.join(report.ROOT, plot)), (name, plot)
+
+
+def test_the_sections_that_judged_by_their_own_thresholds_now_rest_on_the_shared_rules():
+    """Sections 1, 5, 6, 7 return the comparisons their verdicts come from, and the verdict is what
+    verdicts.combine makes of them (section 5 combines its two halves; section 7 is outside the
+    claim's regime whatever its parts say), so the multiplicity count includes them."""
+    by_name = dict(report.sections(Results()))
+    for name in ("lr_sweep", "subspace", "update_spectrum", "capacity"):
+        parts = by_name[name]["comparisons"]
+        assert parts and all(c["rule"] in ("beats", "matches") and c["outcome"] in VERDICTS for c in parts), name
+        assert all(verdicts.show(c) in by_name[name]["detail"] for c in parts), name
+    outcomes = {name: [c["outcome"] for c in by_name[name].get("comparisons", [])] for name in by_name}
+    assert by_name["lr_sweep"]["verdict"] == verdicts.combine(outcomes["lr_sweep"])
+    assert by_name["update_spectrum"]["verdict"] == verdicts.combine(outcomes["update_spectrum"])
+    sim, amp = outcomes["subspace"][:2], outcomes["subspace"][2:]
+    assert by_name["subspace"]["verdict"] == verdicts.combine([verdicts.combine(sim), verdicts.combine(amp)])
+    assert by_name["capacity"]["verdict"] == verdicts.REGIME
+    counted = dict(verdicts.multiplicity(list(by_name.items()))["by_section"])
+    assert all(counted[name] == len(by_name[name]["comparisons"]) for name in ("lr_sweep", "subspace", "capacity"))
 
 
 def test_fill_blocks_rewrites_only_the_marked_blocks():

@@ -155,6 +155,25 @@ def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
     assert "--lora-lrs must be comma-separated positive numbers" in capsys.readouterr().err
 
 
+def test_lr_sweep_judges_about_ten_times_and_rank_independence_seed_by_seed():
+    def curve(r, best, full=(1e-3, 1e-3, 1e-3)):
+        return {"name": f"LoRA r={r}" if r else "full fine-tuning", "r": r, "best_lr_per_seed": list(best),
+                "ratio_to_full_per_seed": [b / f for b, f in zip(best, full)]}
+    full = curve(None, (1e-3, 1e-3, 1e-3))
+    parts = lr_sweep.judge([full, curve(1, (9.5e-3, 1.05e-2, 9e-3)), curve(64, (1.2e-2, 1.3e-2, 1.1e-2))])
+    assert [(p["rule"], p["kind"], p["question"]) for p in parts] == [
+        ("matches", "log_ratio", "r=1: best rate about 10x full's"),
+        ("matches", "log_ratio", "r=64: best rate about 10x full's"),
+        ("matches", "log_ratio", "r=64's best rate the same as r=1's")]
+    # log10(9.5) - 1, log10(10.5) - 1, log10(9) - 1 per seed; r=64 over r=1: 12/9.5, 13/10.5, 11/9.
+    assert parts[0]["mean"] == pytest.approx((math.log10(9.5) + math.log10(10.5) + math.log10(9)) / 3 - 1)
+    assert parts[2]["mean"] == pytest.approx((math.log10(12 / 9.5) + math.log10(13 / 10.5) + math.log10(11 / 9)) / 3)
+    assert [p["outcome"] for p in parts] == ["reproduced"] * 3
+    # 3x full's at r=1 and 12x at r=64, steadily: not about 10x at r=1, and the rate moves 4x with rank.
+    parts = lr_sweep.judge([full, curve(1, (3e-3, 3.1e-3, 2.9e-3)), curve(64, (1.2e-2, 1.3e-2, 1.1e-2))])
+    assert [p["outcome"] for p in parts] == ["not reproduced", "reproduced", "not reproduced"]
+
+
 def test_pareto_front_keeps_exactly_the_undominated_points():
     points = [(1.0, 5.0), (2.0, 3.0), (2.5, 3.5), (3.0, 1.0), (4.0, 1.0), (3.0, 2.0), (1.5, 5.0), (2.0, 3.0)]
     # (2.5, 3.5) is beaten by (2.0, 3.0); (4.0, 1.0) and (3.0, 2.0) by (3.0, 1.0); (1.5, 5.0) by (1.0, 5.0).

@@ -2,11 +2,13 @@
 pairing and amplification, checked against what they must give by construction; the shared-init
 bug the pairing avoids; and the experiment end to end at toy size, report included."""
 import json
+import math
 
 import pytest
 import torch
 
 from experiments import subspace
+from experiments.lib import subspace_report
 from experiments.report import Results
 from experiments.lib.subspace_math import (amplification, chance_corrected, cross_seed_pairs, delta_weight,
                                            direction_overlaps, random_projection_norm, random_similarity,
@@ -172,6 +174,37 @@ def test_delta_weight_scaling():
     torch.testing.assert_close(delta_weight(A, B, {"alpha": 8, "rslora": True}), 4.0 * (B.double() @ A.double()))
 
 
+def test_judge_averages_over_modules_per_unit_and_applies_the_shared_rules():
+    """Hand-made: two modules, three pairs (similarity) and three seeds (amplification)."""
+    def module(top, rest, over_random, of_top, factor):
+        return {"ranks": {"top_corrected": {"values": top}, "rest_corrected": {"values": rest}},
+                "amplification": {"8": {"over_random": {"values": over_random}, "of_w0_top": {"values": of_top},
+                                        "amplification": {"values": factor}}}}
+    analysis = {"modules": {
+        "a": module([0.7, 0.6, 0.65], [0.02, 0.0, 0.04], [4.0, 4.0, 4.0], [0.1, 0.1, 0.1], [21.5, 20.0, 23.0]),
+        "b": module([0.5, 0.6, 0.55], [0.0, 0.02, -0.02], [2.5, 2.5, 2.5], [0.2, 0.2, 0.2], [21.5, 23.0, 20.0])}}
+    similarity, amplification = subspace_report.judge(analysis, [8, 64])
+    top, rest = similarity
+    assert top["rule"] == "beats" and top["kind"] == "similarity" and top["n"] == 3
+    assert top["mean"] == pytest.approx(0.6) and top["outcome"] == "reproduced"  # pairs 0.6, 0.6, 0.6
+    assert rest["rule"] == "matches" and rest["mean"] == pytest.approx(0.01) and rest["outcome"] == "reproduced"
+    above, below, size = amplification
+    # log10 averaged over the modules, per seed: (log10 4 + log10 2.5) / 2 = log10(sqrt(10)) = 0.5.
+    assert above["mean"] == pytest.approx(0.5) and above["outcome"] == "reproduced"
+    assert below["mean"] == pytest.approx(-(math.log10(0.1) + math.log10(0.2)) / 2) and below["outcome"] == "reproduced"
+    assert size["rule"] == "matches" and size["outcome"] == "reproduced"  # about the paper's 21.5, per seed
+    assert [c["question"] for c in similarity + amplification] == [
+        "top direction shared beyond chance", "directions 2-8 at chance", "W0 along delta W above random",
+        "W0 along delta W short of W0's top", "factor at r=8 about the paper's 21.5"]
+    # Directions 2-8 well inside the other's top 8 (0.35 beyond chance) are no match to chance; a
+    # factor of 5 is not about 21.5 (log10 of 5 / 21.5 = -0.63).
+    analysis["modules"]["a"]["ranks"]["rest_corrected"]["values"] = [0.7, 0.68, 0.72]
+    for m in analysis["modules"].values():
+        m["amplification"]["8"]["amplification"]["values"] = [5.0, 5.2, 4.8]
+    similarity, amplification = subspace_report.judge(analysis, [8, 64])
+    assert similarity[1]["why"] == "differs by more than 0.1" and amplification[2]["why"] == "differs by more than 0.3"
+
+
 def test_subspace_end_to_end(tmp_path, corpora):
     out = tmp_path / "results" / "subspace"
     subspace.main([*TOY, *corpora, "--ranks", "2,4", "--out", str(out)])
@@ -203,6 +236,9 @@ def test_subspace_end_to_end(tmp_path, corpora):
 
     section = subspace.report(Results(str(tmp_path / "results")))
     assert section["verdict"] in VERDICTS
+    parts = section["comparisons"]  # two for the similarity, three for the amplification, on the paper's set
+    assert [p["rule"] for p in parts] == ["beats", "matches", "beats", "beats", "matches"]
+    assert all(p["n"] == 3 for p in parts)
     assert "![subspace similarity per module](../results/subspace/similarity_per_module.png)" in section["body"]
     assert section["body"].count("| blocks.0.attn.q_proj |") == 2  # one table per target set
     assert "nan" not in section["body"] and "nan" not in section["detail"]

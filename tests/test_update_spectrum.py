@@ -4,12 +4,14 @@ end to end at toy size, report included."""
 import copy
 import functools
 import json
+import math
 import pickle
 
 import pytest
 import torch
 
 from experiments import update_spectrum
+from experiments.lib import verdicts
 from experiments.report import Results
 from experiments.update_spectrum import (block_linear_weights, energy_curve, energy_rank, energy_share,
                                          gaussian_singular_values, update_spectra)
@@ -76,6 +78,33 @@ def test_update_spectra_sees_exactly_the_change_made_to_each_weight():
     assert result["w0_norm"]["blocks.1.attn.v_proj"] == pytest.approx(torch.linalg.matrix_norm(w0["blocks.1.attn.v_proj"]).item())
 
 
+def test_judge_reads_far_above_r_and_the_papers_share_seed_by_seed():
+    """Hand-made modules, 3 seeds: every type's 90% rank far above r=8 (log10 of 32/8 = 0.60); MLP
+    shares 0.31 beat the paper's 0.244 by 0.07, attention's 0.16 fall short, called."""
+    def module(k90):
+        return {"dim": 128, "full": {"k": {"0.9": {"values": [k90, k90 + 1, k90 - 1]}},
+                                     "k_share": {"0.9": {"values": [x / 128 for x in (k90, k90 + 1, k90 - 1)]}}}}
+    modules = {f"blocks.{b}.{'mlp' if t in ('up_proj', 'down_proj') else 'attn'}.{t}":
+               module(40 if t in ("up_proj", "down_proj") else 21)
+               for b in range(2) for t in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")}
+    parts = update_spectrum.judge(modules, 8)
+    assert [p["question"].split()[0] for p in parts[1:]] == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                                           "down_proj"]
+    assert parts[0]["rule"] == "beats" and parts[0]["kind"] == "log_ratio" and parts[0]["outcome"] == "reproduced"
+    # Per seed, the mean over the 12 modules (8 attention at 21 + d, 4 MLP at 40 + d) of log10(k / 8).
+    per_seed = [(8 * math.log10((21 + d) / 8) + 4 * math.log10((40 + d) / 8)) / 12 for d in (0, 1, -1)]
+    assert parts[0]["mean"] == pytest.approx(sum(per_seed) / 3) and parts[0]["n"] == 3
+    assert parts[1]["mean"] == pytest.approx(21 / 128 - update_spectrum.HIGH_RANK)
+    assert [p["outcome"] for p in parts[1:]] == ["not reproduced"] * 4 + ["reproduced"] * 2
+    # Two singular values above the paper's share (0.016 of 128) would beat it; one (0.008) is too few to tell.
+    def shares(extra):
+        k = update_spectrum.HIGH_RANK * 128 + extra
+        return {"blocks.0.attn.q_proj": {"dim": 128, "full": {"k": {"0.9": {"values": [k] * 3}}, "k_share": {
+            "0.9": {"values": [k / 128, (k + 0.1) / 128, (k - 0.1) / 128]}}}}}
+    assert update_spectrum.judge(shares(2), 8)[1]["outcome"] == "reproduced"
+    assert update_spectrum.judge(shares(1), 8)[1]["outcome"] == "not settled: needs 5 seeds"
+
+
 def test_update_spectrum_end_to_end(tmp_path, corpora):
     out = tmp_path / "results" / "update_spectrum"
     update_spectrum.main([*TOY, *corpora, "--ranks", "2,4", "--out", str(out)])
@@ -101,5 +130,8 @@ def test_update_spectrum_end_to_end(tmp_path, corpora):
 
     section = update_spectrum.report(Results(str(tmp_path / "results")))
     assert section["verdict"] in VERDICTS
+    parts = section["comparisons"]  # far above r=2, then one per matrix type
+    assert len(parts) == 7 and all(p["rule"] == "beats" and p["n"] == 3 for p in parts)
+    assert section["verdict"] == verdicts.combine([p["outcome"] for p in parts])
     assert "![energy curves](../results/update_spectrum/energy_curves.png)" in section["body"]
     assert "nan" not in section["body"]

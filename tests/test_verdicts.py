@@ -80,13 +80,80 @@ def test_matches_is_an_equivalence_test_not_a_missing_call():
     assert matches([0.02, 0.03, 0.025])["outcome"] == NOT_REPRODUCED
 
 
+def log10_minus(ratios, claimed):
+    return [math.log10(x / claimed) for x in ratios]
+
+
+def test_about_ten_times_is_within_a_factor_two_on_log10():
+    # Section 1's rule: log10(ratio) - 1 seed by seed, matched to 0 within 0.3 (a factor 2).
+    assert verdicts.DELTAS["log_ratio"] == 0.3 and 10 ** 0.3 == pytest.approx(2, abs=0.01)
+    # 9.5x, 10.5x, 9x: log10 minus 1 = -0.0223, +0.0212, -0.0458, mean -0.0156, SD 0.0339,
+    # 90% half-width 2.920 * 0.0339 / sqrt(3) = 0.0572: inside +-0.3.
+    c = matches(log10_minus([9.5, 10.5, 9.0], 10), "log_ratio")
+    assert c["outcome"] == REPRODUCED and c["mean"] == pytest.approx(-0.0156, abs=1e-4)
+    assert (c["low"], c["high"]) == (pytest.approx(-0.0728, abs=1e-3), pytest.approx(0.0415, abs=1e-3))
+    # 3x, steadily: log10(0.3) = -0.523, the whole interval below -0.3: not about 10x, even at three seeds.
+    c = matches(log10_minus([3.0, 3.1, 2.9], 10), "log_ratio")
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "differs by more than 0.3")
+    # 3x on average but noisy: three seeds cannot tell, five that stay as noisy say no.
+    assert matches(log10_minus([3.0, 6.0, 2.0], 10), "log_ratio")["outcome"] == NOT_SETTLED
+    c = matches(log10_minus([3.0, 6.0, 2.0, 2.5, 4.0], 10), "log_ratio")
+    assert c["outcome"] == NOT_REPRODUCED and c["high"] < -0.3
+    # The same loss delta would have called 9.5x "not about 10x": the kind matters.
+    assert matches(log10_minus([9.5, 10.5, 9.0], 10))["outcome"] == NOT_SETTLED
+    # "The same for every rank": r=64's best over r=1's, 1.3x, 1.2x, 1.4x, matches 1.
+    assert matches(log10_minus([1.3, 1.2, 1.4], 1), "log_ratio")["outcome"] == REPRODUCED
+
+
+def test_far_above_and_beyond_chance_are_beats_with_their_own_minimum():
+    # Section 6: full fine-tuning's 90% rank over r = 8, 28/8, 29/8, 27/8: log10 = 0.544 etc, at least 0.3.
+    c = beats(log10_minus([28 / 8, 29 / 8, 27 / 8], 1), "log_ratio")
+    assert (c["outcome"], c["why"]) == (REPRODUCED, "called, at least 0.3")
+    # 1.5x, steadily (log10 0.176): within 0.3 of 0 at three seeds; at five, called but too small.
+    assert beats(log10_minus([1.5, 1.52, 1.48], 1), "log_ratio")["outcome"] == NOT_SETTLED
+    c = beats(log10_minus([1.5, 1.52, 1.48, 1.5, 1.49], 1), "log_ratio")
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "called, but below the minimum 0.3")
+    # Section 6 per type: the share of the dimension minus the paper's 0.244, at least 0.01.
+    assert beats([0.067, 0.064, 0.070], "rank_share")["outcome"] == REPRODUCED
+    c = beats([-0.018, -0.016, -0.014], "rank_share")
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "called the other way")
+    assert beats([0.005, 0.004, 0.006], "rank_share")["outcome"] == NOT_SETTLED  # within 0.01 of the paper's
+    # Section 5: a chance-corrected similarity beats chance (0) by 0.1; the rest matches chance within 0.1.
+    c = beats([0.398, 0.443, 0.250], "similarity")  # mean 0.364, 95% interval 0.113 to 0.615
+    assert c["outcome"] == REPRODUCED and c["low"] == pytest.approx(0.113, abs=1e-3)
+    assert beats([0.398, 0.443, 0.05], "similarity")["outcome"] == NOT_SETTLED  # the interval holds 0.1
+    assert matches([0.353, 0.341, 0.345], "similarity")["why"] == "differs by more than 0.1"
+    assert matches([0.02, 0.05, -0.01], "similarity")["outcome"] == REPRODUCED
+
+
+def test_one_seed_settles_nothing_however_large_the_gap():
+    # Section 7 has one seed per cell: no spread, no interval, so every rule waits for seeds.
+    for rule in (beats, matches):
+        c = rule([0.97], "recall")
+        assert c["outcome"] == NOT_SETTLED and c["n"] == 1 and math.isnan(c["mde"])
+        assert (c["low"], c["high"]) == (-math.inf, math.inf)
+    # Five seeds that agree settle it either way: recall 0.97 apart is behind; 0.02 apart tracks.
+    assert beats([0.97, 0.95, 0.96, 0.97, 0.98], "recall")["outcome"] == REPRODUCED
+    assert matches([0.02, 0.0, 0.03, 0.01, 0.02], "recall")["outcome"] == REPRODUCED
+    assert matches([0.97, 0.95, 0.96, 0.97, 0.98], "recall")["why"] == "differs by more than 0.1"
+
+
+def test_show_parts_names_the_parts_that_share_an_outcome_together():
+    parts = [beats([0.05, 0.052, 0.048], question="a"), beats([0.004, 0.005, 0.006], question="b"),
+             beats([0.06, 0.062, 0.058], question="c")]
+    assert verdicts.show_parts(parts) == ("a, c: reproduced (called, at least 0.01); "
+                                          "b: not settled: needs 5 seeds (within 0.01 of 0)")
+    assert verdicts.show_parts(parts, label=lambda c: c["question"].upper()).startswith("A, C: reproduced")
+
+
 def test_a_diverged_run_decides_nothing_in_its_favour():
     assert beats([0.05, math.nan, 0.05])["outcome"] == NOT_REPRODUCED
     assert matches([0.0, math.inf, 0.0])["outcome"] == NOT_REPRODUCED
 
 
 def test_unknown_kinds_and_labels_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['loss', 'share'\]"):
+    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['log_ratio', 'loss', "
+                                         r"'rank_share', 'recall', 'share', 'similarity'\]"):
         beats([0.1, 0.2, 0.3], "bits")
     with pytest.raises(ValueError, match="unknown verdict 'maybe'"):
         combine(["maybe"])
@@ -124,7 +191,9 @@ def test_multiplicity_counts_the_comparisons_the_verdicts_rest_on():
     text = verdicts.method(sections)
     assert "The verdicts rest on 3 comparisons (2 in section 3, 1 in section 12)" in text
     assert "about 0.2 of them would still be called" in text and "would be 14%" in text
-    assert "1 of them is not settled: section 3: b." in text
+    assert "1 of them is not settled with the seeds run: section 3: b." in text
+    for kind, delta in verdicts.DELTAS.items():  # every kind's delta is stated in the method
+        assert f"{delta:g}" in text, kind
     assert "five seeds" not in text  # nothing was settled by experiments.settle
 
 

@@ -11,7 +11,10 @@ from experiments.lib.seeds import show, show_difference
 PAPER_FACTOR = {4: 21.5, 64: 1.9}
 PAPER_D_MODEL = 12288  # GPT-3 175B's width: the d of the paper's phi and projections
 TOP_SHARED = 0.5    # the paper's Fig. 3: phi(1, 1) "above 0.5" for the top direction
-NEAR_CHANCE = 0.1   # a chance-corrected overlap below this is "near chance" (a tenth of the way to contained)
+# A chance-corrected overlap below this is "near chance" (a tenth of the way to contained): the shared
+# rules' delta for a similarity, both the least a shared direction must beat chance by and the margin
+# an overlap must stay inside to match chance.
+NEAR_CHANCE = verdicts.DELTAS["similarity"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +50,41 @@ def how_to_read(ranks, n_pairs):
 
 
 # ---------------------------------------------------------------------------------------------
+# The claim as comparisons the shared rules judge (experiments/lib/verdicts.py)
+
+def judge(analysis, ranks):
+    """(similarity parts, amplification parts) for one target set. Every value is one per
+    independent unit, averaged over the set's modules: per pair of runs (different seeds) for the
+    similarities, per seed for the amplification; ratios on log10."""
+    r_low, _ = ranks
+    mods = list(analysis["modules"].values())
+
+    def per_unit(get):
+        """Per pair (or seed), the mean over modules of get(module)'s values."""
+        columns = zip(*[get(m) for m in mods])
+        return [sum(col) / len(mods) for col in columns]
+
+    def amp(field):
+        return lambda m: m["amplification"][str(r_low)][field]["values"]
+
+    similarity = [
+        verdicts.beats(per_unit(lambda m: m["ranks"]["top_corrected"]["values"]), "similarity",
+                       "top direction shared beyond chance"),
+        verdicts.matches(per_unit(lambda m: m["ranks"]["rest_corrected"]["values"]), "similarity",
+                         f"directions 2-{r_low} at chance"),
+    ]
+    amplification = [
+        verdicts.beats(per_unit(lambda m: [math.log10(x) for x in amp("over_random")(m)]), "log_ratio",
+                       "W0 along delta W above random"),
+        verdicts.beats(per_unit(lambda m: [-math.log10(x) for x in amp("of_w0_top")(m)]), "log_ratio",
+                       "W0 along delta W short of W0's top"),
+        verdicts.matches(per_unit(lambda m: [math.log10(x / PAPER_FACTOR[4]) for x in amp("amplification")(m)]),
+                         "log_ratio", f"factor at r={r_low} about the paper's {PAPER_FACTOR[4]:g}"),
+    ]
+    return similarity, amplification
+
+
+# ---------------------------------------------------------------------------------------------
 # The section of REPRODUCTIONS.md
 
 def report(results):
@@ -57,7 +95,6 @@ def report(results):
     paper = info["paper_set"] or next(iter(sets))
     main_set, c = sets[paper], sets[paper]["claims"]
     n = c["modules"]
-    most = n / 2  # "most modules": more than half
     first = info["first_module"]
     seeds = info["seeds"]
     pair_text = ", ".join(f"{a}-{b}" for a, b in info["pairs"])
@@ -66,20 +103,16 @@ def report(results):
         vals = [m[key][sub]["mean"] for m in sets[s]["modules"].values()]
         return f"{min(vals):.{digits}f}-{max(vals):.{digits}f}"
 
-    # The paper's picture: the top direction above 0.5 and the others near chance, in most modules.
-    # Partly: one of the two, or at least the top direction above chance on the set's average.
-    top_ok = c["top_above_half"] > most
-    rest_ok = c["rest_near_chance"] > most
+    # The paper's picture, judged by the shared rules on the paper's target set.
+    sim_parts, amp_parts = judge(main_set, info["ranks"])
+    sim_verdict = verdicts.combine([p["outcome"] for p in sim_parts])
+    amp_verdict = verdicts.combine([p["outcome"] for p in amp_parts])
+    verdict = verdicts.combine([sim_verdict, amp_verdict])
     top_avg = c["top_over_modules"]
-    top_shared = top_avg["mean"] - top_avg["ci"] > c["top_chance_over_modules"]
+    top_shared = sim_parts[0]["outcome"] == verdicts.REPRODUCED
     rest_avg = c["rest_corrected_over_modules"]
     rest_shared = rest_avg["mean"] - rest_avg["ci"] > 0
-    sim_verdict = ("reproduced" if top_ok and rest_ok else "partly" if top_ok or rest_ok or top_shared
-                   else "not reproduced")
-    amp_kind = c["more_than_random"] > most and c["below_half_w0_top"] > most
-    amp_size = c["factor_near_paper"] > most
-    amp_verdict = "reproduced" if amp_kind and amp_size else "partly" if amp_kind else "not reproduced"
-    verdict = verdicts.combine([sim_verdict, amp_verdict])
+    margin = 10 ** verdicts.DELTAS["log_ratio"]
 
     # The shared-init diagnostic, in the first adapted module of the paper's set.
     m0 = main_set["modules"][first]
@@ -103,8 +136,9 @@ def report(results):
         f"{TOP_SHARED} in {c['top_above_half']} of {n}, and above chance (its 95% interval clear of it) in "
         f"{c['top_called_above_chance']} of {n}; the intervals are wide, for the seeds disagree. Averaged over the "
         f"{n} modules, pair by pair, phi(1,1) is {show(top_avg)}, "
-        f"{top_avg['mean'] / c['top_chance_over_modules']:.0f}x chance"
-        + (" (its interval clear of chance)." if top_shared else " (its interval reaches chance)."),
+        f"{top_avg['mean'] / c['top_chance_over_modules']:.0f}x chance. By the rule, chance-corrected, pair by pair: "
+        f"{verdicts.show_interval(sim_parts[0])}: **{verdicts.show(sim_parts[0])}**"
+        + ("." if top_shared else f"; the top direction is not shown to be shared by {NEAR_CHANCE:g} beyond chance."),
         f"- *The other directions.* Directions 2-{r_low} of the r={r_low} A lie in the r={r_high} A's top {r_low} "
         f"at a chance-corrected {rng('ranks', 'rest_corrected')} (0: chance, 1: contained); near chance (below "
         f"{NEAR_CHANCE}) in {c['rest_near_chance']} of {n} modules; averaged over the modules "
@@ -112,7 +146,9 @@ def report(results):
         f"{show(c['top_corrected_over_modules'], signed=True)} for the top direction."
         + (f" The top direction is not the only one shared: directions 2-{r_low} overlap beyond chance too (the "
            f"interval clear of 0), so they are not the random noise the paper takes them for." if rest_shared else
-           f" Directions 2-{r_low} are not shared beyond chance (the interval reaches 0)."),
+           f" Directions 2-{r_low} are not shared beyond chance (the interval reaches 0).")
+        + f" At chance by the rule (within ±{NEAR_CHANCE:g}): {verdicts.show_interval(sim_parts[1])}: "
+          f"**{verdicts.show(sim_parts[1])}**.",
     ]
     for name, s in sets.items():
         if name == paper:
@@ -135,12 +171,16 @@ def report(results):
         f"value along random directions (above 1, the interval over seeds clear of it, in {c['more_than_random']} of "
         f"{n} modules), and {rng_amp(main_set, str(r_low), 'of_w0_top', 2)} of its value along W0's own top-{r_low} "
         f"directions (below half in {c['below_half_w0_top']} of {n}): correlated with W0, not W0's strongest "
-        f"directions, as the paper says.",
+        f"directions, as the paper says. By the rule, seed by seed, log10 of each ratio averaged over the modules: "
+        f"above random {verdicts.show_interval(amp_parts[0])}, **{verdicts.show(amp_parts[0])}**; short of W0's top "
+        f"(-log10) {verdicts.show_interval(amp_parts[1])}, **{verdicts.show(amp_parts[1])}**.",
         f"- The factor at r={r_low} is {c['factor_low_range'][0]:.1f}-{c['factor_low_range'][1]:.1f} (the paper: "
         f"{PAPER_FACTOR[4]:g} at r=4), and {c['factor_high_range'][0]:.2f}-{c['factor_high_range'][1]:.2f} at "
         f"r={r_high} (the paper: {PAPER_FACTOR[64]:g}); at least half the paper's r=4 value in "
         f"{c['factor_near_paper']} of {n} modules, and lower at r={r_high} than at r={r_low} in "
-        f"{c['factor_falls_with_rank']} of {n}.",
+        f"{c['factor_falls_with_rank']} of {n}. About the paper's {PAPER_FACTOR[4]:g} (within a factor {margin:.0f}), "
+        f"log10 of the factor over it seed by seed: {verdicts.show_interval(amp_parts[2])}, "
+        f"**{verdicts.show(amp_parts[2])}**; the paper's value is at r=4, and the factor falls with rank.",
         f"- The size is partly a matter of dimension: with d = {m0['in_features']}, {r_low} random directions already "
         f"hold about {r_low}/{m0['in_features']} of W0 each way (the random projection is "
         f"{rng_amp(main_set, str(r_low), 'projection_random', 2, field_is_spread=False)} here), against "
@@ -180,12 +220,14 @@ before training.
 
 {tables.strip()}
 
-The rule: the Fig. 3 picture is reproduced if, in most modules of the paper's set, phi(1,1) is above
-{TOP_SHARED} and directions 2-{r_low} are near chance (chance-corrected below {NEAR_CHANCE}); partly if one
-of the two holds, or the top direction is shared above chance on the set's average. Amplification is
-reproduced in kind if, in most modules, W0 along delta W's directions is above random (interval clear of 1)
-and below half of W0's top; in size if the factor at r={r_low} reaches half the paper's {PAPER_FACTOR[4]:g} in
-most modules.
+The rule: the shared rules (`experiments/lib/verdicts.py`) on the paper's set, each value averaged over
+its {n} modules for each independent unit (a pair of runs for the similarities, a seed for the
+amplification). Fig. 3: the top direction's chance-corrected phi(1,1) beats chance by at least
+{NEAR_CHANCE:g} (a tenth of the way to contained), and directions 2-{r_low} match chance within ±{NEAR_CHANCE:g}
+(an equivalence test). Sec. 7.3, on log10 of each ratio with the margin {verdicts.DELTAS['log_ratio']:g} (a factor
+{margin:.0f}): W0 along delta W's top-{r_low} directions beats its value along random directions, and falls short
+of its value along W0's own top-{r_low}; and the factor at r={r_low} matches the paper's {PAPER_FACTOR[4]:g}. The
+counts over modules (above {TOP_SHARED}, and so on) describe; they do not decide.
 
 **Verdict: {verdict}.**
 - *Shared directions (Fig. 3): {sim_verdict}.*
@@ -200,8 +242,8 @@ most modules.
             "detail": f"on {paper}, phi(1,1) r={r_low} vs r={r_high} is {rng('ranks', 'top')} (chance "
                       f"{m0['ranks']['top_chance']:.3f}), above 0.5 in {c['top_above_half']} of {n} modules; "
                       f"amplification {c['factor_low_range'][0]:.1f}-{c['factor_low_range'][1]:.1f} at r={r_low} "
-                      f"(paper: {PAPER_FACTOR[4]:g} at r=4)",
-            "body": body}
+                      f"(paper: {PAPER_FACTOR[4]:g} at r=4); " + verdicts.show_parts(sim_parts + amp_parts),
+            "body": body, "comparisons": sim_parts + amp_parts}
 
 
 def rng_amp(analysis, key, field, digits, field_is_spread=True):

@@ -42,6 +42,21 @@ DELTAS = {
     # A share of AdaLoRA's kept rank (the MLP's, the top half's) against the uniform share. 0.05 is
     # about one matrix's full rank among the 24 adapted matrices: less is a reshuffle, not a preference.
     "share": 0.05,
+    # log10 of a ratio (a rate, a rank, an amplification factor against its reference): 0.3, a factor
+    # of 2 (log10 2 = 0.301). Section 1's best rates are read on a grid of quarter decades (0.25) and
+    # each seed's vertex is known to about one step, so a factor 2 is just over what the reading
+    # itself can move: "about 10x" means within a factor 2 of 10, "far above" more than twice.
+    "log_ratio": 0.3,
+    # Chance-corrected subspace similarity, (phi - chance) / (1 - chance): 0 for unrelated subspaces,
+    # 1 for contained ones. 0.1, a tenth of the way from chance to contained: less is "near chance",
+    # as section 5 read it before these rules (its NEAR_CHANCE).
+    "similarity": 0.1,
+    # A share of a matrix's dimension (the 90%-energy rank k over min(out, in)): 0.01, about one
+    # singular value of the 128 here (1/128 = 0.008), the resolution of a count of singular values.
+    "rank_share": 0.01,
+    # A share of the facts recalled exactly (section 7): 0.1, the margin section 7 already used for
+    # "keeps up" (LoRA recalls at least 90% as many facts as full fine-tuning).
+    "recall": 0.1,
 }
 ALPHA = 0.05  # each test's false-call rate when its null is true
 
@@ -110,6 +125,16 @@ def matches(d, kind="loss", question=""):
 def show(c):
     """A comparison's outcome as text: 'reproduced (called, at least 0.01)'."""
     return f"{c['outcome']} ({c['why']})"
+
+
+def show_parts(parts, label=None):
+    """Each part's outcome (show), the parts that share one named together: 'a, b: reproduced
+    (called, at least 0.01); c: not settled: needs 5 seeds (within 0.01 of 0)'. label(part) names a
+    part (its question by default)."""
+    groups = {}
+    for c in parts:
+        groups.setdefault(show(c), []).append(label(c) if label else c["question"])
+    return "; ".join(f"{', '.join(questions)}: {outcome}" for outcome, questions in groups.items())
 
 
 def show_interval(c, digits=3):
@@ -184,7 +209,11 @@ degrees of freedom, SD that of the per-seed differences ({smallest_detectable(1.
 the smallest effect the project counts: {DELTAS['loss']:g} nats/byte of final loss (about what the
 setup's own choices move: the whole damage 4-bit quantization does to the base model, one
 quarter-decade step of the rate near its optimum, the last doubling of LoRA's rank), {DELTAS['share']:g}
-of a share of AdaLoRA's kept rank (about one matrix's full rank among 24). A claim that **A beats B**
+of a share of AdaLoRA's kept rank (about one matrix's full rank among 24), {DELTAS['log_ratio']:g} in log10 of a
+ratio of rates, ranks or factors (a factor 2: a seed's best rate is read to about one quarter-decade
+step), {DELTAS['similarity']:g} of a chance-corrected subspace similarity (a tenth of the way from chance to
+contained), {DELTAS['rank_share']:g} of a matrix's dimension (about one singular value of 128), {DELTAS['recall']:g} of
+the facts recalled exactly. A claim that **A beats B**
 holds only when the difference's 95% interval excludes 0 and its mean is at least delta. A claim
 that **A matches B** holds only when an equivalence test (TOST: two one-sided t tests at 5% each)
 passes: the 90% interval of the difference lies inside ±delta. A difference that is not called is
@@ -203,7 +232,7 @@ that is not there with probability {ALPHA:g}; if none of the effects behind thes
 real, about {m['expected_false']:.1f} of them would still be called, and the chance of at least one
 false call would be {m['at_least_one']:.0%} were the tests independent (they share runs, so they are not). No correction is applied (Bonferroni would test each at
 {ALPHA / max(1, m['n']):.4f}): read a single call, above all one near its interval's edge, as one
-piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']) == 1 else 'are'} not settled{': ' + unsettled if unsettled else ''}.{settled_text(m, settled)}
+piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']) == 1 else 'are'} not settled with the seeds run{': ' + unsettled if unsettled else ''}.{settled_text(m, settled)}
 """
 
 
