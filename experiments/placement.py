@@ -218,10 +218,11 @@ def results_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def bearing_on_which_weights(parts, earlier, steps):
+def bearing_on_which_weights(parts, earlier, steps, plan):
     """What this section says about section 3 (which_weights), which compared the sets at one
     budget where integer ranks gave the MLP and all six more parameters than attention.
-    earlier: (its summary, its first run record), or None; steps: this section's steps per run."""
+    earlier: (its summary, its first run record), or None; steps, plan: this section's steps per run and
+    rank plan."""
     where = section_ref("which_weights")
     if earlier is None:
         return f"{where.capitalize()} has no results to compare with."
@@ -240,10 +241,36 @@ def bearing_on_which_weights(parts, earlier, steps):
            "here, with the counts matched, neither all six nor the MLP is shown to beat attention-only: section 3's "
            "ordering may owe something to its extra parameters")
     scored = "test" if "final_target_test_loss" in record else "validation, the text its rates were chosen on"
+    ranks = {name: rows[key]["r"] for name, key in (("attention", "q,k,v,o"), ("mlp", "up,down"), ("all", "all"))
+             if key in rows}
+    same = [b["budget"] for b in plan if {name: c["r"] for name, c in b["cells"].items()} == ranks]
+    if same:
+        over += f"; the same ranks as this section's {same[0]:,} budget"
     return (f"Bearing on {where}: it compared the sets at one budget ({summary['budget']:,} parameters), where "
             f"integer ranks put them off it ({over}), and found {found or 'no such comparison'}; {now}. "
             f"{where.capitalize()} is left as it ran ({record['steps']} steps, scored on {scored}); this one runs "
             f"{steps} steps and is scored on test.")
+
+
+def edge_note(row):
+    """A row whose tuned rate is the last tried, and what that last step out gained on validation:
+    a hint of what a further one might."""
+    t = row["tuning"]
+    i = t["lrs"].index(row["lr"])
+    inner = t["losses"][1] if i == 0 else t["losses"][-2]
+    return (f"{LABELS[row['set']]} at r={row['r']}: its tuned rate, {row['lr']:g}, is the last tried (--max-extra), so "
+            f"its best may lie further out; that last step gained {inner - t['losses'][i]:.4f} on validation")
+
+
+def forgetting_note(rows, plan, base_source):
+    """The source test loss (what fine-tuning made the model forget) of the three sets at each
+    budget: shown, not judged, since the claim is about learning."""
+    by = {(row["budget_r"], row["set"]): row["source_test_loss"]["mean"] for row in rows}
+    per_budget = ", ".join(f"{b['budget']:,}: " + " / ".join(f"{by[(b['budget_r'], name)]:.3f}" for name in TARGET_SETS
+                                                             if (b["budget_r"], name) in by) for b in plan)
+    base = f" (base model {base_source:.3f})" if base_source is not None else ""
+    return (f"Not part of the claim, so no verdict: forgetting, the source test loss{base}, attention only / MLP only "
+            f"/ all six, by budget: {per_budget}")
 
 
 def report(results):
@@ -252,19 +279,21 @@ def report(results):
     summary = results.json("placement", "placement.json")
     rows, comps = summary["rows"], summary["comparisons"]
     verdict, parts, judged = judge(comps)
-    edges = [f"{row['set']} r={row['r']}" for row in rows if row["tuning"]["at_grid_edge"]]
+    edges = [edge_note(row) for row in rows if row["tuning"]["at_grid_edge"]]
     bullets = [f"- {c['question']} at {c['budget']:,} parameters: {verdicts.show_interval(j)}: "
                f"**{verdicts.show(j)}**." for c, j in zip(comps, judged)]
     bullets += [f"- Part \"{q}\", over the budgets: **{v}**." for q, v in parts.items()]
-    mismatch = max(abs(cell["params"] / b["budget"] - 1) for b in summary["plan"] for cell in b["cells"].values())
-    bullets.append(f"- The counts are matched to within {100 * mismatch:.0f}% of each budget (the ranks are integers); "
-                   f"the plot puts each point at its true count.")
-    if edges:
-        bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may "
-                       f"lie further out.")
+    mismatch = ", ".join(f"{100 * max(abs(c['params'] / b['budget'] - 1) for c in b['cells'].values()):.0f}% at "
+                         f"{b['budget']:,}" for b in summary["plan"])
+    bullets.append(f"- The ranks are integers, so the counts meet each budget only to within {mismatch}; the plot "
+                   f"puts each point at its true count.")
+    bullets += [f"- {note}." for note in edges]
+    base_source = (results.json("placement", "records.json")[0]["base_source_test_loss"]
+                   if results.has("placement", "records.json") else None)
+    bullets.append(f"- {forgetting_note(rows, summary['plan'], base_source)}.")
     earlier = ((results.json("which_weights", "which_weights.json"), results.json("which_weights", "records.json")[0])
                if results.has("which_weights", "which_weights.json") else None)
-    bullets.append("- " + bearing_on_which_weights(parts, earlier, summary["steps"]))
+    bullets.append("- " + bearing_on_which_weights(parts, earlier, summary["steps"], summary["plan"]))
     budgets = ", ".join(f"{b['budget']:,} (all six r={b['budget_r']}, attention r={b['cells']['attention']['r']}, "
                         f"MLP r={b['cells']['mlp']['r']})" for b in summary["plan"])
     short = (f" (the other sections run 600: {len(rows)} contenders, each tuned, fit the run-time budget only so; "
