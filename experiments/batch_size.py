@@ -33,7 +33,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, log2_axis, lr_text, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
-from experiments.lib.settled import settle
+from experiments.lib.settled import settle, shown
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
@@ -272,7 +272,7 @@ seed by seed, `*` = called.
 
 **Verdict: {verdict}.**
 """ + "\n".join(lines)
-    detail = (f"measured {measured}: the gap moves {show_difference(change)} from batch {small['batch_size']} to {large['batch_size']} at "
+    detail = (f"measured {measured}: the gap moves {shown(judged[0], show_difference(change))} from batch {small['batch_size']} to {large['batch_size']} at "
               f"one rate" + (f", {show_difference(change_t)} at each one's tuned rate" if change_t else ""))
     return {"title": "Batch size", "source": "LoRA Without Regret",
             "claim": "LoRA is less tolerant of large batches than full fine-tuning", "verdict": verdict,

@@ -22,7 +22,7 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
 from experiments.lib.plots import finish, log2_axis, write_report
 from experiments.lib.sections import section_ref
 from experiments.lib import verdicts
-from experiments.lib.settled import settle
+from experiments.lib.settled import settle, shown
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.train import write_json
@@ -195,7 +195,7 @@ Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called differe
 
 **Verdict: {verdict}.**{narrow}
 """ + "\n".join(bullets)
-    detail = "; ".join(f"r={r}: lambda {b['ratio']:g} vs 1 {show_difference(b['vs_plain'])}: {judged[r]['outcome']}"
+    detail = "; ".join(f"r={r}: lambda {b['ratio']:g} vs 1 {shown(judged[r], show_difference(b['vs_plain']))}: {judged[r]['outcome']}"
                        for r, b in bests.items() if b)
     return {"title": "LoRA+: a larger learning rate for B", "source": "LoRA+ (Hayou et al. 2024)",
             "claim": "B's rate about 16 times A's fine-tunes better and faster than one shared rate",

@@ -29,7 +29,7 @@ from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib.sections import section_ref
 from experiments.lib import verdicts
-from experiments.lib.settled import settle
+from experiments.lib.settled import settle, shown
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
@@ -221,7 +221,7 @@ claimed winner's, seed by seed; `*` marks a called one (its 95% interval exclude
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)
-    detail = "; ".join(f"{claim.split(' beats')[0]} vs LoRA {show_difference(comps[q])}: {c['outcome']}"
+    detail = "; ".join(f"{claim.split(' beats')[0]} vs LoRA {shown(c, show_difference(comps[q]))}: {c['outcome']}"
                        for claim, q, c in judged)
     return {"title": "Variants at their own rates: rsLoRA, DoRA, PiSSA",
             "source": "rsLoRA (Kalajdzievski 2023); DoRA (Liu et al. 2024); PiSSA (Meng et al. 2024)",

@@ -20,7 +20,7 @@ from experiments.lib.common import check_runs, finish_experiment, load_setup, ma
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
-from experiments.lib.settled import settle
+from experiments.lib.settled import settle, shown
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import grid_neighbours, tune
 from minilora import find_targets
@@ -211,7 +211,7 @@ winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
     counts = {v: sum(j["outcome"] == v for j in judged) for v in verdicts.VERDICTS}
     detail = (f"{counts[verdicts.REPRODUCED]} of {len(judged)} orderings reproduced, "
               f"{counts[verdicts.NOT_REPRODUCED]} not, {counts[verdicts.NOT_SETTLED]} not settled; "
-              + "; ".join(f"{c['winner']} vs {c['loser']} {show_difference(c['difference'])}: {j['outcome']}"
+              + "; ".join(f"{c['winner']} vs {c['loser']} {shown(j, show_difference(c['difference']))}: {j['outcome']}"
                           for c, j in list(zip(comps, judged))[:3]))
     return {"title": "Which weights to adapt, under one budget", "source": "LoRA Table 5; LoRA Without Regret",
             "claim": "Under a fixed parameter budget, a low rank on several matrix types beats a high rank on one; "

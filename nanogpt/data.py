@@ -157,10 +157,11 @@ def load_corpus(name_or_path, block_size, cache_dir=None, tokenizer=None, test_s
         )
     test = None
     if test_split:
+        held_out = len(val)
         val, test = val[: len(val) // 2], val[len(val) // 2:]
         if len(val) < need:
             raise ValueError(
-                f"corpus {name_or_path!r} is too short for a test split: its held-out {2 * len(val)} {unit} "
+                f"corpus {name_or_path!r} is too short for a test split: its held-out {held_out} {unit} "
                 f"give validation and test halves of {len(val)} {unit}, but block_size={block_size} needs at "
                 f"least {need} {unit} in each (so at least {need * 20} {unit} in all); use a longer text, a "
                 f"smaller --block-size, or no test split")

@@ -21,8 +21,16 @@ def settle(results, c):
     if c["outcome"] != verdicts.NOT_SETTLED or not results.has("settle", "settle.json"):
         return c
     for s in final_read(results.json("settle", "settle.json")):
-        if s["question"] == c["question"]:
+        if s["question"] == c["question"] and s["n"] >= verdicts.SEEDS_TO_SETTLE:  # a smaller rerun settles nothing
             why = f"{s['n']} seeds on a held-out test split ({section_ref('settle')}): {verdicts.show_interval(s)}; {s['why']}"
             return {**{k: v for k, v in s.items() if k not in ("section", "difference")}, "why": why,
                     "three_seeds": c}
     return c
+
+
+def shown(c, three_seed_text):
+    """A comparison as a summary line shows it: three_seed_text (its section's own numbers), or, where
+    settle() replaced it, the five-seed test read it now rests on."""
+    if "three_seeds" not in c:
+        return three_seed_text
+    return f"{verdicts.show_interval(c)} ({c['n']} seeds, test, {section_ref('settle')})"

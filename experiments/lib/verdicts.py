@@ -242,4 +242,6 @@ def settled_text(m, settled):
     from experiments.lib.sections import section_ref
 
     return (f" {len(m['settled'])} more were not settled at three seeds and were run again with five seeds on "
-            f"a held-out test split ({section_ref('settle')}), whose read their sections' verdicts now take: {settled}.")
+            f"a held-out test split ({section_ref('settle')}), whose read their sections' verdicts now take: {settled}. "
+            f"That is a second look at each of them, so their false-call rate is somewhat above {ALPHA:g}: the first "
+            f"look could have called them already, had three seeds shown a larger difference.")

@@ -22,9 +22,10 @@ def held_out_sections(sections):
     """'sections 14 to 17' (or the one): the sections made on the held-out test split, which come last
     (SECTIONS from "settle" on)."""
 
-    first = section_number("settle")
-    last = max([first] + [section_number(name) for name, _ in sections])
-    return f"section {first}" if last == first else f"sections {first} to {last}"
+    numbers = sorted(section_number(name) for name, _ in sections if section_number(name) >= section_number("settle"))
+    if len(numbers) <= 1:
+        return f"section {numbers[0]}" if numbers else "none yet"
+    return ", ".join(str(k) for k in ["sections " + str(numbers[0])] + numbers[1:-1]) + f" and {numbers[-1]}"
 
 
 def base_losses(results):
@@ -52,7 +53,7 @@ committed records give. No number below is typed by hand.
 **Setup.** The experiments share one base model and one cache of runs: the `tiny` GPT (4 layers,
 4 heads, 128 dims, block 64, 0.83M parameters, byte-level) pretrained for 2000 steps on the
 Python standard library's code, then fine-tuned for 600 steps at batch 12 on the prose of the
-Python docs. Losses are validation cross-entropy in nats per byte (ln 256 = 5.55 is a uniform
+Python docs. Losses are held-out cross-entropy (validation; test from section {section_number("settle")} on) in nats per byte (ln 256 = 5.55 is a uniform
 guess over the 256 byte values; divide by ln 2 = 0.693 for bits) on the docs (the target: what
 is learned) and on the code (the source: what is forgotten). The base model starts at
 {target:.3f} on the docs and {source:.3f} on the code. LoRA adapts all six linear layers of each
@@ -70,10 +71,12 @@ default, widened while the best sits at an edge, then the other seeds at the cho
 loss over the same validation batches they report, and that seed is in every mean: a choice can fit
 the noise of those batches, which flatters the chosen setting by an amount those sections do not
 measure. The sections written since the held-out test split exists ({held_out_sections(sections)}) cut
-the held-out text in two: rates and settings are chosen on its first half (validation) and every
-number they report is on its second half (test), which no choice read. Section
-{section_number("settle")} runs the comparisons three seeds left undecided again that way, and shows
-what the same runs say on validation beside test. Sections 1 to {section_number("settle") - 1} are not yet
+the held-out text in two: the rates and settings they choose are chosen on its first half
+(validation), and every number they report is on its second half (test), which no choice of theirs
+read. What they take as given (the default rates, the grids' starting points, the settings they
+re-test) was chosen earlier, by sections 1 to {section_number("settle") - 1}, on the whole held-out text, test half
+included. Section {section_number("settle")} runs the comparisons three seeds left undecided again this way, and
+shows what the same runs say on validation beside test. Sections 1 to {section_number("settle") - 1} are not yet
 re-run on the split (the run-time table at the end gives what each command costs).
 
 {method(sections)}
