@@ -122,3 +122,14 @@ def test_settle_signs_each_difference_as_its_claim_and_reads_the_split_asked_for
     assert test["the gap widens from batch 6 to 96 (one rate)"]["mean"] == pytest.approx(0.05)
     assert test["four attention types at r=2 beat two at r=4"]["mean"] == pytest.approx(0.0)
     assert len(test) == len(settle.QUESTIONS)
+
+
+def test_each_settle_question_is_worded_as_its_section_words_it():
+    """settle() matches a section's comparison to its five-seed read by the question's text: a section
+    that rewords one would silently keep its three-seed read. Read the committed sections' questions."""
+    import experiments.settle as settle
+    from experiments.report import Results, sections
+
+    asked = {name: {c["question"] for c in s.get("comparisons", [])} for name, s in sections(Results())}
+    for section, question, _, _ in settle.QUESTIONS:
+        assert question in asked[section], (section, question, sorted(asked[section]))
