@@ -401,5 +401,19 @@ def readme_blocks(results, sections=None):
         blocks["ddp"] = ddp(results)
     if sections:
         blocks["reproductions"] = reproductions_table(sections)
+        blocks["held-out"] = held_out_block(sections)
     return blocks
+
+
+def held_out_block(sections):
+    """The README's lines on the sections made on the held-out test split: each one's question, its
+    verdict and the numbers it rests on, all on test."""
+    later = [(name, s) for name, s in sections if section_number(name) >= section_number("settle")]
+    if not later:
+        return "No experiment has been run on the held-out test split yet.\n"
+    lines = [f"Rates chosen on validation, every number on the held-out test half ({held_out_sections(sections)} of "
+             f"[REPRODUCTIONS](experiments/REPRODUCTIONS.md), 3 seeds or more; written by `python -m experiments.report`):", ""]
+    for name, s in later:
+        lines.append(f"- **{s['title']}** (section {section_number(name)}): **{s['verdict']}**. {s['detail']}.")
+    return "\n".join(lines) + "\n"
 
