@@ -53,9 +53,18 @@ def sections(results):
     out = []
     for name in SECTIONS:
         module = importlib.import_module(f"experiments.{name}")
-        if results.has(getattr(module, "REPORT_FOLDER", name)):
-            out.append((name, module.report(results)))
+        folder = getattr(module, "REPORT_FOLDER", name)
+        if results.has(folder):
+            out.append((name, {**module.report(results), "test_split": on_test_split(results, folder)}))
     return out
+
+
+def on_test_split(results, folder):
+    """Whether an experiment's runs were scored on the held-out test split (their records say so)."""
+    if not results.has(folder, "records.json"):
+        return False
+    records = results.json(folder, "records.json")
+    return any(isinstance(r, dict) and "final_target_test_loss" in r for r in records)
 
 
 def readme_blocks(results, secs=None):

@@ -133,3 +133,24 @@ def test_each_settle_question_is_worded_as_its_section_words_it():
     asked = {name: {c["question"] for c in s.get("comparisons", [])} for name, s in sections(Results())}
     for section, question, _, _ in settle.QUESTIONS:
         assert question in asked[section], (section, question, sorted(asked[section]))
+
+
+def test_sections_are_numbered_in_ranges_and_marked_by_what_their_records_hold(tmp_path):
+    import json
+
+    from experiments.lib.write_up import held_out_sections, numbers_text
+    from experiments.report import Results, on_test_split
+
+    assert numbers_text([1, 2, 3, 5]) == "sections 1 to 3 and 5"
+    assert numbers_text([14, 15]) == "sections 14 and 15"
+    assert numbers_text([14]) == "section 14" and numbers_text([]) == "none"
+    for folder, record in (("old", {"final_target_loss": 1.0}), ("new", {"final_target_loss": 1.0,
+                                                                        "final_target_test_loss": 1.1})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "records.json").write_text(json.dumps([record]))
+    results = Results(str(tmp_path))
+    assert not on_test_split(results, "old") and on_test_split(results, "new")
+    assert not on_test_split(results, "missing")
+    marked = [("lr_sweep", {"test_split": False}), ("rank_sweep", {"test_split": False}), ("settle", {"test_split": True})]
+    assert held_out_sections(marked) == "section 14"
+    assert held_out_sections(marked, on_split=False) == "sections 1 and 2"

@@ -18,14 +18,23 @@ from experiments.lib.verdicts import VERDICTS, method
 
 
 
-def held_out_sections(sections):
-    """'sections 14 to 17' (or the one): the sections made on the held-out test split, which come last
-    (SECTIONS from "settle" on)."""
+def numbers_text(numbers):
+    """[1, 2, 3, 5] -> 'sections 1 to 3 and 5'; [] -> 'none'."""
+    if not numbers:
+        return "none"
+    runs, start = [], numbers[0]
+    for a, b in zip(numbers, numbers[1:] + [None]):
+        if b != a + 1:
+            runs += [str(start)] if start == a else [str(start), str(a)] if a == start + 1 else [f"{start} to {a}"]
+            start = b
+    word = "section" if len(numbers) == 1 else "sections"
+    return f"{word} {runs[0]}" if len(runs) == 1 else f"{word} {', '.join(runs[:-1])} and {runs[-1]}"
 
-    numbers = sorted(section_number(name) for name, _ in sections if section_number(name) >= section_number("settle"))
-    if len(numbers) <= 1:
-        return f"section {numbers[0]}" if numbers else "none yet"
-    return ", ".join(str(k) for k in ["sections " + str(numbers[0])] + numbers[1:-1]) + f" and {numbers[-1]}"
+
+def held_out_sections(sections, on_split=True):
+    """'sections 13 to 17': the sections whose runs were scored on the held-out test split (on_split),
+    or those that were not (on_split=False), as report.sections marks them."""
+    return numbers_text(sorted(section_number(name) for name, s in sections if bool(s.get("test_split")) == on_split))
 
 
 def base_losses(results):
@@ -53,7 +62,7 @@ committed records give. No number below is typed by hand.
 **Setup.** The experiments share one base model and one cache of runs: the `tiny` GPT (4 layers,
 4 heads, 128 dims, block 64, 0.83M parameters, byte-level) pretrained for 2000 steps on the
 Python standard library's code, then fine-tuned for 600 steps at batch 12 on the prose of the
-Python docs. Losses are held-out cross-entropy (validation; test from section {section_number("settle")} on) in nats per byte (ln 256 = 5.55 is a uniform
+Python docs. Losses are held-out cross-entropy (validation; test in {held_out_sections(sections)}) in nats per byte (ln 256 = 5.55 is a uniform
 guess over the 256 byte values; divide by ln 2 = 0.693 for bits) on the docs (the target: what
 is learned) and on the code (the source: what is forgotten). The base model starts at
 {target:.3f} on the docs and {source:.3f} on the code. LoRA adapts all six linear layers of each
@@ -67,17 +76,17 @@ Other contenders (target sets, variants, ranks) get their rate from a small cach
 same quarter-decade grid (`experiments/lib/tuning.py`): the first seed at a few rates around the
 default, widened while the best sits at an edge, then the other seeds at the chosen rate.
 
-**Validation and test.** Sections 1 to {section_number("settle") - 1} choose their rates on the first seed's
+**Validation and test.** {held_out_sections(sections, False).capitalize()} choose their rates on the first seed's
 loss over the same validation batches they report, and that seed is in every mean: a choice can fit
 the noise of those batches, which flatters the chosen setting by an amount those sections do not
-measure. The sections written since the held-out test split exists ({held_out_sections(sections)}) cut
-the held-out text in two: the rates and settings they choose are chosen on its first half
-(validation), and every number they report is on its second half (test), which no choice of theirs
-read. What they take as given (the default rates, the grids' starting points, the settings they
-re-test) was chosen earlier, by sections 1 to {section_number("settle") - 1}, on the whole held-out text, test half
-included. Section {section_number("settle")} runs the comparisons three seeds left undecided again this way, and
-shows what the same runs say on validation beside test. Sections 1 to {section_number("settle") - 1} are not yet
-re-run on the split (the run-time table at the end gives what each command costs).
+measure. The sections run on the held-out test split ({held_out_sections(sections)}) cut the held-out
+text in two: the rates and settings they choose are chosen on its first half (validation), and every
+number they report is on its second half (test), which no choice of theirs read. What they take as
+given (the default rates, the grids' starting points, the settings they re-test) was chosen earlier,
+on the whole held-out text, test half included. Section {section_number("settle")} runs the comparisons
+three seeds left undecided again this way, and shows what the same runs say on validation beside
+test. The others are not yet re-run on the split (the run-time table at the end gives what each
+command costs).
 
 {method(sections)}
 Every command runs offline on a CPU; `--device cuda --preset small` runs the same experiment at
@@ -408,7 +417,7 @@ def readme_blocks(results, sections=None):
 def held_out_block(sections):
     """The README's lines on the sections made on the held-out test split: each one's question, its
     verdict and the numbers it rests on, all on test."""
-    later = [(name, s) for name, s in sections if section_number(name) >= section_number("settle")]
+    later = [(name, s) for name, s in sections if s.get("test_split")]
     if not later:
         return "No experiment has been run on the held-out test split yet.\n"
     lines = [f"Rates chosen on validation, every number on the held-out test half ({held_out_sections(sections)} of "
