@@ -283,16 +283,29 @@ def judge(summary):
 
 
 def overfitting(summary):
-    """One line per size on full fine-tuning: its test loss against the base model's, and the loss
-    on its own training batches at the end against the test loss (the generalisation gap)."""
+    """Does full fine-tuning overfit the small sets? (one line per size, and the answer): its test
+    loss against the base model's (above it: the repetition did harm), and the loss on its own
+    training batches at the end against the test loss (the generalisation gap)."""
     base = summary["base_test_loss"]
-    out = []
-    for row in (x for x in summary["rows"] if x["name"] == "full"):
+    rows = sorted((x for x in summary["rows"] if x["name"] == "full"), key=lambda x: x["size"])
+    lines, worse, gaps = [], [], {}
+    for row in rows:
         test, train = row["test_loss"]["mean"], row["train_loss_end"]["mean"]
-        side = "below" if test < base else "above"
-        out.append(f"{kib(row['size'])}: test {show(row['test_loss'])}, {abs(test - base):.3f} {side} the base "
-                   f"model's {base:.3f}; training batches at the end {train:.3f} ({test - train:+.3f} to test)")
-    return out
+        gaps[row["size"]] = test - train
+        if test > base:
+            worse.append(kib(row["size"]))
+        lines.append(f"{kib(row['size'])}: test {show(row['test_loss'])} ({test - base:+.3f} from the base model's "
+                     f"{base:.3f}), its own training batches {train:.3f} at the end (test minus training {test - train:+.3f})")
+    small, large = rows[0]["size"], rows[-1]["size"]
+    if worse:
+        answer = (f"Yes, past the start: on {', '.join(worse)} its test loss ends above the base model's, so the "
+                  f"repetition undid what it learned")
+    else:
+        answer = ("Not past the start: at its tuned rate its test loss ends below the base model's on every set, "
+                  "so each set still taught it something")
+    trend = ("larger" if gaps[small] > gaps[large] else "no larger")
+    return lines, (f"{answer}; test minus training is {trend} on {kib(small)} "
+                   f"({gaps[small]:+.3f}) than on {kib(large)} ({gaps[large]:+.3f})")
 
 
 def report(results):
@@ -306,6 +319,7 @@ def report(results):
     def said(c):
         return f"{c['question']}: {verdicts.show_interval(c)}, {verdicts.show(c)}"
 
+    fit_lines, fit_answer = overfitting(s)
     where = "; ".join(f"r={r}: {'at no size' if points[r] is None else 'up to ' + kib(points[r])}" for r in ranks)
     edges = [f"{label(row['name'])} on {kib(row['size'])}" for row in s["rows"] if row["tuning"]["at_grid_edge"]]
     rates = "; ".join(f"{label(name)} " + ", ".join(lr_text(row["lr"]) for row in s["rows"] if row["name"] == name)
@@ -317,10 +331,8 @@ def report(results):
         "; ".join(said(judged[("beats", r, large)]) for r in ranks) + ").",
         f"- Where LoRA matches full fine-tuning (the largest size with a passed equivalence test): {where}. That "
         f"point moves to larger data with r={high} than with r={low}: **{part_moves}**.",
-        "- Does full fine-tuning overfit the small sets? " + "; ".join(overfitting(s)) + ". A test loss below the "
-        "base model's is still learning from the set; the gap to the training batches is what repetition costs.",
-        f"- Rates, chosen on validation per method and size (by size, smallest first): {rates}. A small set "
-        f"wants its own rate: one shared rate would favour one size."]
+        f"- Does full fine-tuning overfit the small sets? {fit_answer} (" + "; ".join(fit_lines) + ").",
+        f"- Rates, chosen on validation for each method at each size (smallest size first): {rates}."]
     if edges:
         bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may "
                        f"lie further out.")
