@@ -100,7 +100,9 @@ def end_of_training_loss(record, share=0.1):
 
 
 def kib(n):
-    """A size in bytes as people write it: 4 KB, 32 KB, 409.7 KB (KB = 1024 bytes)."""
+    """A size in bytes as people write it: 256 bytes, 4 KB, 32 KB, 409.7 KB (KB = 1024 bytes)."""
+    if n < 1024:
+        return f"{n} bytes"
     return f"{n / 1024:.0f} KB" if n % 1024 == 0 else f"{n / 1024:.1f} KB"
 
 
