@@ -210,6 +210,7 @@ def summarize(tuned, methods, sizes, seeds, args, target):
         runs = t["records"]
         records += runs
         rows.append({"name": name, "method": runs[0]["method"], "r": runs[0]["r"], "size": n, "lr": t["best_lr"],
+                     "trainable_params": runs[0]["trainable_params"],
                      "tuning": {k: t[k] for k in ("lrs", "losses", "at_grid_edge")},  # validation, seed 1
                      "test_loss": spread([x["final_target_test_loss"] for x in runs]),
                      "source_test_loss": spread([x["final_source_test_loss"] for x in runs]),
@@ -223,7 +224,8 @@ def summarize(tuned, methods, sizes, seeds, args, target):
     window_bytes = args.batch_size * first["block_size"]
     summary = {"seeds": seeds, "steps": args.max_iters, "batch_size": args.batch_size, "block_size": first["block_size"],
                "bytes_drawn": args.max_iters * window_bytes, "whole": len(target.train), "sizes": sizes,
-               "ranks": ranks, "contenders": list(methods), "max_extra": args.max_extra,
+               "ranks": ranks, "contenders": list(methods), "max_extra": args.max_extra, "alpha": args.alpha,
+               "targets": parse_targets(args.targets),
                "base_test_loss": first["base_target_test_loss"], "rows": rows, "differences": differences}
     return summary, records
 
@@ -322,6 +324,9 @@ def report(results):
         return f"{c['question']}: {verdicts.show_interval(c)}, {verdicts.show(c)}"
 
     fit_lines, fit_answer = overfitting(s)
+    targets = ", ".join(s["targets"]) if isinstance(s["targets"], list) else s["targets"]
+    trainable = {row["name"]: row["trainable_params"] for row in s["rows"]}
+    params = ", ".join(f"{label(name)}: {trainable[name]:,} trainable parameters" for name in s["contenders"])
     where = "; ".join(f"r={r}: {'at no size' if points[r] is None else 'up to ' + kib(points[r])}" for r in ranks)
     edges = [f"{label(row['name'])} on {kib(row['size'])}" for row in s["rows"] if row["tuning"]["at_grid_edge"]]
     rates = "; ".join(f"{label(name)} " + ", ".join(lr_text(row["lr"]) for row in s["rows"] if row["name"] == name)
@@ -345,8 +350,8 @@ it falls behind moves to larger data with a larger rank (Schulman et al. 2025, "
 **Command.** `python -m experiments.data_size` (`results/data_size/`): the fine-tuning set is the
 first N bytes of the docs corpus's training part, N in {{{', '.join(kib(n) for n in sizes)}}}
 (the validation and test text are the corpus's own at every size). Full fine-tuning and LoRA at
-r = {', '.join(str(r) for r in ranks)} (all six linear layers of every block, alpha 16), each at each
-size at its own rate, tuned on validation with seed 1 (three grid rates around the default, up to
+r = {', '.join(str(r) for r in ranks)} (on {targets}, alpha {s['alpha']:g}; {params}), each at each
+size at its own rate, tuned on validation with the first seed (three grid rates around the default, up to
 {s['max_extra']} more at an edge), then {len(s['seeds'])} seeds. Every run takes the same
 {s['steps']} steps of {s['batch_size']} windows of {s['block_size']} bytes ({s['bytes_drawn']:,} bytes
 drawn), so a small set is repeated: "passes" below is bytes drawn over the set's size.
