@@ -222,7 +222,8 @@ def summarize(tuned, methods, sizes, seeds, args, target):
                    for r in ranks for n in sizes]  # LoRA minus full: above 0, LoRA is behind
     first = records[0]
     window_bytes = args.batch_size * first["block_size"]
-    summary = {"seeds": seeds, "steps": args.max_iters, "batch_size": args.batch_size, "block_size": first["block_size"],
+    summary = {"seeds": seeds, "steps": args.max_iters, "batch_size": args.batch_size,
+               "block_size": first["block_size"],
                "bytes_drawn": args.max_iters * window_bytes, "whole": len(target.train), "sizes": sizes,
                "ranks": ranks, "contenders": list(methods), "max_extra": args.max_extra, "alpha": args.alpha,
                "targets": parse_targets(args.targets),
@@ -232,7 +233,8 @@ def summarize(tuned, methods, sizes, seeds, args, target):
 
 def results_table(summary):
     names = summary["contenders"]
-    lines = ["| data | passes | " + " | ".join(label(n) for n in names) + " |", "| ---: | ---: |" + " ---: |" * len(names)]
+    lines = ["| data | passes | " + " | ".join(label(n) for n in names) + " |",
+             "| ---: | ---: |" + " ---: |" * len(names)]
     cell = {(row["name"], row["size"]): row for row in summary["rows"]}
     for n in summary["sizes"]:
         lines.append(f"| {kib(n)} | {summary['bytes_drawn'] / n:.2g} | " + " | ".join(
@@ -299,7 +301,8 @@ def overfitting(summary):
         if test > base:
             worse.append(kib(row["size"]))
         lines.append(f"{kib(row['size'])}: test {show(row['test_loss'])} ({test - base:+.3f} from the base model's "
-                     f"{base:.3f}), its own training batches {train:.3f} at the end (test minus training {test - train:+.3f})")
+                     f"{base:.3f}), its own training batches {train:.3f} at the end "
+                     f"(test minus training {test - train:+.3f})")
     small, large = rows[0]["size"], rows[-1]["size"]
     if worse:
         answer = (f"Yes, past the start: on {', '.join(worse)} its test loss ends above the base model's, so the "
@@ -356,7 +359,8 @@ size at its own rate, tuned on validation with the first seed (three grid rates 
 {s['steps']} steps of {s['batch_size']} windows of {s['block_size']} bytes ({s['bytes_drawn']:,} bytes
 drawn), so a small set is repeated: "passes" below is bytes drawn over the set's size.
 {s['steps']} steps, evaluated only at the start and the end, keep the experiment within its
-13-minute budget on 2 cores (most other sections train 600). **Every number below is on the held-out test text**, which no choice read.
+13-minute budget on 2 cores (most other sections train 600). **Every number below is on the
+held-out test text**, which no choice read.
 
 ![data size x rank](../results/data_size/data_size.png)
 
