@@ -315,6 +315,18 @@ def overfitting(summary):
                    f"({gaps[small]:+.3f}) than on {kib(large)} ({gaps[large]:+.3f})")
 
 
+def ahead(summary):
+    """Where LoRA ends AHEAD of full fine-tuning (the gap's 95% interval below 0): no part of the claim,
+    which has LoRA at best equal, so said apart, without a verdict."""
+    cells = [f"r={d['r']} on {kib(d['size'])} ({show_difference(d['difference'])})" for d in summary["differences"]
+             if d["difference"]["n"] > 1 and d["difference"]["mean"] + d["difference"]["ci"] < 0]
+    if not cells:
+        return "LoRA ends ahead of full fine-tuning (a called negative gap) at no size."
+    return ("LoRA ends ahead of full fine-tuning, a called negative gap, at " + "; ".join(cells) + ": there full "
+            "fine-tuning, at its own tuned rate and the same number of steps, ends worse than LoRA. The claim has "
+            "LoRA at best equal, so this is no match, and no part of the verdict.")
+
+
 def report(results):
     """Section of REPRODUCTIONS.md from results/data_size."""
     s = results.json("data_size", "data_size.json")
@@ -342,6 +354,7 @@ def report(results):
         f"- Where LoRA matches full fine-tuning (the largest size with a passed equivalence test): {where}. That "
         f"point moves to larger data with r={high} than with r={low}: **{part_moves}**.",
         f"- Does full fine-tuning overfit the small sets? {fit_answer} (" + "; ".join(fit_lines) + ").",
+        f"- {ahead(s)}",
         f"- Rates, chosen on validation for each method at each size (smallest size first): {rates}."]
     if edges:
         bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may "

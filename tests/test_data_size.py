@@ -167,3 +167,13 @@ def test_a_wide_interval_at_the_small_set_is_not_settled():
     verdict, parts, _, _ = data_size.judge(fake_summary(gaps, sizes=(4096, 419577)))
     assert parts[0] == verdicts.NOT_SETTLED and parts[2] == verdicts.NOT_SETTLED
     assert verdict == verdicts.PARTLY
+
+
+def test_lora_ahead_on_a_small_set_is_said_and_is_no_match():
+    gaps = {(1, 4096): [-0.05, -0.06, -0.055], (16, 4096): SAME, (1, 419577): BEHIND, (16, 419577): BEHIND}
+    summary = fake_summary(gaps, sizes=(4096, 419577))
+    _, parts, judged, _ = data_size.judge(summary)
+    assert judged[("matches", 1, 4096)]["outcome"] == verdicts.NOT_REPRODUCED and parts[0] == verdicts.REPRODUCED
+    body = data_size.report(Fake(summary))["body"]
+    assert "LoRA ends ahead of full fine-tuning, a called negative gap, at r=1 on 4 KB (-0.055" in body
+    assert "at no size" in data_size.ahead(fake_summary({k: BEHIND for k in gaps}, sizes=(4096, 419577)))
