@@ -327,6 +327,31 @@ def ahead(summary):
             "LoRA at best equal, so this is no match, and no part of the verdict.")
 
 
+def edge_note(summary):
+    """What a tuned rate at the edge of the rates tried means here, and who ends worse on test than
+    the base model (where the repeated set did harm at every rate tried)."""
+    def names(rows):
+        return ", ".join(f"{label(row['name'])} on {kib(row['size'])}" for row in rows)
+
+    edges = [row for row in summary["rows"] if row["tuning"]["at_grid_edge"]]
+    low = [row for row in edges if row["lr"] == min(row["tuning"]["lrs"])]
+    high = [row for row in edges if row not in low]
+    worse = [row for row in summary["rows"] if row["test_loss"]["mean"] > summary["base_test_loss"]]
+    out = []
+    if low:
+        out.append(f"The tuned rate of {names(low)} sat at the lowest rate tried: the validation loss still fell "
+                   f"toward lower rates, so the best rate lies lower, and a comparison there says what "
+                   f"{summary['steps']} steps at the rates tried do to that set, not the best each method reaches "
+                   f"on it (a lower rate, or fewer steps, would do better).")
+    if high:
+        out.append(f"The tuned rate of {names(high)} sat at the highest rate tried, so its best may lie higher.")
+    if worse:
+        text = names(worse)
+        out.append(f"{text[0].upper() + text[1:]} end{'s' if len(worse) == 1 else ''} worse on test than the base model "
+                   f"({summary['base_test_loss']:.3f}): there the repeated set did harm.")
+    return " ".join(out)
+
+
 def report(results):
     """Section of REPRODUCTIONS.md from results/data_size."""
     s = results.json("data_size", "data_size.json")
@@ -343,7 +368,7 @@ def report(results):
     trainable = {row["name"]: row["trainable_params"] for row in s["rows"]}
     params = ", ".join(f"{label(name)}: {trainable[name]:,} trainable parameters" for name in s["contenders"])
     where = "; ".join(f"r={r}: {'at no size' if points[r] is None else 'up to ' + kib(points[r])}" for r in ranks)
-    edges = [f"{label(row['name'])} on {kib(row['size'])}" for row in s["rows"] if row["tuning"]["at_grid_edge"]]
+    edges = [row for row in s["rows"] if row["tuning"]["at_grid_edge"]]
     rates = "; ".join(f"{label(name)} " + ", ".join(lr_text(row["lr"]) for row in s["rows"] if row["name"] == name)
                       for name in s["contenders"])
     bullets = [
@@ -357,8 +382,7 @@ def report(results):
         f"- {ahead(s)}",
         f"- Rates, chosen on validation for each method at each size (smallest size first): {rates}."]
     if edges:
-        bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may "
-                       f"lie further out.")
+        bullets.append(f"- {edge_note(s)}")
     body = f"""**Claim.** Low-rank LoRA matches full fine-tuning while the dataset is small (its capacity
 suffices); as the data grow beyond what the rank can hold, LoRA falls behind, and the point where
 it falls behind moves to larger data with a larger rank (Schulman et al. 2025, "LoRA Without Regret").
@@ -385,7 +409,8 @@ called gap. The base model scores {s['base_test_loss']:.3f} on the same test tex
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)
     detail = "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
-                       for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}"
+                       for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}; " + \
+        f"{len(edges)} of {len(s['rows'])} tuned rates at the edge of those tried"
     return {"title": "Data size against rank: where LoRA matches full fine-tuning",
             "source": "LoRA Without Regret (Schulman et al. 2025)",
             "claim": "low-rank LoRA matches full fine-tuning on small data and falls behind as data grow; the "

@@ -177,3 +177,14 @@ def test_lora_ahead_on_a_small_set_is_said_and_is_no_match():
     body = data_size.report(Fake(summary))["body"]
     assert "LoRA ends ahead of full fine-tuning, a called negative gap, at r=1 on 4 KB (-0.055" in body
     assert "at no size" in data_size.ahead(fake_summary({k: BEHIND for k in gaps}, sizes=(4096, 419577)))
+
+
+def test_a_rate_at_the_low_edge_and_a_loss_above_the_base_are_said():
+    summary = fake_summary({(r, n): BEHIND for r in (1, 16) for n in (4096, 419577)}, sizes=(4096, 419577), base=1.51)
+    summary["rows"][0] = {**summary["rows"][0], "lr": 5.6e-4,
+                          "tuning": {"lrs": [5.6e-4, 1e-3, 1.8e-3], "losses": [1.4, 1.5, 1.6], "at_grid_edge": True}}
+    note = data_size.edge_note(summary)
+    assert note.startswith("The tuned rate of full fine-tuning on 4 KB sat at the lowest rate tried")
+    assert "LoRA r=16 on 409.7 KB end worse on test than the base model (1.510)" in note  # LoRA means 1.562 > 1.51
+    assert "Full fine-tuning on 4 KB" not in note  # full's 1.503 is below the base
+    assert "1 of 6 tuned rates at the edge" in data_size.report(Fake(summary))["detail"]
