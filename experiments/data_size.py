@@ -327,6 +327,19 @@ def ahead(summary):
             "LoRA at best equal, so this is no match, and no part of the verdict.")
 
 
+def behind(summary):
+    """Where every rank is behind full fine-tuning, the gap by rank (means, described; no verdict rests on it)."""
+    by_size = {}
+    for d in summary["differences"]:
+        by_size.setdefault(d["size"], {})[d["r"]] = d["difference"]["mean"]
+    cells = [f"{kib(n)}: " + ", ".join(f"r={r} {g:+.3f}" for r, g in sorted(gaps.items()))
+             for n, gaps in sorted(by_size.items()) if all(g > 0 for g in gaps.values())]
+    if not cells:
+        return ""
+    return ("Where every rank is behind, the gap by rank (mean test loss, LoRA minus full; described, no verdict "
+            "rests on it): " + "; ".join(cells) + ".")
+
+
 def edge_note(summary):
     """What a tuned rate at the edge of the rates tried means here, and who ends worse on test than
     the base model (where the repeated set did harm at every rate tried)."""
@@ -377,7 +390,7 @@ def report(results):
         f"- On the largest set ({kib(large)}), full fine-tuning beats the lowest rank: **{part_large}** (" +
         "; ".join(said(judged[("beats", r, large)]) for r in ranks) + ").",
         f"- Where LoRA matches full fine-tuning (the largest size with a passed equivalence test): {where}. That "
-        f"point moves to larger data with r={high} than with r={low}: **{part_moves}**.",
+        f"point moves to larger data with r={high} than with r={low}: **{part_moves}**. {behind(s)}",
         f"- Does full fine-tuning overfit the small sets? {fit_answer} (" + "; ".join(fit_lines) + ").",
         f"- {ahead(s)}",
         f"- Rates, chosen on validation for each method at each size (smallest size first): {rates}."]

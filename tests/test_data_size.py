@@ -188,3 +188,9 @@ def test_a_rate_at_the_low_edge_and_a_loss_above_the_base_are_said():
     assert "LoRA r=16 on 409.7 KB end worse on test than the base model (1.510)" in note  # LoRA means 1.562 > 1.51
     assert "Full fine-tuning on 4 KB" not in note  # full's 1.503 is below the base
     assert "1 of 6 tuned rates at the edge" in data_size.report(Fake(summary))["detail"]
+
+
+def test_the_gap_by_rank_is_described_where_every_rank_is_behind():
+    gaps = {(1, 4096): SAME, (16, 4096): SAME, (1, 419577): BEHIND, (16, 419577): [0.02, 0.021, 0.019]}
+    text = data_size.behind(fake_summary(gaps, sizes=(4096, 419577)))
+    assert text.endswith("rests on it): 409.7 KB: r=1 +0.055, r=16 +0.020.")
