@@ -360,7 +360,8 @@ def edge_note(summary):
         out.append(f"The tuned rate of {names(high)} sat at the highest rate tried, so its best may lie higher.")
     if worse:
         text = names(worse)
-        out.append(f"{text[0].upper() + text[1:]} end{'s' if len(worse) == 1 else ''} worse on test than the base model "
+        out.append(f"{text[0].upper() + text[1:]} end{'s' if len(worse) == 1 else ''} worse on test than the base "
+                   f"model "
                    f"({summary['base_test_loss']:.3f}): there the repeated set did harm.")
     return " ".join(out)
 

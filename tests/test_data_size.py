@@ -115,8 +115,9 @@ def fake_summary(gaps, sizes=(4096, 32768, 419577), ranks=(1, 16), base=1.8):
                          "trainable_params": 9216 * r})
             differences.append({"r": r, "size": n, "difference": paired(full, lora)})
     return {"seeds": [1, 2, 3], "steps": 300, "batch_size": 12, "block_size": 64, "bytes_drawn": 230400,
-            "whole": sizes[-1], "sizes": list(sizes), "ranks": list(ranks), "contenders": ["full"] + [f"r={r}" for r in ranks],
-            "max_extra": 1, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "base_test_loss": base, "rows": rows, "differences": differences}
+            "whole": sizes[-1], "sizes": list(sizes), "ranks": list(ranks),
+            "contenders": ["full"] + [f"r={r}" for r in ranks], "max_extra": 1, "alpha": 16.0,
+            "targets": ["q_proj", "v_proj"], "base_test_loss": base, "rows": rows, "differences": differences}
 
 
 class Fake:
@@ -146,7 +147,8 @@ def test_the_claim_as_the_paper_tells_it_is_reproduced():
     section = data_size.report(Fake(summary))
     assert section["verdict"] == verdicts.REPRODUCED and len(section["comparisons"]) == 6 + 2
     assert "r=1: up to 4 KB; r=16: up to 32 KB" in section["body"]
-    assert "on q_proj, v_proj, alpha 16; full fine-tuning: 800,000 trainable parameters, LoRA r=1: 9,216" in section["body"]
+    assert ("on q_proj, v_proj, alpha 16; full fine-tuning: 800,000 trainable parameters, LoRA r=1: 9,216"
+            in section["body"])
     assert "Not past the start" in section["body"]  # full ends below the base model on every set
 
 
