@@ -80,13 +80,24 @@ def test_matches_is_an_equivalence_test_not_a_missing_call():
     assert matches([0.02, 0.03, 0.025])["outcome"] == NOT_REPRODUCED
 
 
+def test_exact_match_and_distinct_n_use_their_own_deltas():
+    """Exact match: 5 points (0.05) either way; distinct-n: 0.02."""
+    assert matches([0.02, 0.03, 0.025], "exact")["outcome"] == REPRODUCED
+    c = matches([0.06, 0.07, 0.065], "exact")
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "differs by more than 0.05")
+    assert beats([0.03, 0.035, 0.04], "distinct")["outcome"] == REPRODUCED  # called, and at least 0.02
+    c = beats([0.012, 0.014, 0.013, 0.0125, 0.0135], "distinct")  # called, five seeds, but under 0.02
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "called, but below the minimum 0.02")
+
+
 def test_a_diverged_run_decides_nothing_in_its_favour():
     assert beats([0.05, math.nan, 0.05])["outcome"] == NOT_REPRODUCED
     assert matches([0.0, math.inf, 0.0])["outcome"] == NOT_REPRODUCED
 
 
 def test_unknown_kinds_and_labels_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['loss', 'share'\]"):
+    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['distinct', 'exact', "
+                                         r"'loss', 'share'\]"):
         beats([0.1, 0.2, 0.3], "bits")
     with pytest.raises(ValueError, match="unknown verdict 'maybe'"):
         combine(["maybe"])
