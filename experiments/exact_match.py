@@ -8,9 +8,9 @@ Claim (Hu et al. 2021, LoRA, Sec. 7.2 / Table 6): adapting W_q and W_v at a very
 needs has a low intrinsic rank. Biderman et al. 2024 ("LoRA Learns Less and Forgets Less"): LoRA
 keeps the model's generations more diverse than full fine-tuning does.
 
-The task (experiments/lib/format_task.py): PEP 8 spacing around "=" in simple assignments, from
-real lines of the standard library, "x=foo(1)" -> "x = foo(1)", scored by exact match under greedy
-decoding (experiments/lib/task_metrics.py). Contenders: LoRA on q_proj, v_proj at r = 1, 2, 8, 64
+The task (experiments/lib/format_task.py): name the type of the literal a real line of the standard
+library assigns, "self._pos = (0, 0)" -> "tuple", scored by exact match under greedy decoding
+(experiments/lib/task_metrics.py). Contenders: LoRA on q_proj, v_proj at r = 1, 2, 8, 64
 (alpha 16) and full fine-tuning; each at its own rate, chosen on VALIDATION exact match (seed 1),
 then 3 seeds at that rate. Everything reported is on TEST prompts and test text, disjoint from
 validation by line. Diversity: distinct-2 and -3 over bytes of free samples from "\\n".
@@ -22,7 +22,7 @@ import os
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, positive_int,
                                     run_kwargs, stop)
 from experiments.lib.exact_match_report import plot_exact_match, results_table, section
-from experiments.lib.format_task import make_task, task_corpus
+from experiments.lib.format_task import majority_share, make_task, task_corpus
 from experiments.lib.plots import write_report
 from experiments.lib.runs import run_all
 from experiments.lib.seeds import paired, seed_list, spread
@@ -31,7 +31,7 @@ from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.data import python_code_bytes
 from nanogpt.train import write_json
 
-FINAL_EVAL = "pep8-assign-v1"  # part of the run cache key: change it when task_metrics.task_eval changes
+FINAL_EVAL = "literal-types-v1"  # part of the run cache key: change it when task_metrics.task_eval changes
 TIE = 1e-4  # tuning: validation loss (~1 nat) breaks ties of exact match, never outweighs one prompt (1/N)
 SHOWN = 5  # test prompts (and free samples) kept in each record, to show what a model does
 
@@ -84,19 +84,19 @@ def make_exact_parser():
     p = make_parser(__doc__.splitlines()[0], default_out="results/exact_match", test_split=True)
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 8, 64], help="LoRA ranks on --targets, e.g. 1,2,8,64")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per contender")
-    p.add_argument("--max-len", type=positive_int, default=20, help="longest example line, in bytes")
+    p.add_argument("--max-len", type=positive_int, default=50, help="longest example line, in bytes")
     p.add_argument("--samples", type=positive_int, default=128, help="free samples per model, for distinct-n")
     p.add_argument("--max-extra", type=int, choices=range(0, 3), default=1,
                    help="rates the tuner may add past the edge of the first three (0-2)")
-    p.set_defaults(targets="q_proj,v_proj", max_iters=600, eval_interval=200)
+    p.set_defaults(targets="q_proj,v_proj", max_iters=400, eval_interval=200)
     return p
 
 
 def main(argv=None):
     args = make_exact_parser().parse_args(argv)
     if args.target != "python-docs":
-        stop(f"--target {args.target!r}: this experiment's target is its own task (PEP 8 assignments from the "
-             f"standard library); leave --target out")
+        stop(f"--target {args.target!r}: this experiment's target is its own task (the types of literals in the "
+             f"standard library's assignments); leave --target out")
     seeds = seed_list(args.seed, args.seeds)
     check_runs(args, ranks=args.ranks, lr_on_grid=True)
     base, base_key, source, _, device = load_setup(args)  # the task replaces the prose target
@@ -130,12 +130,13 @@ def main(argv=None):
     summary = {"seeds": seeds, "max_iters": args.max_iters, "targets": targets, "alpha": args.alpha,
                "max_len": args.max_len, "samples": k, "sample_bytes": new_bytes,
                "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
+               "majority": majority_share(task), "answers": sorted({a for _, a in task.train}),
                "examples": task.test[:SHOWN], "base": {**base_eval, "target_test_loss": records[0]["base_target_test_loss"],
                                                        "source_test_loss": records[0]["base_source_test_loss"]},
                "rows": rows, "differences": differences(rows)}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "exact_match.json"))
-    title = (f"exact match: {args.preset} GPT ({source.name} base), PEP 8 '=' spacing, {args.max_iters} steps, "
+    title = (f"exact match: {args.preset} GPT ({source.name} base), the type of a literal, {args.max_iters} steps, "
              f"LoRA on {','.join(targets)}, alpha {args.alpha:g}, each at its tuned rate, {len(seeds)} seeds, {device}")
     plot_exact_match(summary, os.path.join(args.out, "exact_match.png"), title)
     table = write_report(os.path.join(args.out, "results.md"), "Exact match", title, results_table(summary))

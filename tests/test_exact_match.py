@@ -6,8 +6,8 @@ import torch
 
 from experiments.lib import exact_match_report as em_report
 from experiments.lib import verdicts
-from experiments.lib.format_task import (example_lines, fits, is_example, make_task, pair_text, pep8_assign,
-                                         task_corpus, unspace)
+from experiments.lib.format_task import (example_lines, fits, is_example, majority_share, make_task, pair_text,
+                                         task_corpus, value_type)
 from experiments.lib.seeds import paired, spread
 from experiments.lib.task_metrics import distinct_n, exact_match, greedy_lines, task_eval
 from nanogpt.data import python_code_bytes
@@ -15,69 +15,74 @@ from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizer import decode
 
 
-def test_the_rule_spaces_the_first_equals_only():
-    assert pep8_assign("x=foo(1)") == "x = foo(1)"
-    assert pep8_assign("self.a=f(b=1) == c") == "self.a = f(b=1) == c"  # keyword and comparison untouched
-    assert unspace("self.a = f(b=1)") == "self.a=f(b=1)"
+@pytest.mark.parametrize("line, answer", [
+    ("x = 1", "int"), ("x = (1)", "int"), ("x = -1", "int"), ("x = 0x1f", "int"), ("x = (1,)", "tuple"),
+    ("x = ()", "tuple"), ("x = {}", "dict"), ("x = {1}", "set"), ("x = {'a': 1}", "dict"), ("x = 1.0", "float"),
+    ("x = 1e3", "float"), ("x = 'a'", "str"), ("x = b''", "bytes"), ("x = None", "NoneType"), ("x = True", "bool"),
+    ("x = [f]", None), ("x = foo(1)", None), ("x = y", None), ("x == 1", None)])
+def test_the_rule_is_the_type_python_gives_the_literal(line, answer):
+    assert value_type(line) == answer
 
 
 @pytest.mark.parametrize("line, ok", [
-    ("x = foo(1)", True), ("self.x = [a, b]", True), ("n = a == b", True),
-    ("x = y = 0", False),  # two targets: the rule would leave the second "="
-    ("x += 1", False), ("x[0] = 1", False), ("a, b = f()", False),  # not a single (dotted) name
+    ("x = 1", True), ("self._pos = (0, 0)", True), ("n = [1, 2]  # two", True),
+    ("x = y = 0", False),  # two targets
+    ("x += 1", False), ("x[0] = 1", False), ("a, b = 1, 2", False),  # not a single (dotted) name
     ("x = {", False),  # not a complete statement
+    ("x = foo(1)", False),  # not a literal
     ("x = 'é'", False), ("x=1", False), (" x = 1", False), ("x =  1", False), ("x", False)])
-def test_is_example_takes_simple_spaced_assignments_of_one_name(line, ok):
+def test_is_example_takes_simple_assignments_of_a_literal(line, ok):
     assert is_example(line) is ok
 
 
 def test_example_lines_strip_indentation_drop_duplicates_and_respect_the_length():
-    code = b"x = 1\n    y = 2\n\tx = 1\nlonger_name = 3\nz = {\n"
+    code = b"x = 1\n    y = 2\n\tx = 1\nlonger_name = 3\nz = {\nw = f(1)\n"
     assert example_lines(code, 64, 20) == ["x = 1", "y = 2", "longer_name = 3"]
     assert example_lines(code, 64, 5) == ["x = 1", "y = 2"]
-    assert example_lines(code, 10, 20) == []  # 2 * 5 + 1 bytes do not fit in a block of 10
+    assert example_lines(code, 10, 20) == []  # "\nx = 1\nint\n" is 11 bytes: no block of 10 holds it
     assert fits("x = 1", 11) and not fits("x = 1", 10)
 
 
-def test_the_three_sets_are_disjoint_fit_and_hold_no_line_of_the_pretraining_part():
+def test_the_three_sets_are_disjoint_and_fit():
     code = python_code_bytes()
-    task = make_task(code, 64, 20)
-    assert task == make_task(code, 64, 20)  # deterministic
-    lines = {name: [a for _, a in getattr(task, name)] for name in ("train", "val", "test")}
+    task = make_task(code, 64, 50)
+    assert task == make_task(code, 64, 50)  # deterministic
+    assert (len(task.val), len(task.test)) == (300, 300) and len(task.train) > 1000
+    lines = {name: [p for p, _ in getattr(task, name)] for name in ("train", "val", "test")}
     for name, ls in lines.items():
-        assert len(ls) == len(set(ls)) > 50, name  # no duplicates within a set
+        assert len(ls) == len(set(ls)), name  # no duplicates within a set
     assert not set(lines["train"]) & set(lines["val"])
     assert not set(lines["train"]) & set(lines["test"])
     assert not set(lines["val"]) & set(lines["test"])
-    head = code[:len(code) - int(len(code) * 0.1)].decode("utf-8", "replace")
-    seen = {raw.strip() for raw in head.split("\n")}
-    for name in ("val", "test"):
-        assert not set(lines[name]) & seen, name  # the answers were never in the pretraining text
     for prompt, answer in task.train + task.val + task.test:
-        assert pep8_assign(prompt) == answer != prompt and len(answer) <= 20
+        assert value_type(prompt) == answer and len(prompt) <= 50
         assert len(f"\n{prompt}\n{answer}\n") <= 64
+    share, top = majority_share(task)
+    assert top == "int" and share == sum(a == "int" for _, a in task.test) / 300
+    with pytest.raises(ValueError, match="too few for 300 validation and 300 test prompts"):
+        make_task(code, 64, 5)
 
 
 def test_the_corpus_keeps_each_set_in_its_own_split():
-    task = make_task(python_code_bytes(), 64, 20)
+    task = make_task(python_code_bytes(), 64, 50)
     corpus = task_corpus(task, 64)
     assert decode(corpus.train) == pair_text(task.train)
     assert decode(corpus.val) == pair_text(task.val) and decode(corpus.test) == pair_text(task.test)
     assert decode(corpus.val).startswith(f"{task.val[0][0]}\n{task.val[0][1]}\n")
-    assert corpus.name.startswith("pep8-assign-") and len(corpus.sha256) == 64
+    assert corpus.name.startswith("literal-types-") and len(corpus.sha256) == 64
 
 
 def test_exact_match_counts_whole_lines_and_asks_for_just_enough_bytes():
-    pairs = [("x=1", "x = 1"), ("ab=f(c)", "ab = f(c)"), ("y=2", "y = 2")]
+    pairs = [("x = 1", "int"), ("ab = (1,)", "tuple"), ("y = 'a'", "str")]
     asked = {}
 
     def fake_generate(prompts, lengths):  # right, one byte short, one byte too many
         asked.update(prompts=prompts, lengths=lengths)
-        return ["x = 1", "ab = f(c", "y =  2"]
+        return ["int", "tupl", "strr"]
 
     share, lines = exact_match(pairs, fake_generate)
-    assert share == pytest.approx(1 / 3) and lines == ["x = 1", "ab = f(c", "y =  2"]
-    assert asked == {"prompts": ["\nx=1\n", "\nab=f(c)\n", "\ny=2\n"], "lengths": [6, 10, 6]}
+    assert share == pytest.approx(1 / 3) and lines == ["int", "tupl", "strr"]
+    assert asked == {"prompts": ["\nx = 1\n", "\nab = (1,)\n", "\ny = 'a'\n"], "lengths": [4, 6, 4]}
 
 
 def greedy_alone(model, prompt, n):
@@ -92,7 +97,7 @@ def greedy_alone(model, prompt, n):
 def test_greedy_lines_of_ragged_batched_prompts_are_each_prompts_alone():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
-    prompts, lengths = ["\nx=1\n", "\nabc=f(d)\n", "\nq\n"], [6, 4, 9]
+    prompts, lengths = ["\nx = 1\n", "\nabc = (1,)\n", "\nq\n"], [6, 4, 9]
     got = greedy_lines(model, prompts, lengths, batch_size=2)
     assert got == [greedy_alone(model, p, n) for p, n in zip(prompts, lengths)]
 
@@ -108,7 +113,7 @@ def test_a_diverged_model_scores_nan_not_an_error():
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
     with torch.no_grad():
         model.wte.weight[0, 0] = math.nan
-    out = task_eval(model, [("x=1", "x = 1")], [("y=2", "y = 2")], k=2, max_new_tokens=3)
+    out = task_eval(model, [("x = 1", "int")], [("y = 2", "int")], k=2, max_new_tokens=3)
     assert all(math.isnan(out[k]) for k in ("val_exact", "test_exact", "distinct_2", "distinct_3"))
 
 
@@ -123,12 +128,12 @@ def fake_summary(exact, distinct3, base_exact=0.0):
                      "test_exact": spread(values), "distinct_2": spread([0.2] * 3),
                      "distinct_3": spread(distinct3[name]), "target_test_loss": spread([1.0] * 3),
                      "source_test_loss": spread([2.0] * 3),
-                     "shown": [{"prompt": "x=1", "answer": "x = 1", "generated": "x = 1"}], "samples": ["a"]})
+                     "shown": [{"prompt": "x = 1", "answer": "int", "generated": "int"}], "samples": ["a"]})
     by = {row["name"]: row for row in rows}
     from experiments.exact_match import differences
-    return {"seeds": [1, 2, 3], "max_iters": 10, "targets": ["q_proj", "v_proj"], "alpha": 16.0, "max_len": 20,
+    return {"seeds": [1, 2, 3], "max_iters": 10, "targets": ["q_proj", "v_proj"], "alpha": 16.0, "max_len": 50,
             "samples": 8, "sample_bytes": 63, "sizes": {"train": 10, "val": 5, "test": 5},
-            "examples": [["x=1", "x = 1"]], "base": {"test_exact": base_exact, "val_exact": 0.0, "distinct_2": 0.2,
+            "majority": [0.25, "int"], "answers": ["int", "tuple"], "examples": [["x = (1)", "int"]], "base": {"test_exact": base_exact, "val_exact": 0.0, "distinct_2": 0.2,
                                                      "distinct_3": 0.5, "target_test_loss": 2.0,
                                                      "source_test_loss": 1.6},
             "rows": rows, "differences": differences(list(by.values()))}

@@ -10,8 +10,9 @@ from experiments.lib.plots import finish, log2_axis
 from experiments.lib.sections import section_ref
 from experiments.lib.seeds import show, show_difference
 
-# A match at zero is no match: when the top rank (64) gets fewer than this share of the test prompts
-# right, the task was not learned, and "r=1 matches r=64" would be two failures agreeing.
+# A match at zero is no match: when the top rank (64) gets no more than this share of the test
+# prompts right beyond what always giving the commonest answer gets, the task was not learned, and
+# "r=1 matches r=64" would be two failures agreeing.
 LEARNED = 0.10
 DIVERSITY = "distinct_3"  # the diversity verdict's measure (fixed before the run): more room than distinct-2
 
@@ -112,10 +113,11 @@ def section(summary):
     """The section dict of REPRODUCTIONS.md (see experiments/loraplus.py's report)."""
     judged = judge(summary)
     rows, full, base = lora_rows(summary), full_row(summary), summary["base"]
-    top = rows[-1]
-    regime = (None if top["test_exact"]["mean"] >= LEARNED else
-              f"{top['name']} gets {top['test_exact']['mean']:.0%} of the test prompts right (under {LEARNED:.0%}): "
-              f"the task was not learned, so a match would be two failures agreeing")
+    top, (majority, commonest) = rows[-1], summary["majority"]
+    regime = (None if top["test_exact"]["mean"] >= majority + LEARNED else
+              f"{top['name']} gets {top['test_exact']['mean']:.0%} of the test prompts right, less than "
+              f"{LEARNED:.0%} above always answering `{commonest}` ({majority:.0%}): the task was not learned, so "
+              f"a match would be two failures agreeing")
     verdict = verdicts.combine([c["outcome"] for c in judged], regime=regime) if judged else verdicts.NOT_REPRODUCED
     n_seeds, sizes = len(summary["seeds"]), summary["sizes"]
     bullets = [f"- {c['question']}: {verdicts.show_interval(c)}: **{verdicts.show(c)}**." for c in judged]
@@ -142,13 +144,16 @@ Table 6). {section_ref('rank_targets')} tested this on loss; here it is tested o
 LoRA keeps generations more diverse than full fine-tuning (Biderman et al. 2024).
 
 **Command.** `python -m experiments.exact_match` (`results/exact_match/`). The task
-(`experiments/lib/format_task.py`): PEP 8 spacing around the `=` of a simple assignment, on real
-lines of the standard library of at most {summary['max_len']} bytes: prompt `{ex[0]}`, answer
-`{ex[1]}`. Three sets, disjoint by line: {sizes['train']:,} training examples (lines of the code the
-base was pretrained on), {sizes['val']} validation prompts and {sizes['test']} test prompts (lines of the
-held-out code found nowhere in the pretraining part, so no answer can have been memorised). A
-prompt counts when the greedy continuation of "\\n" + prompt + "\\n" up to its first newline is the
-answer exactly. Contenders: LoRA on {', '.join(summary['targets'])} at r = {', '.join(str(r['r']) for r in rows)}
+(`experiments/lib/format_task.py`): name the type of the literal a real line of the standard
+library assigns (lines of at most {summary['max_len']} bytes): prompt `{ex[0]}`, answer `{ex[1]}`; the answer
+is one of {len(summary['answers'])} type names ({', '.join(summary['answers'])}), mostly told by the value's first
+byte, with traps (`(1)` is an int, `{{1}}` a set). A transformation of the line (PEP 8 spacing, the
+first choice) needs the line copied byte for byte, which this small base cannot do: in a smoke run
+(not kept) LoRA r=8 got almost none of such lines right. Three sets, disjoint by line: {sizes['train']:,} training examples,
+{sizes['val']} validation and {sizes['test']} test prompts. A prompt counts when the greedy continuation of
+"\\n" + prompt + "\\n" up to its first newline is the answer exactly. Always answering the most
+common training answer (`{summary['majority'][1]}`) would get {summary['majority'][0]:.1%} of the test prompts.
+Contenders: LoRA on {', '.join(summary['targets'])} at r = {', '.join(str(r['r']) for r in rows)}
 (alpha {summary['alpha']:g}) and full fine-tuning, {summary['max_iters']} steps; each at its own rate,
 chosen on **validation** exact match (validation loss breaks ties) with the first seed, then
 {n_seeds} seeds at that rate. **Every number below is on the test prompts or the test text.**

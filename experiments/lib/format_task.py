@@ -1,43 +1,48 @@
-"""A task scored by exact match: PEP 8 spacing around "=" in a simple assignment.
+"""A task scored by exact match: name the type of the literal a line of code assigns.
 
-    prompt  "\\nx=foo(1)\\n"        (the line with the spaces around its "=" taken out)
-    answer  "x = foo(1)\\n"         (the line as the standard library wrote it)
+    prompt  "\\nself._pos = (0, 0)\\n"     a real line of the standard library
+    answer  "tuple\\n"                     the type of its value: type(ast.literal_eval(value)).__name__
 
-The base model was pretrained on the standard library's code, where nearly every assignment is
-written "name = value": it knows what the answer looks like, but was never shown the mapping.
-Every example is a real line of the stdlib (nanogpt.data.python_code_bytes): one name or dotted
-name, " = ", a value, and nothing else, a complete statement that Python parses, ASCII, and short
-enough that "\\n" + prompt + "\\n" + answer + "\\n" fits in one block. The rule is deterministic
-and the answer ordinary Python: pep8_assign(unspace(line)) == line for every example.
+The base model was pretrained on the standard library's code (nanogpt.data.python_code_bytes), so
+it reads these lines fluently and writes the type names often (`isinstance(x, str)`); what it was
+never shown is the question. The rule is deterministic and fixed by Python itself (value_type);
+the answer is a whole line, one of int, str, NoneType, bool, list, dict, bytes, tuple, set, float.
+Telling them apart is mostly the value's first byte, with a few traps: `(1)` is an int, `(1,)` a
+tuple, `{}` a dict but `{1}` a set, `1.0` and `1e3` floats, `-1` an int.
 
-Three disjoint sets of lines (no line in two of them):
-  train  lines of the first 90% of the code (the part the base model was pretrained on);
-  val    lines of the held-out last 10% that occur nowhere in the first 90%: every choice;
-  test   more such lines, disjoint from val: the numbers reported.
-So the answers to val and test were never in the base model's pretraining text, and fine-tuning
-cannot have memorised them: a correct answer is the rule applied, not a line recalled.
+Why not a transformation of the line (PEP 8 spacing, "x=f(1)" -> "x = f(1)", was the first
+choice): it needs the line copied byte for byte, and this small base cannot copy. In a smoke run
+(600 steps, lines of at most 20 bytes; not kept) full fine-tuning got about one such line in seven
+right and LoRA r=8 on W_q, W_v almost none: a new skill, not a task the model nearly knows. Naming a type needs no
+copying: the base's reading of the line is all it takes.
+
+Each example is a simple assignment "target = value" (one name or dotted name; a complete statement
+that Python parses; ASCII; a literal value) short enough that "\\n" + prompt + "\\n" + answer +
+"\\n" fits in one block. The distinct lines of the whole code are shuffled once and dealt into
+three disjoint sets (no line in two of them): validation (every choice), test (the numbers
+reported), and training (the rest).
 """
 import ast
 import hashlib
 import random
 from dataclasses import dataclass
 
-from nanogpt.data import VAL_FRACTION, Corpus
+from nanogpt.data import Corpus
 from nanogpt.tokenizer import encode
 
 SPACED = " = "
 
 
-def unspace(line):
-    """The prompt of an example: its first " = " written "=" ("x = f(a=1)" -> "x=f(a=1)")."""
-    return line.replace(SPACED, "=", 1)
-
-
-def pep8_assign(prompt):
-    """The rule: spaces around the first "=" of a simple assignment ("x=f(a=1)" -> "x = f(a=1)").
-    The target before it is a name or dotted name, so the first "=" is always the assignment's."""
-    name, _, value = prompt.partition("=")
-    return f"{name}{SPACED}{value}"
+def value_type(line):
+    """The rule: the name of the type of the literal a line "target = value" assigns ("x = (1)" ->
+    "int"), or None when the value is not a literal."""
+    _, sep, value = line.partition(SPACED)
+    if not sep:
+        return None
+    try:
+        return type(ast.literal_eval(value)).__name__
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def example_text(prompt, answer):
@@ -46,13 +51,14 @@ def example_text(prompt, answer):
 
 
 def fits(line, block_size):
-    """Whether "\\n" + prompt + "\\n" + answer + "\\n" fits in one block (2 len(line) + 1 bytes)."""
-    return len("\n" + example_text(unspace(line), line)) <= block_size
+    """Whether "\\n" + line + "\\n" + its answer + "\\n" fits in one block."""
+    answer = value_type(line)
+    return answer is not None and len("\n" + example_text(line, answer)) <= block_size
 
 
 def is_example(line):
-    """A simple assignment "target = value": one target (a name or dotted name), a complete
-    statement, ASCII, and spaced as PEP 8 wants (so that unspace changes it)."""
+    """A simple assignment of a literal: "target = value", one target (a name or dotted name), a
+    complete statement, ASCII, written as PEP 8 wants, and a value Python reads as a literal."""
     name, sep, value = line.partition(SPACED)
     if not sep or not line.isascii() or not value or value[0].isspace() or line != line.strip():
         return False
@@ -63,7 +69,7 @@ def is_example(line):
     except SyntaxError:
         return False
     return (len(tree.body) == 1 and isinstance(tree.body[0], ast.Assign) and len(tree.body[0].targets) == 1
-            and pep8_assign(unspace(line)) == line)
+            and value_type(line) is not None)
 
 
 def example_lines(code, block_size, max_len):
@@ -79,30 +85,29 @@ def example_lines(code, block_size, max_len):
 
 @dataclass
 class FormatTask:
-    """The three disjoint sets, each a list of (prompt, answer) pairs (answer without its newline)."""
+    """The three disjoint sets, each a list of (prompt, answer) pairs (neither with its newline)."""
     train: list
     val: list
     test: list
 
 
-def make_task(code, block_size, max_len, seed=0, val_fraction=0.5):
-    """Split the example lines of `code` (python_code_bytes()) into train, val and test (see the
-    module docstring); val takes val_fraction of the held-out tail's new lines, test the rest.
-    Each set is shuffled with `seed`, so the order of lines carries nothing to learn."""
-    n_tail = int(len(code) * VAL_FRACTION)  # the same cut nanogpt.data.load_corpus makes
-    head, tail = code[:len(code) - n_tail], code[len(code) - n_tail:]
-    seen_in_head = {raw.strip() for raw in head.decode("utf-8", errors="replace").split("\n")}
-    train = example_lines(head, block_size, max_len)
-    held_out = [line for line in example_lines(tail, block_size, max_len) if line not in seen_in_head]
-    rng = random.Random(seed)
-    rng.shuffle(train)
-    rng.shuffle(held_out)
-    n_val = int(len(held_out) * val_fraction)
-    if n_val < 1 or n_val >= len(held_out):
-        raise ValueError(f"the held-out code gives {len(held_out)} new example lines: too few to split into "
-                         f"validation and test (val_fraction {val_fraction})")
-    pairs = [[(unspace(line), line) for line in lines] for lines in (train, held_out[:n_val], held_out[n_val:])]
-    return FormatTask(*pairs)
+def make_task(code, block_size, max_len, n_val=300, n_test=300, seed=0):
+    """The example lines of `code` (python_code_bytes()), shuffled with `seed` and dealt out:
+    the first n_val to validation, the next n_test to test, the rest to training."""
+    lines = example_lines(code, block_size, max_len)
+    if len(lines) < n_val + n_test + 1:
+        raise ValueError(f"the code gives {len(lines)} example lines of at most {max_len} bytes: too few for "
+                         f"{n_val} validation and {n_test} test prompts and a training set")
+    random.Random(seed).shuffle(lines)
+    sets = lines[n_val + n_test:], lines[:n_val], lines[n_val:n_val + n_test]
+    return FormatTask(*[[(line, value_type(line)) for line in s] for s in sets])
+
+
+def majority_share(task):
+    """The test share a model that always answers the most common training answer would get."""
+    answers = [a for _, a in task.train]
+    top = max(set(answers), key=answers.count)
+    return sum(a == top for _, a in task.test) / len(task.test), top
 
 
 def pair_text(pairs):
@@ -117,7 +122,6 @@ def task_corpus(task, block_size):
         if len(text) < block_size + 1:
             raise ValueError(f"the {name} set's text is {len(text)} bytes; block_size={block_size} needs at least "
                              f"{block_size + 1}")
-    whole = "\0".join(texts).encode()
-    digest = hashlib.sha256(whole).hexdigest()
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
     train, val, test = (encode(t) for t in texts)
-    return Corpus(name=f"pep8-assign-{digest[:8]}", train=train, val=val, sha256=digest, test=test)
+    return Corpus(name=f"literal-types-{digest[:8]}", train=train, val=val, sha256=digest, test=test)

@@ -6,7 +6,7 @@ both, so that neither the report nor any experiment imports the other to ask."""
 # The experiments in the order REPRODUCTIONS.md tells them: the learning rates first, because
 # every other comparison runs each method at its own tuned rate.
 SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
-            "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora")
+            "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora", "exact_match")
 # The results folder (under results/) of the three-seed rank sweep (`rank_sweep --reproduce`) that
 # REPRODUCTIONS.md and the README's main results read; the quickstart's own sweep is results/rank_sweep/.
 MAIN_SWEEP_FOLDER = "rank_sweep_reproduction"

@@ -42,14 +42,14 @@ DELTAS = {
     # A share of AdaLoRA's kept rank (the MLP's, the top half's) against the uniform share. 0.05 is
     # about one matrix's full rank among the 24 adapted matrices: less is a reshuffle, not a preference.
     "share": 0.05,
-    # Exact match, a share of test prompts (experiments/exact_match.py). 0.05 = 5 points: on its ~200
-    # test prompts one model's share has a binomial standard error of up to 3.5 points, so a smaller
+    # Exact match, a share of test prompts (experiments/exact_match.py). 0.05 = 5 points: on its 300
+    # test prompts one model's share has a binomial standard error of up to 2.9 points, so a smaller
     # difference is within what another draw of test lines would move. (Hu et al.'s ranks differ by
     # under 1 point in Table 6, on far larger test sets: this margin is looser than theirs.)
     "exact": 0.05,
     # Distinct-n, a share of unique n-grams among free samples (experiments/exact_match.py). 0.02 is
     # about twice the spread of the base model's byte distinct-3 over sets of sampling seeds (SD 0.01
-    # with 64 samples): less is what drawing other samples moves.
+    # with 64 samples; the experiment draws 128): less is what drawing other samples moves.
     "distinct": 0.02,
 }
 ALPHA = 0.05  # each test's false-call rate when its null is true
