@@ -208,3 +208,25 @@ def test_a_target_flag_is_refused_before_any_work(tmp_path, corpora, capsys):
     with pytest.raises(SystemExit):
         exact_match.main([*corpora, "--out", str(tmp_path / "out")])
     assert "--target" in capsys.readouterr().err and not (tmp_path / "cache").exists()
+
+
+def test_the_tuner_chooses_by_the_score_it_is_given(monkeypatch):
+    """exact_score: validation exact match first (here it disagrees with the validation loss), the
+    loss only between equal matches; test numbers never enter."""
+    import experiments.lib.tuning as tuning
+    from experiments.exact_match import exact_score
+
+    exact = {1e-3: 0.5, 1.8e-3: 0.7, 3e-3: 0.7, 5.6e-3: 0.1, 1e-2: 0.0}
+    loss = {1e-3: 1.4, 1.8e-3: 1.3, 3e-3: 1.2, 5.6e-3: 0.9, 1e-2: 1.5}  # the loss alone would take 5.6e-3
+
+    def fake_run_all(plan, **_):
+        return [{"final_target_loss": loss[p["spec"]["lr"]], "seed": p["seed"],
+                 "final_eval": {"val_exact": exact[p["spec"]["lr"]], "test_exact": 1.0 - exact[p["spec"]["lr"]]}}
+                for p in plan]
+
+    monkeypatch.setattr(tuning, "run_all", fake_run_all)
+    rates = [1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2]
+    assert tuning.tune({"a": ({"spec": {}}, rates)}, [1], progress=False)["a"]["best_lr"] == 5.6e-3
+    out = tuning.tune({"a": ({"spec": {}}, rates)}, [1], progress=False, score=exact_score)
+    assert out["a"]["best_lr"] == 3e-3  # 0.7 at both 1.8e-3 and 3e-3: the lower loss breaks the tie
+    assert math.isnan(exact_score({"final_target_loss": 1.0, "final_eval": {"val_exact": math.nan}}))  # tune: worst
