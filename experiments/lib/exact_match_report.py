@@ -130,6 +130,13 @@ def section(summary):
                        f"{base['source_test_loss']:.3f} to {full['source_test_loss']['mean']:.3f}, LoRA to "
                        f"{min(r['source_test_loss']['mean'] for r in rows):.3f}-"
                        f"{max(r['source_test_loss']['mean'] for r in rows):.3f} (forgetting).")
+    if full:
+        spans = [row[DIVERSITY]["mean"] for row in rows]
+        bullets.append(f"- Diversity is partly the task's format: a model that has learned the task writes its free "
+                       f"samples as prompt and answer lines, and the short type names repeat, so learning more and "
+                       f"keeping fewer distinct n-grams go together (\"learns less, forgets less\"). Distinct-3: base "
+                       f"{base[DIVERSITY]:.3f}, full fine-tuning {full[DIVERSITY]['mean']:.3f}, LoRA "
+                       f"{min(spans):.3f}-{max(spans):.3f}.")
     edges = [row["name"] for row in summary["rows"] if row["tuning"]["at_grid_edge"]]
     if edges:
         bullets.append(f"- The tuned rate of {', '.join(edges)} sat at the edge of the rates tried, so its best may "
