@@ -88,7 +88,7 @@ def make_exact_parser():
     p.add_argument("--samples", type=positive_int, default=128, help="free samples per model, for distinct-n")
     p.add_argument("--max-extra", type=int, choices=range(0, 3), default=1,
                    help="rates the tuner may add past the edge of the first three (0-2)")
-    p.set_defaults(targets="q_proj,v_proj", max_iters=400, eval_interval=200)
+    p.set_defaults(targets="q_proj,v_proj", max_iters=300, eval_interval=150)
     return p
 
 
