@@ -130,6 +130,11 @@ def section(summary):
                        f"{base['source_test_loss']:.3f} to {full['source_test_loss']['mean']:.3f}, LoRA to "
                        f"{min(r['source_test_loss']['mean'] for r in rows):.3f}-"
                        f"{max(r['source_test_loss']['mean'] for r in rows):.3f} (forgetting).")
+    short = [c for c in judged if c["rule"] == "matches" and c["outcome"] == verdicts.NOT_REPRODUCED and c["mean"] < 0]
+    if short:
+        bullets.append(f"- The small ranks fall short at this budget of {summary['max_iters']} steps; Hu et al. trained "
+                       f"far longer, on a far larger model. Whether r=1 and r=2 catch up with more steps is not "
+                       f"tested here (`--max-iters`).")
     if full:
         spans = [row[DIVERSITY]["mean"] for row in rows]
         bullets.append(f"- Diversity is partly the task's format: a model that has learned the task writes its free "
