@@ -144,6 +144,14 @@ def test_show_parts_names_the_parts_that_share_an_outcome_together():
     assert verdicts.show_parts(parts) == ("a, c: reproduced (called, at least 0.01); "
                                           "b: not settled: needs 5 seeds (within 0.01 of 0)")
     assert verdicts.show_parts(parts, label=lambda c: c["question"].upper()).startswith("A, C: reproduced")
+def test_exact_match_and_distinct_n_use_their_own_deltas():
+    """Exact match: 5 points (0.05) either way; distinct-n: 0.02."""
+    assert matches([0.02, 0.03, 0.025], "exact")["outcome"] == REPRODUCED
+    c = matches([0.06, 0.07, 0.065], "exact")
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "differs by more than 0.05")
+    assert beats([0.03, 0.035, 0.04], "distinct")["outcome"] == REPRODUCED  # called, and at least 0.02
+    c = beats([0.012, 0.014, 0.013, 0.0125, 0.0135], "distinct")  # called, five seeds, but under 0.02
+    assert (c["outcome"], c["why"]) == (NOT_REPRODUCED, "called, but below the minimum 0.02")
 
 
 def test_a_diverged_run_decides_nothing_in_its_favour():
@@ -152,8 +160,8 @@ def test_a_diverged_run_decides_nothing_in_its_favour():
 
 
 def test_unknown_kinds_and_labels_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['log_ratio', 'loss', "
-                                         r"'rank_share', 'recall', 'share', 'similarity'\]"):
+    with pytest.raises(ValueError, match=r"unknown kind of quantity 'bits'; choose one of \['distinct', 'exact', "
+                                         r"'log_ratio', 'loss', 'rank_share', 'recall', 'share', 'similarity'\]"):
         beats([0.1, 0.2, 0.3], "bits")
     with pytest.raises(ValueError, match="unknown verdict 'maybe'"):
         combine(["maybe"])

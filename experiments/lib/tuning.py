@@ -7,6 +7,7 @@ been tried, try the next rate out (up to `max_extra` more). The chosen rate is t
 with the lowest final target loss of the first seed; the other seeds then run at that rate only.
 Choosing on one seed costs a third of choosing on three, and picks within the flat bottom of
 the U-curve, where the seed-to-seed spread is larger than the differences between the rates.
+An experiment scored otherwise (exact match on validation prompts) passes its own `score`.
 
 All contenders advance together, so each stage's missing runs train side by side (runs.py).
 """
@@ -31,17 +32,20 @@ def grid_index(lr):
     raise ValueError(f"learning rate {lr:g} is not on the tuning grid {list(LR_GRID)}")
 
 
-def tune(contenders, seeds, *, workers=1, max_extra=2, progress=True):
+def tune(contenders, seeds, *, workers=1, max_extra=2, progress=True, score=None):
     """Tune each contender's rate on seeds[0], then run the other seeds at the chosen rate.
 
     contenders: {name: (plan_entry, first_rates)}, where plan_entry is a run_finetune keyword
         dict whose spec has no "lr" yet and whose seed is ignored, and first_rates are grid
         rates to start from (e.g. grid_neighbours(guess)).
-    Returns {name: {"lrs": [...], "losses": [...] (first seed, by rate), "best_lr",
+    score: what a rate is chosen by, lowest best: a function of the first seed's record that reads
+        validation numbers only (default: its final validation loss on the target, as above).
+    Returns {name: {"lrs": [...], "losses": [...] (first seed's scores, by rate), "best_lr",
         "at_grid_edge", "records": [one record per seed at best_lr]}}.
     """
     tried = {name: sorted(rates) for name, (_, rates) in contenders.items()}
     first_seed = seeds[0]
+    score = score or (lambda record: record["final_target_loss"])
     done = set()  # (name, lr, seed) already trained by this call: --force retrains a run once, not per stage
 
     def entry(name, lr, seed):
@@ -52,7 +56,7 @@ def tune(contenders, seeds, *, workers=1, max_extra=2, progress=True):
 
     def losses_of(name):
         plan = [entry(name, lr, first_seed) for lr in tried[name]]
-        return [r["final_target_loss"] for r in run_all(plan, workers=1, progress=False)]
+        return [score(r) for r in run_all(plan, workers=1, progress=False)]
 
     # Stage 1 (and later extension stages): the first seed at every rate still to try.
     pending = {name: list(rates) for name, rates in tried.items()}

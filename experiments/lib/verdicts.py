@@ -57,6 +57,15 @@ DELTAS = {
     # A share of the facts recalled exactly (section 7): 0.1, the margin section 7 already used for
     # "keeps up" (LoRA recalls at least 90% as many facts as full fine-tuning).
     "recall": 0.1,
+    # Exact match, a share of test prompts (experiments/exact_match.py). 0.05 = 5 points: on its 300
+    # test prompts one model's share has a binomial standard error of up to 2.9 points, so a smaller
+    # difference is within what another draw of test lines would move. (Hu et al.'s ranks differ by
+    # under 1 point in Table 6, on far larger test sets: this margin is looser than theirs.)
+    "exact": 0.05,
+    # Distinct-n, a share of unique n-grams among free samples (experiments/exact_match.py). 0.02 is
+    # about twice the spread of the base model's byte distinct-3 over sets of sampling seeds (SD 0.01
+    # with 64 samples; the experiment draws 128): less is what drawing other samples moves.
+    "distinct": 0.02,
 }
 ALPHA = 0.05  # each test's false-call rate when its null is true
 
@@ -213,7 +222,9 @@ of a share of AdaLoRA's kept rank (about one matrix's full rank among 24), {DELT
 ratio of rates, ranks or factors (a factor 2: a seed's best rate is read to about one quarter-decade
 step), {DELTAS['similarity']:g} of a chance-corrected subspace similarity (a tenth of the way from chance to
 contained), {DELTAS['rank_share']:g} of a matrix's dimension (about one singular value of 128), {DELTAS['recall']:g} of
-the facts recalled exactly. A claim that **A beats B**
+the facts recalled exactly, {DELTAS['exact']:g} of the test prompts answered exactly (5 points: about what
+another draw of 300 test prompts moves), {DELTAS['distinct']:g} of distinct n-grams (about twice what
+other sampling seeds move). A claim that **A beats B**
 holds only when the difference's 95% interval excludes 0 and its mean is at least delta. A claim
 that **A matches B** holds only when an equivalence test (TOST: two one-sided t tests at 5% each)
 passes: the 90% interval of the difference lies inside ±delta. A difference that is not called is
