@@ -256,6 +256,9 @@ def report(results):
                        f"ends {abs(d['mean']):.3f} {'higher' if d['mean'] < 0 else 'lower'} than unpruned (the "
                        f"unpruned minus the pruned, seed by seed: {show_difference(d)}: "
                        f"{verdicts.show(verdicts.beats(d, 'loss'))}).")
+    else:
+        bullets.append("- Pruning or the form? Not asked in this run: `--no-pruning-control` (AdaLoRA with nothing "
+                       "pruned) was left out to keep the run within its time.")
     tried = search["tried"]
     bullets.append(f"- The search the review asked for: gamma in {sorted({s['gamma'] for s in tried})} and "
                    f"{len({(s['t_init'], s['t_final']) for s in tried})} schedules at AdaLoRA's tuned rate "
