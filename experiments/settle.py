@@ -23,9 +23,9 @@ from experiments.lib import verdicts
 from experiments.lib.common import (ALL_BLOCK_LINEARS, DEFAULT_LR, check_runs, finish_experiment, load_setup,
                                     make_parser, run_kwargs)
 from experiments.lib.pareto import front_at, pareto_front
-from experiments.lib.plots import finish, write_report
+from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all
-from experiments.lib.sections import section_number, section_ref
+from experiments.lib.sections import numbers_text, section_number, section_ref
 from experiments.lib.settled import final_read
 from experiments.lib.seeds import paired, seed_list, show, show_difference
 from experiments.lib.tuning import grid_neighbours, tune
@@ -45,6 +45,7 @@ TUNED = {
 # Section 8: LoRA r=64 at the rate it was compared at, and full fine-tuning's runs around it on the
 # front (the vertices that bracketed it: 3e-4 and 5.6e-4, with one more each side).
 FRONT_LORA = {"r": 64, "lr": 5.6e-3}
+FRONT_NAME = f"LoRA r={FRONT_LORA['r']}, lr {lr_text(FRONT_LORA['lr'])}"  # as section 8 names it
 FRONT_FULL_LRS = (1.8e-4, 3e-4, 5.6e-4, 1e-3)
 # Section 9: each method at its one rate (the defaults), at the smallest and largest batch, every run
 # seeing the sequences of --max-iters x --batch-size (7,200 at the defaults) and scored on batches of 12.
@@ -53,7 +54,7 @@ BATCHES, EVAL_BATCH = (6, 96), 12
 QUESTIONS = [
     ("which_weights", "four attention types at r=2 beat two at r=4", "beats", "docs loss"),
     ("which_weights", "all six at r=1 beat attention-only", "beats", "docs loss"),
-    ("learn_forget", "LoRA r=64, lr 5.6e-3 lies on full's front", "matches",
+    ("learn_forget", f"{FRONT_NAME} lies on full's front", "matches",
      "code loss minus full's front at the same docs loss"),
     ("batch_size", "the gap widens from batch 6 to 96 (one rate)", "beats", "change of the docs-loss gap, LoRA - full"),
     ("variants", "DoRA beats LoRA at r=8", "beats", "docs loss"),
@@ -86,7 +87,7 @@ def differences(runs, split, n):
     for s in range(n):
         front = pareto_front([(runs[f"full, lr {lr:g}"][s][tkey], runs[f"full, lr {lr:g}"][s][skey])
                               for lr in FRONT_FULL_LRS])
-        lora = runs["LoRA r=64, lr 5.6e-3"][s]
+        lora = runs[FRONT_NAME][s]
         at = front_at(front, lora[tkey])
         above.append(float("nan") if at is None else lora[skey] - at)
     return [
@@ -124,8 +125,8 @@ def main(argv=None):
                   for name, (spec, guess) in TUNED.items()}
     tuned = tune(contenders, seeds, workers=args.workers, max_extra=2, progress=not args.no_progress)
 
-    fixed = {"LoRA r=64, lr 5.6e-3": {**kwargs, "spec": {**lora_spec({"r": 64, "targets": ALL_BLOCK_LINEARS},
-                                                                      args.alpha), "lr": FRONT_LORA["lr"]}}}
+    fixed = {FRONT_NAME: {**kwargs, "spec": {**lora_spec({"r": FRONT_LORA["r"], "targets": ALL_BLOCK_LINEARS},
+                                                          args.alpha), "lr": FRONT_LORA["lr"]}}}
     fixed.update({f"full, lr {lr:g}": {**kwargs, "spec": {"method": "full", "lr": lr}} for lr in FRONT_FULL_LRS})
     for b in BATCHES:
         steps = sequences // b
@@ -188,9 +189,8 @@ def table(summary):
 
 
 def numbers(names):
-    """'sections 3, 8 and 11' for experiment names (each once, in order)."""
-    k = sorted({section_number(name) for name in names})
-    return f"section {k[0]}" if len(k) == 1 else f"sections {', '.join(map(str, k[:-1]))} and {k[-1]}"
+    """'sections 3 and 8 to 11' for experiment names."""
+    return numbers_text(sorted({section_number(name) for name in names}))
 
 
 def report(results):

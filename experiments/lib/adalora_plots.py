@@ -85,7 +85,8 @@ def plot_final_ranks(grids, init_r, agreement, path, title):
     for i in range(n_layer):
         for j in range(len(MATRIX_TYPES)):
             if not np.isnan(mean[i, j]):
-                ax_m.text(j, i, "/".join(f"{v:.0f}" for v in stack[:, i, j]), ha="center", va="center", fontsize=8,
+                ax_m.text(j, i, "/".join(f"{v:.0f}" for v in stack[:, i, j]), ha="center", va="center",
+                          fontsize=8 if len(stack) <= 3 else 6,  # five seeds' numbers must fit a cell
                           color="white" if mean[i, j] < 0.6 * init_r else "black")
                 ax_s.text(j, i, f"{spread_[i, j]:.0f}", ha="center", va="center", fontsize=8)
     corr = agreement["mean_pairwise_correlation"]

@@ -22,3 +22,16 @@ def section_number(name):
 def section_ref(name):
     """'section N' for an experiment's section in REPRODUCTIONS.md (its place in SECTIONS)."""
     return f"section {section_number(name)}"
+
+
+def numbers_text(numbers):
+    """[1, 2, 3, 5] -> 'sections 1 to 3 and 5'; [] -> 'none'."""
+    if not numbers:
+        return "none"
+    runs, start = [], numbers[0]
+    for a, b in zip(numbers, numbers[1:] + [None]):
+        if b != a + 1:
+            runs += [str(start)] if start == a else [str(start), str(a)] if a == start + 1 else [f"{start} to {a}"]
+            start = b
+    word = "section" if len(numbers) == 1 else "sections"
+    return f"{word} {runs[0]}" if len(runs) == 1 else f"{word} {', '.join(runs[:-1])} and {runs[-1]}"

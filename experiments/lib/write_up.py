@@ -12,23 +12,10 @@ Each experiment module's `report(results)` returns its section as a dict:
                     and `python -m experiments.<name>` (rank_sweep's section is its --reproduce run)
 """
 from experiments.lib.bench_write_up import adapters, ddp
-from experiments.lib.sections import MAIN_SWEEP_FOLDER, section_number
+from experiments.lib.sections import MAIN_SWEEP_FOLDER, numbers_text, section_number
 from experiments.lib.seeds import show
 from experiments.lib.verdicts import VERDICTS, method
 
-
-
-def numbers_text(numbers):
-    """[1, 2, 3, 5] -> 'sections 1 to 3 and 5'; [] -> 'none'."""
-    if not numbers:
-        return "none"
-    runs, start = [], numbers[0]
-    for a, b in zip(numbers, numbers[1:] + [None]):
-        if b != a + 1:
-            runs += [str(start)] if start == a else [str(start), str(a)] if a == start + 1 else [f"{start} to {a}"]
-            start = b
-    word = "section" if len(numbers) == 1 else "sections"
-    return f"{word} {runs[0]}" if len(runs) == 1 else f"{word} {', '.join(runs[:-1])} and {runs[-1]}"
 
 
 def held_out_sections(sections, on_split=True):
