@@ -19,7 +19,7 @@ from nanogpt.train import write_json
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/full_vs_lora")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/full_vs_lora", test_split=True)
     p.add_argument("--r", type=positive_int, default=8, help="LoRA rank")
     p.add_argument("--memory-batches", type=parse_batch_sizes, default=[1, 4, 16, 64],
                    help="batch sizes for memory_vs_batch.png, e.g. 1,4,16,64")

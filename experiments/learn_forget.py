@@ -22,10 +22,11 @@ Two comparisons:
    a mid-run point of a long run at a high rate is not a model anyone would keep, and reading
    full's own path mid-run (the old comparison) is shown beside it for what it misses.
 
-The runs are other experiments' where they can be (shared cache): the learning-rate sweep's
-(full fine-tuning at 1e-3 to 5.6e-3; LoRA r=1, 8, 64 at 3e-3 to 1.8e-2) and the rank sweep's
-(LoRA r=1 to 64 at the default LoRA rate). This experiment adds full fine-tuning at low rates
-and in short runs, which is where the low-forgetting end of full's front lies.
+Every rank runs at every LoRA rate here, so each has its own best rate. Best rates are chosen on
+validation (the held-out text's first half) and every loss reported is on the test half, which no
+choice read. The rank sweep's runs (LoRA r=1 to 64 at the default rate, full fine-tuning at its
+default) come from the shared cache. This experiment adds full fine-tuning at low rates and in
+short runs, which is where the low-forgetting end of full's front lies.
 Writes OUT/records.json, OUT/learn_forget.json, OUT/learn_forget.png, OUT/results.md.
 """
 import os
@@ -34,6 +35,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_lrs, parse_ranks,
                                     parse_targets, positive_int, positive_ints, run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.pareto import front_at, pareto_front
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all
@@ -68,12 +70,16 @@ def plan_configs(args):
 
 
 def summarize(configs, runs_by_config, default_steps):
-    """One row per setting: its seeds' final losses, and the old mid-run comparison's input."""
+    """One row per setting: its seeds' final losses as reported (on the test half when the runs hold
+    one out) and on validation (what the best rate is chosen by, and the old mid-run comparison's text)."""
     rows = []
     for (method, r, lr, steps), runs in zip(configs, runs_by_config):
         rows.append({"name": run_name(method, r, lr, steps, default_steps), "method": method, "r": r, "lr": lr,
-                     "steps": steps, "target_loss": spread([x["final_target_loss"] for x in runs]),
-                     "source_loss": spread([x["final_source_loss"] for x in runs])})
+                     "steps": steps, "scored_on": reported_on(runs[0]),
+                     "target_loss": spread([reported_loss(x, "target") for x in runs]),
+                     "source_loss": spread([reported_loss(x, "source") for x in runs]),
+                     "val_target_loss": spread([x["final_target_loss"] for x in runs]),
+                     "val_source_loss": spread([x["final_source_loss"] for x in runs])})
     return rows
 
 
@@ -96,24 +102,25 @@ def front_rows(rows):
     return fronts
 
 
-def versus_full_front(rows, n_seeds):
+def versus_full_front(rows, n_seeds, prefix=""):
     """For each LoRA row: full's front of the same seed read at that seed's LoRA target loss,
     and LoRA's source loss minus it, seed by seed (positive: LoRA forgot more than full
     fine-tuning at the same amount learned). None where a seed's LoRA point lies outside the
-    target-loss range of that seed's full front."""
+    target-loss range of that seed's full front. prefix "val_": the same on validation losses,
+    written under keys with that prefix (for the old comparison, whose path is on validation)."""
     full = [row for row in rows if row["method"] == "full"]
-    fronts = [pareto_front([(row["target_loss"]["values"][s], row["source_loss"]["values"][s]) for row in full])
-              for s in range(n_seeds)]
+    t, s_ = f"{prefix}target_loss", f"{prefix}source_loss"
+    fronts = [pareto_front([(row[t]["values"][s], row[s_]["values"][s]) for row in full]) for s in range(n_seeds)]
     for row in rows:
         if row["method"] != "lora":
             continue
-        targets, sources = row["target_loss"]["values"], row["source_loss"]["values"]
+        targets, sources = row[t]["values"], row[s_]["values"]
         on_front = [front_at(fronts[s], targets[s]) for s in range(n_seeds)]
         if any(v is None for v in on_front):
-            row["full_front_source_loss"] = row["above_full_front"] = None
+            row[f"{prefix}full_front_source_loss"] = row[f"{prefix}above_full_front"] = None
         else:
-            row["full_front_source_loss"] = spread(on_front)
-            row["above_full_front"] = paired(on_front, sources)  # LoRA minus the front, seed by seed
+            row[f"{prefix}full_front_source_loss"] = spread(on_front)
+            row[f"{prefix}above_full_front"] = paired(on_front, sources)  # LoRA minus the front, seed by seed
 
 
 def position(difference):
@@ -129,7 +136,8 @@ def position(difference):
 
 def mid_run_comparison(rows, runs_by_config, full_row):
     """The old comparison: full fine-tuning's own path at its tuned rate, read mid-run at each LoRA
-    row's final target loss (seed by seed; None if the path never got that low)."""
+    row's final target loss (seed by seed; None if the path never got that low). On validation
+    losses: a run's path is evaluated only there."""
     full_runs = runs_by_config[rows.index(full_row)]
     for row, runs in zip(rows, runs_by_config):
         if row["method"] != "lora":
@@ -139,9 +147,10 @@ def mid_run_comparison(rows, runs_by_config, full_row):
 
 
 def tuned(rows, method, r, steps):
-    """The row of (method, r) with the lowest mean final target loss among its runs of `steps` steps."""
+    """The row of (method, r) with the lowest mean final target loss on validation among its runs of
+    `steps` steps (never on the test half, which the tables report)."""
     mine = [row for row in rows if row["method"] == method and row["r"] == r and row["steps"] == steps]
-    return min(mine, key=lambda row: row["target_loss"]["mean"])
+    return min(mine, key=lambda row: row["val_target_loss"]["mean"])
 
 
 def headline(rows, ranks, steps):
@@ -207,11 +216,12 @@ def plot_learn_forget(rows, fronts, base, path, title):
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/learn_forget")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/learn_forget", test_split=True)
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64],
                    help="LoRA ranks at --lora-lr (the rank sweep's runs)")
-    p.add_argument("--rate-ranks", type=parse_ranks, default=[1, 8, 64],
-                   help="LoRA ranks run at every rate of --lora-lrs too (the learning-rate sweep's runs)")
+    # Every rank at every rate: each rank's best rate is its own, as full fine-tuning's is.
+    p.add_argument("--rate-ranks", type=parse_ranks, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="LoRA ranks run at every rate of --lora-lrs too")
     # The learning-rate sweep's LoRA grid, and two lower rates: LoRA gets the same chance as full
     # fine-tuning to trade learning for less forgetting.
     p.add_argument("--lora-lrs", type=lambda t: parse_lrs(t, "--lora-lrs", at_least=1),
@@ -246,13 +256,14 @@ def main(argv=None):
     rows = summarize(configs, runs_by_config, args.max_iters)
     fronts = front_rows(rows)
     versus_full_front(rows, len(seeds))
+    versus_full_front(rows, len(seeds), prefix="val_")
     for row in rows:
         row["position"] = position(row.get("above_full_front")) if row["method"] == "lora" else None
     full_tuned = tuned(rows, "full", None, args.max_iters)
     mid_run_comparison(rows, runs_by_config, full_tuned)
     lora_ranks = sorted({r for method, r, *_ in configs if method == "lora"})
-    base_point = (records[0]["base_target_loss"], records[0]["base_source_loss"])
-    summary = {"seeds": seeds, "steps": args.max_iters, "base": {"target_loss": base_point[0], "source_loss": base_point[1]},
+    base_point = (reported_loss(records[0], "target", "base"), reported_loss(records[0], "source", "base"))
+    summary = {"seeds": seeds, "steps": args.max_iters, "scored_on": rows[0]["scored_on"], "base": {"target_loss": base_point[0], "source_loss": base_point[1]},
                "full_tuned": full_tuned["name"], "headline": headline(rows, lora_ranks, args.max_iters),
                "fronts": fronts, "rows": rows}
     write_json(records, os.path.join(args.out, "records.json"))
@@ -277,7 +288,7 @@ def headline_table(summary):
 
 def front_table(summary):
     lines = ["| LoRA run | docs loss | code loss | full's front at that docs loss | LoRA - full's front | "
-             "against full's front (the rule) | full's tuned run mid-path (the old comparison) | on LoRA's front |",
+             "against full's front (the rule) | full's tuned run mid-path (the old comparison, validation) | on LoRA's front |",
              "| --- | ---: | ---: | ---: | ---: | :---: | ---: | :---: |"]
     for row in summary["rows"]:
         if row["method"] != "lora":
@@ -301,7 +312,8 @@ def full_table(summary):
 def results_md(summary):
     b = summary["base"]
     n = len(summary["seeds"])
-    return (f"Base model: docs (target) {b['target_loss']:.3f}, code (source) {b['source_loss']:.3f} nats/byte. "
+    return (f"Losses on {summary.get('scored_on', 'validation')} text; best rates chosen on validation. "
+            f"Base model: docs (target) {b['target_loss']:.3f}, code (source) {b['source_loss']:.3f} nats/byte. "
             f"Mean ± 95% CI over {n} seeds; differences seed by seed, * = called (the interval excludes 0).\n\n"
             f"Each method at its best rate ({summary['steps']} steps):\n\n{headline_table(summary)}\n"
             f"LoRA against full fine-tuning's front:\n\n{front_table(summary)}\n"
@@ -366,13 +378,14 @@ def report(results):
                      f"less) and {counts['not settled']} not settled; LoRA minus the front {rng(diffs)}. One curve: "
                      f"**{parts[2]}**. Over all {len(in_range)} LoRA settings in range: {all_counts['above']} above, "
                      f"{all_counts['on']} on, {all_counts['below']} below, {all_counts['not settled']} not settled.")
-    path = [row for row in lora_front if row.get("full_path_source_loss") and row["above_full_front"]]
-    if path:
-        worst = max(path, key=lambda row: row["full_path_source_loss"]["mean"] - row["full_front_source_loss"]["mean"])
-        lines.append(f"- Why the old comparison misled: read mid-run on {s['full_tuned']}'s own path, full fine-tuning "
-                     f"had a code loss of {show(worst['full_path_source_loss'])} when it had learned as much as "
-                     f"{worst['name']}; finished runs on full's front reach that docs loss at "
-                     f"{show(worst['full_front_source_loss'])}. A run mid-way at a high rate is far off the front.")
+    path = [row for row in lora_front if row.get("full_path_source_loss") and row.get("val_above_full_front")]
+    if path:  # both on validation: a run's path is evaluated only there
+        worst = max(path, key=lambda row: row["full_path_source_loss"]["mean"] - row["val_full_front_source_loss"]["mean"])
+        lines.append(f"- Why the old comparison misled (on validation, where a run's path is evaluated): read mid-run "
+                     f"on {s['full_tuned']}'s own path, full fine-tuning had a code loss of "
+                     f"{show(worst['full_path_source_loss'])} when it had learned as much as {worst['name']}; finished "
+                     f"runs on full's front reach that docs loss at {show(worst['val_full_front_source_loss'])}. A run "
+                     f"mid-way at a high rate is far off the front.")
     what = {"on": "LoRA lies on full fine-tuning's front, as Biderman et al. (Sec. 4.3) found: it forgets less "
                   "because it learns less, not because it forgets less at equal learning.",
             "not settled": "too few seeds to place most of LoRA's front against full fine-tuning's.",
@@ -397,9 +410,10 @@ amount learned, LoRA and full fine-tuning lie on one learning-forgetting curve.
 **Command.** `python -m experiments.learn_forget` (`results/learn_forget/`). {len(rows)} settings,
 {n} seeds each: full fine-tuning at {len({row['lr'] for row in full})} rates and
 {len({row['steps'] for row in full})} run lengths; LoRA at ranks {ranks} and several rates. The
-learning-rate and rank sweeps' runs come from the shared cache. Each method's best rate is its
-lowest mean final docs loss at {s['steps']} steps among the rates here; the fronts are drawn
-through finished runs only.
+rank sweep's runs come from the shared cache. Each method's best rate, and each rank's, is its
+lowest mean final docs loss at {s['steps']} steps among the rates here, read on validation (the
+held-out text's first half); every loss shown is on the test half, which no choice read. The
+fronts are drawn through finished runs only.
 
 ![learning vs forgetting](../results/learn_forget/learn_forget.png)
 

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, parse_targets,
                                     positive_int, run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, log2_axis, plot_loss_curves, plot_memory_bars, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
@@ -63,8 +64,8 @@ REPRODUCTION = Sweep(ranks=(1, 2, 4, 8, 16, 32, 64), seeds=3, rslora=True, out=o
 def group_summary(name, kind, r, runs):
     return {"name": name, "kind": kind, "r": r, "trainable_params": runs[0]["trainable_params"],
             "total_params": runs[0]["total_params"], "alpha": runs[0]["alpha"],
-            "target_loss": spread([x["final_target_loss"] for x in runs]),
-            "source_loss": spread([x["final_source_loss"] for x in runs])}
+            "target_loss": spread([reported_loss(x, "target") for x in runs]),
+            "source_loss": spread([reported_loss(x, "source") for x in runs]), "scored_on": reported_on(runs[0])}
 
 
 def smoothed_train_loss(record, step, window=SMOOTHING):
@@ -159,16 +160,16 @@ def results_table(groups):
         alpha = "-" if g["alpha"] is None else f"{g['alpha']:g}"
         lines.append(f"| {g['name']} | {alpha} | {g['trainable_params']:,} ({share:.1f}%) | "
                      f"{show(g['target_loss'])} | {show(g['source_loss'])} |")
-    n = groups[0]["target_loss"]["n"]
-    lines.append(f"\nFinal validation losses in nats/byte, mean ± 95% CI over {n} seeds"
-                 if n > 1 else "\nFinal validation losses in nats/byte, one seed.")
+    n, text = groups[0]["target_loss"]["n"], groups[0].get("scored_on", "validation")
+    lines.append(f"\nFinal {text} losses in nats/byte, mean ± 95% CI over {n} seeds"
+                 if n > 1 else f"\nFinal {text} losses in nats/byte, one seed.")
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None):
     """The flags, with the sweep's shape filled in: the quickstart's, or with --reproduce the
     reproduction's (which fixes ranks, seeds and scalings, and writes its own folder unless --out says)."""
-    p = make_parser(__doc__.splitlines()[0], default_out=QUICKSTART.out)
+    p = make_parser(__doc__.splitlines()[0], default_out=QUICKSTART.out, test_split=True)
     p.add_argument("--reproduce", action="store_true",
                    help=f"the three-seed sweep of REPRODUCTIONS.md: ranks {','.join(map(str, REPRODUCTION.ranks))}, "
                         f"{REPRODUCTION.seeds} seeds, alpha/r and rsLoRA, full fine-tuning; writes {REPRODUCTION.out}")

@@ -22,6 +22,8 @@ RECORD_KEYS = {
     "quantize", "target_corpus", "source_corpus", "target_sha256", "source_sha256", "trainable_params", "total_params", "train_loss", "history",
     "base_target_loss", "base_source_loss", "final_target_loss", "final_source_loss", "wall_time_s",
     "median_step_s", "tokens_per_s", "saved_bytes", "memory",
+    # full_vs_lora and rank_sweep hold out a test half: the base and final losses on it
+    "base_target_test_loss", "base_source_test_loss", "final_target_test_loss", "final_source_test_loss",
 }
 
 
@@ -53,7 +55,10 @@ def test_full_vs_lora_end_to_end(tmp_path, corpora):
     # Activations grow with the batch; the weights do not.
     assert by_batch[-1]["lora"]["activations"] > 10 * by_batch[0]["lora"]["activations"]
     assert by_batch[-1]["full"]["params"] == by_batch[0]["full"]["params"]
-    assert "| full fine-tuning |" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "| full fine-tuning |" in text and "Losses on test text" in text
+    # The table reports the test half, which no choice read, not the validation half
+    assert f"| {full['final_target_test_loss']:.3f} |" in text
 
 
 def test_rank_sweep_end_to_end_and_runs_are_cached(tmp_path, corpora):

@@ -145,7 +145,11 @@ def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
         for j, lr in enumerate(c["lrs"]):  # the curve is the seed mean of its own records
             runs = records[6 * k + 2 * j: 6 * k + 2 * j + 2]
             assert [r["lr"] for r in runs] == [lr, lr] and [r["seed"] for r in runs] == [1337, 1338]
-            assert c["losses"][j] == pytest.approx(sum(r["final_target_loss"] for r in runs) / 2)
+            # reported on the test half; the rate a choice would take is read on validation
+            assert c["losses"][j] == pytest.approx(sum(r["final_target_test_loss"] for r in runs) / 2)
+        on_validation = [sum(r["final_target_loss"] for r in records[6 * k + 2 * j: 6 * k + 2 * j + 2])
+                         for j in range(3)]
+        assert c["best_grid_lr_on_validation"] == c["lrs"][on_validation.index(min(on_validation))]
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
     cells = [c.strip() for c in row.split("|")[2:8]]  # one column per rate, 1e-3 to 3e-1
     assert [c != "" for c in cells] == [False, True, False, True, False, True]  # LoRA ran only at its own rates
@@ -236,16 +240,19 @@ def test_learn_forget_end_to_end(tmp_path, corpora):
     records = read(out / "records.json")
     assert len(records) == 2 * len(rows) and [r["seed"] for r in records[:2]] == [1337, 1338]
     assert [r["steps"] for r in records[4:6]] == [3, 3]
-    for k, row in enumerate(rows):  # each row is the seed spread of its own two records
-        assert row["target_loss"]["values"] == [r["final_target_loss"] for r in records[2 * k:2 * k + 2]]
+    for k, row in enumerate(rows):  # each row is the seed spread of its own two records: test reported, validation kept
+        assert row["target_loss"]["values"] == [r["final_target_test_loss"] for r in records[2 * k:2 * k + 2]]
+        assert row["val_target_loss"]["values"] == [r["final_target_loss"] for r in records[2 * k:2 * k + 2]]
+        assert row["target_loss"]["values"] != row["val_target_loss"]["values"]
     full_front = pareto_front([(r["target_loss"]["mean"], r["source_loss"]["mean"]) for r in rows[:3]])
     assert [(v["target_loss"], v["source_loss"]) for v in summary["fronts"]["full"]] == full_front
-    full = min(rows[:2], key=lambda r: r["target_loss"]["mean"])  # the tuned full run: full-length runs only
+    # the tuned full run: full-length runs only, chosen on validation, never on the test half reported
+    full = min(rows[:2], key=lambda r: r["val_target_loss"]["mean"])
     assert summary["full_tuned"] == full["name"]
     heads = summary["headline"]
     assert [(h["r"], h["rates_tried"]) for h in heads] == [(1, sorted({1e-2, DEFAULT_LR["lora"]})),
                                                            (2, [DEFAULT_LR["lora"]])]
-    r1 = min([r for r in rows if r["r"] == 1], key=lambda r: r["target_loss"]["mean"])
+    r1 = min([r for r in rows if r["r"] == 1], key=lambda r: r["val_target_loss"]["mean"])
     assert heads[0]["lora"] == r1["name"]
     assert heads[0]["learned_less"]["values"] == pytest.approx(
         [a - b for a, b in zip(r1["target_loss"]["values"], full["target_loss"]["values"])])
@@ -254,6 +261,7 @@ def test_learn_forget_end_to_end(tmp_path, corpora):
         assert (row["above_full_front"] is None) == (row["position"] is None)
     assert is_png(out / "learn_forget.png") and (out / "run_info.json").exists()
     assert "| LoRA r=2, lr " in (out / "results.md").read_text()
+    assert "Losses on test text; best rates chosen on validation" in (out / "results.md").read_text()
     section = learn_forget.report(Results(str(tmp_path)))  # from the files just written
     assert section["verdict"] in VERDICTS and "![learning vs forgetting]" in section["body"]
 
@@ -513,7 +521,8 @@ def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, cor
                  **run_kwargs(args, device))
     assert grid_neighbours(1.8e-4) == [1e-4, 1.8e-4, 3e-4]
     result = tune({"full": (entry, [1e-4, 1.8e-4, 3e-4])}, [1337, 1338], max_extra=2, progress=False)["full"]
-    assert result["lrs"] == list(LR_GRID[:5]) and result["best_lr"] == 1e-3 and result["at_grid_edge"]
+    start = LR_GRID.index(1e-4)
+    assert result["lrs"] == list(LR_GRID[start:start + 5]) and result["best_lr"] == 1e-3 and result["at_grid_edge"]
     assert result["losses"] == sorted(result["losses"], reverse=True)
     assert [r["seed"] for r in result["records"]] == [1337, 1338]
     assert all(r["lr"] == 1e-3 for r in result["records"])

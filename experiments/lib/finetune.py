@@ -109,6 +109,17 @@ def test_losses(model, target, source, eval_iters, eval_batch_size, device):
             for name, corpus in (("target", target), ("source", source))}
 
 
+def reported_loss(record, domain="target", when="final"):
+    """The loss a table reports for a run: on the test half when the run held one out (no choice
+    read it), else on validation. domain: "target" or "source"; when: "base" or "final"."""
+    return record.get(f"{when}_{domain}_test_loss", record[f"{when}_{domain}_loss"])
+
+
+def reported_on(record):
+    """Which text reported_loss reads for this run: "test" or "validation"."""
+    return "test" if "final_target_test_loss" in record else "validation"
+
+
 def read_cached_record(path):
     """The cached record at path, or None when there is none or it cannot be read (a damaged
     cache file is then recomputed, with a warning naming it)."""

@@ -3,6 +3,8 @@ import os
 
 import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
+from experiments.lib.finetune import reported_loss, reported_on
+
 MIB = 1024 ** 2  # memory in MiB (2^20 bytes), files in KiB (2^10)
 MEMORY_PARTS = [("params", "weights"), ("grads", "gradients"), ("optimizer", "optimizer state"),
                 ("activations", "activations")]
@@ -158,11 +160,11 @@ def markdown_table(records):
         m = r["memory"]
         rows.append(
             f"| {label(r)} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
-            f"{r['final_target_loss']:.3f} | {r['final_source_loss']:.3f} | "
+            f"{reported_loss(r, 'target'):.3f} | {reported_loss(r, 'source'):.3f} | "
             f"{m['params'] / MIB:.2f} / {m['grads'] / MIB:.2f} / {m['optimizer'] / MIB:.2f} / {m['activations'] / MIB:.2f} | "
             f"{r['saved_bytes'] / 1024:,.1f} |"
         )
     base = records[0]
-    rows.append(f"\nBase model before fine-tuning: target loss {base['base_target_loss']:.3f}, "
-                f"source loss {base['base_source_loss']:.3f} (nats/byte).")
+    rows.append(f"\nLosses on {reported_on(base)} text. Base model before fine-tuning: target loss "
+                f"{reported_loss(base, 'target', 'base'):.3f}, source loss {reported_loss(base, 'source', 'base'):.3f} (nats/byte).")
     return "\n".join(rows) + "\n"

@@ -15,8 +15,10 @@ import math
 
 from experiments.lib.runs import run_all
 
-# Quarter-decade steps (10^(k/4), rounded as the earlier sweeps wrote them).
-LR_GRID = (1e-4, 1.8e-4, 3e-4, 5.6e-4, 1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2, 1.8e-2, 3e-2, 5.6e-2, 1e-1)
+# Quarter-decade steps (10^(k/4), rounded as the earlier sweeps wrote them). It reaches down to 1e-5
+# because a tiny fine-tuning set, repeated for hundreds of steps, wants rates far below the defaults
+# (experiments/data_size.py); other tuners start near the defaults and never walk that far.
+LR_GRID = (1e-5, 1.8e-5, 3e-5, 5.6e-5, 1e-4, 1.8e-4, 3e-4, 5.6e-4, 1e-3, 1.8e-3, 3e-3, 5.6e-3, 1e-2, 1.8e-2, 3e-2, 5.6e-2, 1e-1)
 
 
 def grid_neighbours(lr, n=1):
