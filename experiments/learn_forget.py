@@ -202,14 +202,15 @@ def plot_learn_forget(rows, fronts, base, path, title):
     ax.legend(fontsize=7, ncol=2)
 
     shown = [row for row in rows if row["method"] == "lora" and row["above_full_front"] is not None]
+    chosen = judged([row for row in rows if row["method"] == "lora"])
     for row in shown:
         d = row["above_full_front"]
         ax_d.errorbar(row["target_loss"]["mean"], d["mean"], yerr=ci(d), marker="o", color=colors[row["r"]],
-                      capsize=3, linestyle="none", markeredgecolor="black" if row["on_front"] else "none")
+                      capsize=3, linestyle="none", markeredgecolor="black" if row["name"] in chosen else "none")
     ax_d.axhline(0, color="black", linestyle="--", label="on full fine-tuning's front")
     ax_d.set_xlabel("LoRA's final target loss, docs (nats/byte)")
     ax_d.set_ylabel("LoRA's source loss minus full's front there (nats/byte)")
-    ax_d.set_title("above 0: LoRA forgot more than full fine-tuning\nat the same amount learned (black edge: on LoRA's front)")
+    ax_d.set_title("above 0: LoRA forgot more than full fine-tuning\nat the same amount learned (black edge: judged, on LoRA's front on validation)")
     ax_d.grid(alpha=0.3)
     ax_d.legend(fontsize=8)
     return finish(fig, title, path)
