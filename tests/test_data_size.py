@@ -196,3 +196,9 @@ def test_the_gap_by_rank_is_described_where_every_rank_is_behind():
     gaps = {(1, 4096): SAME, (16, 4096): SAME, (1, 419577): BEHIND, (16, 419577): [0.02, 0.021, 0.019]}
     text = data_size.behind(fake_summary(gaps, sizes=(4096, 419577)))
     assert text.endswith("rests on it): 409.7 KB: r=1 +0.055, r=16 +0.020.")
+
+
+def test_the_section_names_the_command_that_wrote_it():
+    """REPRODUCTIONS' run adds two seeds to the default three: the section must say so."""
+    assert data_size.command_of({"seeds": [1337, 1338, 1339]}) == "python -m experiments.data_size"
+    assert data_size.command_of({"seeds": list(range(1337, 1342))}) == "python -m experiments.data_size --seeds 5"
