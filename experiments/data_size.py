@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from experiments.lib import verdicts
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, model_config, parse_ranks,
                                     parse_targets, positive_int, run_kwargs, stop)
+from experiments.lib.data_size_notes import ahead, behind, edge_note, kib, label, overfitting, smallest_set
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
@@ -99,13 +100,6 @@ def end_of_training_loss(record, share=0.1):
     return statistics.fmean(losses[-max(1, int(len(losses) * share)):])
 
 
-def kib(n):
-    """A size in bytes as people write it: 256 bytes, 4 KB, 32 KB, 409.7 KB (KB = 1024 bytes)."""
-    if n < 1024:
-        return f"{n} bytes"
-    return f"{n / 1024:.0f} KB" if n % 1024 == 0 else f"{n / 1024:.1f} KB"
-
-
 def plot_data_size(summary, path, title):
     fig, (ax_l, ax_d) = plt.subplots(1, 2, figsize=(11.5, 4.4))
     sizes = summary["sizes"]
@@ -138,10 +132,6 @@ def plot_data_size(summary, path, title):
 
 def ci(s):
     return s["ci"] if s["n"] > 1 and math.isfinite(s["ci"]) else 0
-
-
-def label(name):
-    return "full fine-tuning" if name == "full" else f"LoRA {name}"
 
 
 def check_on_grid(args):
@@ -301,84 +291,6 @@ def judge(summary):
     return verdicts.combine(parts), parts, judged, points
 
 
-def overfitting(summary):
-    """Does full fine-tuning overfit the small sets? (one line per size, and the answer): its test
-    loss against the base model's (above it: the repetition did harm), and the loss on its own
-    training batches at the end against the test loss (the generalisation gap)."""
-    base = summary["base_test_loss"]
-    rows = sorted((x for x in summary["rows"] if x["name"] == "full"), key=lambda x: x["size"])
-    lines, worse, gaps = [], [], {}
-    for row in rows:
-        test, train = row["test_loss"]["mean"], row["train_loss_end"]["mean"]
-        gaps[row["size"]] = test - train
-        if test > base:
-            worse.append(kib(row["size"]))
-        lines.append(f"{kib(row['size'])}: test {show(row['test_loss'])} ({test - base:+.3f} from the base model's "
-                     f"{base:.3f}), its own training batches {train:.3f} at the end "
-                     f"(test minus training {test - train:+.3f})")
-    small, large = rows[0]["size"], rows[-1]["size"]
-    if worse:
-        answer = (f"Yes, past the start: on {', '.join(worse)} its test loss ends above the base model's, so the "
-                  f"repetition undid what it learned")
-    else:
-        answer = ("Not past the start: at its tuned rate its test loss ends below the base model's on every set, "
-                  "so each set still taught it something")
-    trend = ("larger" if gaps[small] > gaps[large] else "no larger")
-    return lines, (f"{answer}; test minus training is {trend} on {kib(small)} "
-                   f"({gaps[small]:+.3f}) than on {kib(large)} ({gaps[large]:+.3f})")
-
-
-def ahead(summary):
-    """Where LoRA ends AHEAD of full fine-tuning (the gap's 95% interval below 0): no part of the claim,
-    which has LoRA at best equal, so said apart, without a verdict."""
-    cells = [f"r={d['r']} on {kib(d['size'])} ({show_difference(d['difference'])})" for d in summary["differences"]
-             if d["difference"]["n"] > 1 and d["difference"]["mean"] + d["difference"]["ci"] < 0]
-    if not cells:
-        return "LoRA ends ahead of full fine-tuning (a called negative gap) at no size."
-    return ("LoRA ends ahead of full fine-tuning, a called negative gap, at " + "; ".join(cells) + ": there full "
-            "fine-tuning, at its own tuned rate and the same number of steps, ends worse than LoRA. The claim has "
-            "LoRA at best equal, so this is no match, and no part of the verdict.")
-
-
-def behind(summary):
-    """Where every rank is behind full fine-tuning, the gap by rank (means, described; no verdict rests on it)."""
-    by_size = {}
-    for d in summary["differences"]:
-        by_size.setdefault(d["size"], {})[d["r"]] = d["difference"]["mean"]
-    cells = [f"{kib(n)}: " + ", ".join(f"r={r} {g:+.3f}" for r, g in sorted(gaps.items()))
-             for n, gaps in sorted(by_size.items()) if all(g > 0 for g in gaps.values())]
-    if not cells:
-        return ""
-    return ("Where every rank is behind, the gap by rank (mean test loss, LoRA minus full; described, no verdict "
-            "rests on it): " + "; ".join(cells) + ".")
-
-
-def edge_note(summary):
-    """What a tuned rate at the edge of the rates tried means here, and who ends worse on test than
-    the base model (where the repeated set did harm at every rate tried)."""
-    def names(rows):
-        return ", ".join(f"{label(row['name'])} on {kib(row['size'])}" for row in rows)
-
-    edges = [row for row in summary["rows"] if row["tuning"]["at_grid_edge"]]
-    low = [row for row in edges if row["lr"] == min(row["tuning"]["lrs"])]
-    high = [row for row in edges if row not in low]
-    worse = [row for row in summary["rows"] if row["test_loss"]["mean"] > summary["base_test_loss"]]
-    out = []
-    if low:
-        out.append(f"The tuned rate of {names(low)} sat at the lowest rate tried: the validation loss still fell "
-                   f"toward lower rates, so the best rate lies lower, and a comparison there says what "
-                   f"{summary['steps']} steps at the rates tried do to that set, not the best each method reaches "
-                   f"on it (a lower rate, or fewer steps, would do better).")
-    if high:
-        out.append(f"The tuned rate of {names(high)} sat at the highest rate tried, so its best may lie higher.")
-    if worse:
-        text = names(worse)
-        out.append(f"{text[0].upper() + text[1:]} end{'s' if len(worse) == 1 else ''} worse on test than the base "
-                   f"model "
-                   f"({summary['base_test_loss']:.3f}): there the repeated set did harm.")
-    return " ".join(out)
-
-
 def report(results):
     """Section of REPRODUCTIONS.md from results/data_size."""
     s = results.json("data_size", "data_size.json")
@@ -407,6 +319,7 @@ def report(results):
         f"point moves to larger data with r={high} than with r={low}: **{part_moves}**. {behind(s)}",
         f"- Does full fine-tuning overfit the small sets? {fit_answer} (" + "; ".join(fit_lines) + ").",
         f"- {ahead(s)}",
+        f"- {smallest_set(s)}",
         f"- Rates, chosen on validation for each method at each size (smallest size first): {rates}."]
     if edges:
         bullets.append(f"- {edge_note(s)}")

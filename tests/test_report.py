@@ -113,3 +113,25 @@ def test_the_quickstart_gives_the_reproductions_losses():
         for field in ("target_loss", "source_loss"):
             assert [h[field] for h in r["history"]] == pytest.approx([h[field] for h in twin["history"]], abs=1e-6)
         assert r["trainable_params"] == twin["trainable_params"]
+
+
+def test_the_readmes_rank_sentences_follow_the_numbers():
+    """Each ordering the main results state is checked: said as a rule only where every step obeys it."""
+    from experiments.lib.rank_curve_text import rank_curve_text
+
+    def group(docs, code):
+        return {"target_loss": {"mean": docs, "ci": 0.01, "n": 3}, "source_loss": {"mean": code, "ci": 0.01, "n": 3}}
+
+    full = group(1.30, 2.06)
+    steady = {1: group(1.60, 1.80), 2: group(1.50, 1.85), 4: group(1.45, 1.90), 8: group(1.43, 1.95)}
+    text = rank_curve_text(full, steady, {}, 1.82, 1.59).replace("\n", " ")
+    assert "learns the prose best" in text and "more rank learns more" in text and "forgets more" in text
+    assert "Each doubling of the rank buys less than the one before" in text and "even r=8 ends 0.130 above" in text
+    # A gain that grows before it shrinks, a code loss that dips, LoRA below full at the top rank:
+    uneven = {1: group(1.60, 1.80), 2: group(1.55, 1.85), 4: group(1.45, 1.84), 8: group(1.29, 1.95)}
+    text = rank_curve_text(full, uneven, {8: group(1.25, 2.0)}, 1.82, 1.59).replace("\n", " ")
+    assert "learns the prose best" not in text and "does not always forget more" in text
+    assert "The gain per doubling of the rank is 0.050, 0.100, 0.160" in text
+    assert "r=8 ends 0.010 below full" in text
+    assert "too high" not in text and "below alpha/r's" in text  # rsLoRA ends below LoRA here
+    assert "too high" in rank_curve_text(full, uneven, {8: group(1.40, 2.0)}, 1.82, 1.59)

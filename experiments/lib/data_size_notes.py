@@ -1,0 +1,109 @@
+"""The data-size section's descriptive notes (experiments/data_size.py): what each size's runs did,
+said beside the verdict, which rests on none of them, and the two small formats they share."""
+from experiments.lib.seeds import show, show_difference
+
+
+def kib(n):
+    """A size in bytes as people write it: 256 bytes, 4 KB, 32 KB, 409.7 KB (KB = 1024 bytes)."""
+    if n < 1024:
+        return f"{n} bytes"
+    return f"{n / 1024:.0f} KB" if n % 1024 == 0 else f"{n / 1024:.1f} KB"
+
+
+def label(name):
+    return "full fine-tuning" if name == "full" else f"LoRA {name}"
+
+
+def overfitting(summary):
+    """Does full fine-tuning overfit the small sets? (one line per size, and the answer): its test
+    loss against the base model's (above it: the repetition did harm), and the loss on its own
+    training batches at the end against the test loss (the generalisation gap)."""
+    base = summary["base_test_loss"]
+    rows = sorted((x for x in summary["rows"] if x["name"] == "full"), key=lambda x: x["size"])
+    lines, worse, gaps = [], [], {}
+    for row in rows:
+        test, train = row["test_loss"]["mean"], row["train_loss_end"]["mean"]
+        gaps[row["size"]] = test - train
+        if test > base:
+            worse.append(kib(row["size"]))
+        lines.append(f"{kib(row['size'])}: test {show(row['test_loss'])} ({test - base:+.3f} from the base model's "
+                     f"{base:.3f}), its own training batches {train:.3f} at the end "
+                     f"(test minus training {test - train:+.3f})")
+    small, large = rows[0]["size"], rows[-1]["size"]
+    if worse:
+        answer = (f"Yes, past the start: on {', '.join(worse)} its test loss ends above the base model's, so the "
+                  f"repetition undid what it learned")
+    else:
+        answer = ("Not past the start: at its tuned rate its test loss ends below the base model's on every set, "
+                  "so each set still taught it something")
+    trend = ("larger" if gaps[small] > gaps[large] else "no larger")
+    return lines, (f"{answer}; test minus training is {trend} on {kib(small)} "
+                   f"({gaps[small]:+.3f}) than on {kib(large)} ({gaps[large]:+.3f})")
+
+
+def ahead(summary):
+    """Where LoRA ends AHEAD of full fine-tuning (the gap's 95% interval below 0): no part of the claim,
+    which has LoRA at best equal, so said apart, without a verdict."""
+    cells = [f"r={d['r']} on {kib(d['size'])} ({show_difference(d['difference'])})" for d in summary["differences"]
+             if d["difference"]["n"] > 1 and d["difference"]["mean"] + d["difference"]["ci"] < 0]
+    if not cells:
+        return "LoRA ends ahead of full fine-tuning (a called negative gap) at no size."
+    return ("LoRA ends ahead of full fine-tuning, a called negative gap, at " + "; ".join(cells) + ": there full "
+            "fine-tuning, at its own tuned rate and the same number of steps, ends worse than LoRA. The claim has "
+            "LoRA at best equal, so this is no match, and no part of the verdict.")
+
+
+def smallest_set(summary):
+    """How far each method moved from the base model on the smallest set, and what a match there means
+    when every tuned rate sat at the lowest rate tried (the runs then learned as little as they could)."""
+    small = min(summary["sizes"])
+    rows = [row for row in summary["rows"] if row["size"] == small]
+    moved = [row["test_loss"]["mean"] - summary["base_test_loss"] for row in rows]
+    text = (f"On {kib(small)} the test loss minus the base model's is "
+            + ", ".join(f"{label(row['name'])} {m:+.3f}" for row, m in zip(rows, moved)))
+    if all(row["tuning"]["at_grid_edge"] and row["lr"] == min(row["tuning"]["lrs"]) for row in rows):
+        text += (": every method's best rate there was the lowest tried, so at this step budget the best each "
+                 "does is to change the base little. A match on this set is a match between runs that learned "
+                 f"{'little' if max(abs(m) for m in moved) < 0.05 else 'what they could at the lowest rate'}, "
+                 "not evidence that a low rank holds what full fine-tuning learns; fewer steps (early stopping) "
+                 "at ordinary rates would test that regime more fairly, and were not run")
+    return text + "."
+
+
+def behind(summary):
+    """Where every rank is behind full fine-tuning, the gap by rank (means, described; no verdict rests on it)."""
+    by_size = {}
+    for d in summary["differences"]:
+        by_size.setdefault(d["size"], {})[d["r"]] = d["difference"]["mean"]
+    cells = [f"{kib(n)}: " + ", ".join(f"r={r} {g:+.3f}" for r, g in sorted(gaps.items()))
+             for n, gaps in sorted(by_size.items()) if all(g > 0 for g in gaps.values())]
+    if not cells:
+        return ""
+    return ("Where every rank is behind, the gap by rank (mean test loss, LoRA minus full; described, no verdict "
+            "rests on it): " + "; ".join(cells) + ".")
+
+
+def edge_note(summary):
+    """What a tuned rate at the edge of the rates tried means here, and who ends worse on test than
+    the base model (where the repeated set did harm at every rate tried)."""
+    def names(rows):
+        return ", ".join(f"{label(row['name'])} on {kib(row['size'])}" for row in rows)
+
+    edges = [row for row in summary["rows"] if row["tuning"]["at_grid_edge"]]
+    low = [row for row in edges if row["lr"] == min(row["tuning"]["lrs"])]
+    high = [row for row in edges if row not in low]
+    worse = [row for row in summary["rows"] if row["test_loss"]["mean"] > summary["base_test_loss"]]
+    out = []
+    if low:
+        out.append(f"The tuned rate of {names(low)} sat at the lowest rate tried: the validation loss still fell "
+                   f"toward lower rates, so the best rate lies lower, and a comparison there says what "
+                   f"{summary['steps']} steps at the rates tried do to that set, not the best each method reaches "
+                   f"on it (a lower rate, or fewer steps, would do better).")
+    if high:
+        out.append(f"The tuned rate of {names(high)} sat at the highest rate tried, so its best may lie higher.")
+    if worse:
+        text = names(worse)
+        out.append(f"{text[0].upper() + text[1:]} end{'s' if len(worse) == 1 else ''} worse on test than the base "
+                   f"model "
+                   f"({summary['base_test_loss']:.3f}): there the repeated set did harm.")
+    return " ".join(out)
