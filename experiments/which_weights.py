@@ -10,6 +10,8 @@ attention-only LoRA falls short of adapting the MLP too, even at a matched param
 Each target set gets the rank whose parameter count comes closest to the budget (by default:
 r=8 on q_proj alone, the paper's single-type setting), and its own learning rate (lib/tuning.py:
 the best rate depends on the rank and the matrices), then three fine-tuning seeds at that rate.
+Rates are chosen on validation (the held-out text's first half); every loss reported is on the
+test half, which no choice read.
 Writes OUT/records.json, OUT/which_weights.json, OUT/which_weights.png, OUT/results.md.
 """
 import os
@@ -17,6 +19,7 @@ import os
 import matplotlib.pyplot as plt
 
 from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, positive_int, run_kwargs
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
@@ -48,7 +51,7 @@ def rank_for_budget(model, targets, budget):
     return max(1, round(budget / step))
 
 
-def plot_which_weights(rows, full, base_target, path, title):
+def plot_which_weights(rows, full, base_target, path, title, scored_on="validation"):
     """Final target loss per target set at its own tuned rate: one dot per seed, a bar at the mean
     with its 95% interval."""
     fig, ax = plt.subplots(figsize=(10.5, 4.8))
@@ -64,7 +67,7 @@ def plot_which_weights(rows, full, base_target, path, title):
     ax.axhline(base_target, color="gray", linestyle=":", label="base model (before)")
     ax.set_ylim(0, base_target * 1.05)  # from zero: the differences are small next to the loss
     ax.set_xlabel("adapted matrix types (rank that meets the budget, trainable parameters, tuned rate)")
-    ax.set_ylabel("final validation loss on target (nats/byte)")
+    ax.set_ylabel(f"final {scored_on} loss on target (nats/byte)")
     ax.set_title("same parameter budget, different places (lower is better)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
@@ -93,7 +96,7 @@ def comparisons(rows):
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/which_weights")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/which_weights", test_split=True)
     p.add_argument("--budget", type=positive_int, help="trainable parameters per run (default: r=8 on q_proj alone)")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per target set")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
@@ -120,8 +123,8 @@ def main(argv=None):
         rows.append({"set": name, "targets": TARGET_SETS[name], "r": ranks[name], "lr": result["best_lr"],
                      "tuning": {k: result[k] for k in ("lrs", "losses", "at_grid_edge")},
                      "trainable_params": runs[0]["trainable_params"],
-                     "target_loss": spread([x["final_target_loss"] for x in runs]),
-                     "source_loss": spread([x["final_source_loss"] for x in runs])})
+                     "target_loss": spread([reported_loss(x, "target") for x in runs]),
+                     "source_loss": spread([reported_loss(x, "source") for x in runs])})
     full = None
     if not args.no_full:
         plan = [dict(base=base, base_key=base_key, spec={"method": "full", "lr": args.full_lr}, target=target,
@@ -129,16 +132,16 @@ def main(argv=None):
         full_runs = run_all(plan, workers=args.workers, progress=not args.no_progress, desc="full fine-tuning")
         records += full_runs
         full = {"lr": args.full_lr, "trainable_params": full_runs[0]["trainable_params"],
-                "target_loss": spread([x["final_target_loss"] for x in full_runs]),
-                "source_loss": spread([x["final_source_loss"] for x in full_runs])}
+                "target_loss": spread([reported_loss(x, "target") for x in full_runs]),
+                "source_loss": spread([reported_loss(x, "source") for x in full_runs])}
 
-    summary = {"budget": budget, "seeds": seeds, "rows": rows, "full": full, "comparisons": comparisons(rows)}
+    summary = {"budget": budget, "seeds": seeds, "scored_on": reported_on(records[0]), "rows": rows, "full": full, "comparisons": comparisons(rows)}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "which_weights.json"))
     title = (f"which weights: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, "
              f"budget {budget:,} params, each set at its tuned rate, {len(seeds)} seeds, {device}")
-    plot_which_weights(rows, full and full["target_loss"], records[0]["base_target_loss"],
-                       os.path.join(args.out, "which_weights.png"), title)
+    plot_which_weights(rows, full and full["target_loss"], reported_loss(records[0], "target", "base"),
+                       os.path.join(args.out, "which_weights.png"), title, reported_on(records[0]))
     table = write_report(os.path.join(args.out, "results.md"), "Which weights to adapt", title, results_table(summary))
     finish_experiment(args, argv)
     print(table)
@@ -203,7 +206,8 @@ sets, and so can the best rate), then {len(summary['seeds'])} seeds at that rate
 
 {results_table(summary).strip()}
 
-Final losses in nats/byte, mean ± 95% CI over seeds. A difference is the loser's loss minus the
+Final losses on {summary.get('scored_on', 'validation')} text in nats/byte (each set's rate chosen on
+validation), mean ± 95% CI over seeds. A difference is the loser's loss minus the
 winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
 
 **Verdict: {verdict}.**

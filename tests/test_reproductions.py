@@ -122,6 +122,9 @@ def test_which_weights_end_to_end(tmp_path, corpora):
         runs = records[2 * k: 2 * k + 2]
         assert [r["lr"] for r in runs] == [row["lr"]] * 2 and [r["seed"] for r in runs] == [1337, 1338]
         assert runs[0]["final_target_loss"] == min(tuning["losses"])  # the first seed's run is the tuning run
+        # the rate was chosen on validation; the row reports the test half, which no choice read
+        assert row["target_loss"]["values"] == [r["final_target_test_loss"] for r in runs]
+    assert summary["scored_on"] == "test"
     assert [c["winner"] for c in summary["comparisons"]] == ["q,v", "q,v", "q,k,v,o", "up,down", "all"]
     assert is_png(out / "which_weights.png")
     assert "| q,v |" in (out / "results.md").read_text()
