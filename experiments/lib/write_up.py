@@ -403,9 +403,9 @@ def held_out_block(sections):
     later = [(name, s) for name, s in sections if s.get("test_split")]
     if not later:
         return "No experiment has been run on the held-out test split yet.\n"
-    lines = [f"Every number on the held-out test half, any rate or setting these sections choose chosen on validation "
-             f"({held_out_sections(sections)} of [REPRODUCTIONS](experiments/REPRODUCTIONS.md), 3 seeds or more; written "
-             f"by `python -m experiments.report`):", ""]
+    lines = [f"Every number on the held-out test half; whatever these sections choose (rates, settings) is chosen on "
+             f"validation ({held_out_sections(sections)} of [REPRODUCTIONS](experiments/REPRODUCTIONS.md), 3 seeds or "
+             f"more; written by `python -m experiments.report`):", ""]
     for name, s in later:
         lines.append(f"- **{s['title']}** (section {section_number(name)}): **{s['verdict']}**. {s['detail']}.")
     return "\n".join(lines) + "\n"
