@@ -62,11 +62,9 @@ def sweep_curves(methods, records, seeds):
                        "loss_spreads": [spread(v) for v in per_lr], "best_lr": lr_star,
                        "best_at_grid_edge": at_edge, "best_lr_per_seed": per_seed,
                        "per_seed_at_grid_edge": [edge for _, edge in per_seed_fit],
-                       "best_grid_lr": lrs[min(range(len(lrs)), key=mean.__getitem__)],
-                       "best_grid_loss": min(x for x in mean if math.isfinite(x)),
-                       # what a choice of rate reads: the validation text (the same as above without a test split)
-                       "best_grid_lr_on_validation": lrs[min(range(len(lrs)), key=lambda j: math.inf if not
-                                                             math.isfinite(on_validation[j]) else on_validation[j])]})
+                       # the grid rate a choice takes: the lowest mean on validation, never on test
+                       "best_grid_lr": lrs[min(range(len(lrs)), key=lambda j: math.inf if not
+                                               math.isfinite(on_validation[j]) else on_validation[j])]})
     full = curves[0]
     for curve in curves:
         curve["ratio_to_full"] = curve["best_lr"] / full["best_lr"]
@@ -134,12 +132,6 @@ def main(argv=None):
     print(f"wrote {args.out}/records.json, lr_sweep.json, lr_sweep.png, results.md")
 
 
-def chosen_rate(curve):
-    """The grid rate a choice takes from this curve: its lowest mean on validation (a sweep without a
-    test split has only that text, and best_grid_lr is the same rate)."""
-    return curve.get("best_grid_lr_on_validation", curve["best_grid_lr"])
-
-
 def lr_table(curves):
     """Final target loss (mean +- 95% CI over seeds) at every rate, and the best rates."""
     all_lrs = sorted({lr for c in curves for lr in c["lrs"]})
@@ -152,7 +144,7 @@ def lr_table(curves):
         for lr in all_lrs:
             s = by_lr.get(lr)
             cell = "" if s is None else (show(s) if math.isfinite(s["mean"]) else "diverged")
-            cells.append(f"**{cell}**" if lr == chosen_rate(c) else cell)
+            cells.append(f"**{cell}**" if lr == c["best_grid_lr"] else cell)
         edge = " (grid edge)" if c["best_at_grid_edge"] else ""
         per_seed = ", ".join(lr_text(x) + (", at the grid's edge" if e else "")
                              for x, e in zip(c["best_lr_per_seed"], c["per_seed_at_grid_edge"]))
@@ -206,7 +198,7 @@ def report(results):
     verdict = verdicts.combine([c["outcome"] for c in parts])
     margin = 10 ** verdicts.DELTAS["log_ratio"]
     loss_at = {c["name"]: dict(zip(c["lrs"], c["loss_spreads"])) for c in curves}
-    full_grid, r8_grid = chosen_rate(full), chosen_rate(r8)  # the rates a choice takes: read on validation
+    full_grid, r8_grid = full["best_grid_lr"], r8["best_grid_lr"]  # the rates a choice takes: read on validation
     r8_at_full = loss_at[r8["name"]].get(full_grid)
     full_at_r8 = loss_at[full["name"]].get(r8_grid)
     edges = [f"{c['name']} seed {s}" for c in curves for s, e in zip(info["seeds"], c["per_seed_at_grid_edge"]) if e]

@@ -152,7 +152,7 @@ def test_lr_sweep_end_to_end(tmp_path, corpora, capsys):
             assert c["losses"][j] == pytest.approx(sum(r["final_target_test_loss"] for r in runs) / 2)
         on_validation = [sum(r["final_target_loss"] for r in records[6 * k + 2 * j: 6 * k + 2 * j + 2])
                          for j in range(3)]
-        assert c["best_grid_lr_on_validation"] == c["lrs"][on_validation.index(min(on_validation))]
+        assert c["best_grid_lr"] == c["lrs"][on_validation.index(min(on_validation))]
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
     cells = [c.strip() for c in row.split("|")[2:8]]  # one column per rate, 1e-3 to 3e-1
     assert [c != "" for c in cells] == [False, True, False, True, False, True]  # LoRA ran only at its own rates
