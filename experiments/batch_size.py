@@ -19,8 +19,10 @@ The question is whether the gap (LoRA minus full, seed by seed) at the largest b
 from the gap at the smallest, by the shared "beats" rule (lib/verdicts.py). At the default scale
 the section reports that as not tested in the claim's regime: 6,144-token batches on a 0.8M model.
 
-Every run is scored on the same validation batches (--eval-batch-size sequences each, the
-default run's 12, whatever the training batch), so losses compare across batch sizes.
+Every run is scored on the same held-out batches (--eval-batch-size sequences each, the
+default run's 12, whatever the training batch), so losses compare across batch sizes. Rates are
+chosen on validation (the held-out text's first half); every loss reported is on the test half,
+which no choice read.
 Writes OUT/records.json, OUT/batch_size.json, OUT/batch_size.png, OUT/results.md.
 """
 import argparse
@@ -30,6 +32,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_targets, positive_int,
                                     positive_ints, run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, log2_axis, lr_text, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
@@ -53,20 +56,20 @@ def steps_for(sequences, batch_sizes):
 
 def gap(full_runs, lora_runs):
     """LoRA minus full fine-tuning's final target loss, seed by seed."""
-    return paired([r["final_target_loss"] for r in full_runs], [r["final_target_loss"] for r in lora_runs])
+    return paired([reported_loss(r) for r in full_runs], [reported_loss(r) for r in lora_runs])
 
 
 def row_for(b, steps, lrs, runs):
     """One batch size's results: each method's losses over seeds and the paired gap."""
     first = runs["full"][0]
     row = {"batch_size": b, "steps": steps, "sequences": first["steps"] * first["batch_size"],  # what really ran
-           "base_target_loss": first["base_target_loss"], "gap": gap(runs["full"], runs["lora"])}
+           "base_target_loss": reported_loss(first, "target", "base"), "gap": gap(runs["full"], runs["lora"])}
     for method in METHODS:
-        row[method] = {"lr": lrs[method], "target_loss": spread([r["final_target_loss"] for r in runs[method]])}
+        row[method] = {"lr": lrs[method], "target_loss": spread([reported_loss(r) for r in runs[method]])}
     return row
 
 
-def plot_batch_size(fixed, tuned, path, title):
+def plot_batch_size(fixed, tuned, path, title, scored_on="validation"):
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(11.5, 4.6))
     batches = [row["batch_size"] for row in fixed]
 
@@ -84,7 +87,7 @@ def plot_batch_size(fixed, tuned, path, title):
                           label=f"{METHODS[method]}, its own rate at that batch")
     ax_l.axhline(fixed[0]["base_target_loss"], color="gray", linestyle=":", label="base model (before)")
     log2_axis(ax_l, batches, "batch size in sequences")
-    ax_l.set_ylabel("final validation loss on target (nats/byte)")
+    ax_l.set_ylabel(f"final {scored_on} loss on target (nats/byte)")
     ax_l.set_title("final loss at equal sequences seen (bars: 95% CI)")
     ax_l.legend(fontsize=7)
     for rows, name, style in ((fixed, "one rate per method", dict(color="#C44E52", marker="o")),
@@ -102,7 +105,7 @@ def plot_batch_size(fixed, tuned, path, title):
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/batch_size")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/batch_size", test_split=True)
     p.add_argument("--batch-sizes", type=lambda t: positive_ints(t, "--batch-sizes"), default=[6, 12, 24, 48, 96],
                    help="comma-separated, e.g. 6,24,96; each must divide --sequences")
     p.add_argument("--sequences", type=positive_int, default=7200,
@@ -163,6 +166,7 @@ def main(argv=None):
         return paired(rows[0]["gap"]["values"], rows[-1]["gap"]["values"]) if len(rows) > 1 else None
 
     summary = {"seeds": seeds, "sequences": args.sequences, "block_size": records[0]["block_size"], "r": args.r,
+               "scored_on": reported_on(records[0]),
                "eval_batch_size": args.eval_batch_size,
                "lrs": lrs, "fixed": fixed, "tuned": tuned,
                "tuning": tuning, "gap_change_fixed": trend(fixed), "gap_change_tuned": trend(tuned)}
@@ -170,7 +174,7 @@ def main(argv=None):
     write_json(summary, os.path.join(args.out, "batch_size.json"))
     title = (f"batch size: {args.preset} GPT, {source.name} -> {target.name}, {args.sequences:,} sequences per run, "
              f"LoRA r={args.r}, {len(seeds)} seeds, {device}")
-    plot_batch_size(fixed, tuned, os.path.join(args.out, "batch_size.png"), title)
+    plot_batch_size(fixed, tuned, os.path.join(args.out, "batch_size.png"), title, reported_on(records[0]))
     table = write_report(os.path.join(args.out, "results.md"), "Batch size", title, results_md(summary))
     finish_experiment(args, argv)
     print(table)
@@ -247,7 +251,7 @@ def report(results):
                      f"the standard of the claim, which is about large batches on large models. "
                      f"`--device cuda --preset small --batch-sizes 32,64,128,256,512 --sequences 15360` is the test "
                      f"that would settle it.")
-    lines.append(f"- Every run is scored on the same validation batches ({s['eval_batch_size']} sequences each, "
+    lines.append(f"- Every run is scored on the same {s.get('scored_on', 'validation')} batches ({s['eval_batch_size']} sequences each, "
                  f"whatever the training batch; the base model scores {small['base_target_loss']:.3f} on them), so "
                  f"the losses compare across batch sizes. (The earlier version drew them at the training batch size.)")
     body = f"""**Claim.** LoRA Without Regret (Schulman et al. 2025): LoRA is less tolerant of large batches than
@@ -267,8 +271,8 @@ fine-tuning {lr_text(s['lrs']['full'])}, LoRA r={s['r']} {lr_text(s['lrs']['lora
 
 {table(tuned).strip() if tuned else ''}
 
-Final docs loss in nats/byte, mean ± 95% CI over {n} seeds; the gap is LoRA minus full fine-tuning
-seed by seed, `*` = called.
+Final docs loss on {s.get('scored_on', 'validation')} text in nats/byte (rates chosen on validation),
+mean ± 95% CI over {n} seeds; the gap is LoRA minus full fine-tuning seed by seed, `*` = called.
 
 **Verdict: {verdict}.**
 """ + "\n".join(lines)

@@ -350,11 +350,13 @@ def report(results):
                  + (f" (each {s['max_iters']:,}-step run is costly on a CPU; `--seeds 3` triples the time). The differences it "
                     "rests on are large (whole data sets stored or not), but their exact sizes are one run's."
                     if n_seeds == 1 else "."))
+    # One seed keeps the command's time down; the run the section reads may have more (it names them).
+    command = "python -m experiments.capacity" + (f" --seeds {n_seeds}" if n_seeds != 1 else "")
     body = f"""**Claim.** LoRA Without Regret (Schulman et al. 2025): on a fixed dataset, low-rank LoRA tracks
 full fine-tuning as long as the information in the data fits in the adapter's parameters. Past
 that point it falls behind, and a higher rank holds on longer.
 
-**Command.** `python -m experiments.capacity` (`results/capacity/`). The data are N random facts
+**Command.** `{command}` (`results/capacity/`). The data are N random facts
 `abcd:1234`, from a seeded generator (`experiments/lib/facts.py`). Each value holds exactly
 4 log2(10) = 13.3 bits, so what a run memorised can be counted: the bits it gained over a
 uniform guess among the ten digits, summed over all facts. Each run trains {s['max_iters']:,} steps on the
@@ -380,7 +382,7 @@ it is the data's ceiling.
               + verdicts.show_parts(parts, label=lambda c: c["question"].split(":")[0].replace(", ", " ")))
     return {"title": "Capacity: when does a low rank run out of room?", "source": "LoRA Without Regret",
             "claim": "Low-rank LoRA tracks full fine-tuning until the data exceed its capacity", "verdict": verdict,
-            "detail": detail, "body": body, "comparisons": parts}
+            "detail": detail, "body": body, "comparisons": parts, "command": command}
 
 
 if __name__ == "__main__":

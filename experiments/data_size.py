@@ -15,7 +15,10 @@ block, alpha fixed) each get, at each size, their own rate tuned on validation (
 then three seeds at that rate, scored on test. Every run takes the same number of steps, so a
 small set is seen many times over: 300 steps of 12 windows of 64 bytes draw 230,400 bytes, about
 56 passes over 4 KB, 7 over 32 KB and half a pass over the whole set. The comparison at a size is
-LoRA's test loss minus full fine-tuning's, seed by seed.
+LoRA's test loss minus full fine-tuning's, seed by seed. Beside it, an early-stopping read
+(lib/early_stopping.py): each contender's run length chosen on validation too, from --max-iters
+and --shorter-runs, since a small set repeated for 300 steps is overfitted at ordinary rates.
+The verdict rests on the fixed-length runs, the design set before the runs; the other read checks it.
 Writes OUT/records.json, OUT/data_size.json, OUT/data_size.png, OUT/results.md.
 """
 import argparse
@@ -29,7 +32,8 @@ import matplotlib.pyplot as plt
 
 from experiments.lib import verdicts
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, model_config, parse_ranks,
-                                    parse_targets, positive_int, run_kwargs, stop)
+                                    parse_targets, positive_int, positive_ints, run_kwargs, stop)
+from experiments.lib.early_stopping import choose_run_length, early_matches, early_summary, early_table
 from experiments.lib.data_size_notes import ahead, behind, edge_note, kib, label, overfitting, smallest_set
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
@@ -115,6 +119,11 @@ def plot_data_size(summary, path, title):
         mine = [d for d in summary["differences"] if d["r"] == r]
         ax_d.errorbar([d["size"] for d in mine], [d["difference"]["mean"] for d in mine], marker="o", capsize=3,
                       label=f"LoRA r={r} minus full", yerr=[ci(d["difference"]) for d in mine])
+        early = [d for d in summary.get("early", {}).get("differences", []) if d["r"] == r]
+        if early:  # the same gap with each run's length chosen on validation too
+            ax_d.errorbar([d["size"] for d in early], [d["difference"]["mean"] for d in early], marker="o",
+                          mfc="white", linestyle="--", capsize=3, label=f"r={r}, early stopping",
+                          yerr=[ci(d["difference"]) for d in early])
     delta = verdicts.DELTAS["loss"]
     ax_d.axhspan(-delta, delta, color="green", alpha=0.12, label=f"match margin ±{delta:g}")
     ax_d.axhline(0, color="black", linewidth=0.8)
@@ -165,7 +174,16 @@ def main(argv=None):
     # 300 steps, evaluated at the start and the end only: what keeps the 3 x 3 contenders' 45+ runs
     # near 11 minutes on 2 cores (a 300-step run takes 24 s on one core; two run side by side).
     p.set_defaults(max_iters=300, eval_interval=None)
+    p.add_argument("--shorter-runs", type=lambda t: positive_ints(t, "--shorter-runs"),
+                   help="run lengths (steps, below --max-iters) the early-stopping read may choose, e.g. 100,30 "
+                        "(default: a third and a tenth of --max-iters)")
+    p.add_argument("--no-early-stopping", action="store_true", help="skip the early-stopping read")
     args = p.parse_args(argv)
+    if args.shorter_runs is None:
+        args.shorter_runs = sorted({args.max_iters // 3, args.max_iters // 10} - {0}, reverse=True)
+    if any(n >= args.max_iters for n in args.shorter_runs):
+        p.error(f"--shorter-runs {','.join(map(str, args.shorter_runs))}: each must be below --max-iters "
+                f"{args.max_iters} (the full length is always an option)")
     args.eval_interval = args.eval_interval or args.max_iters
     seeds = seed_list(args.seed, args.seeds)
     check_runs(args, ranks=args.ranks)
@@ -195,6 +213,13 @@ def main(argv=None):
                                           **kwargs), grid_neighbours(lr))
     tuned = tune(contenders, seeds, workers=args.workers, max_extra=args.max_extra, progress=not args.no_progress)
     summary, records = summarize(tuned, methods, sizes, seeds, args, target)
+    if not args.no_early_stopping and args.shorter_runs:
+        chosen = choose_run_length(tuned, contenders, sorted(set(args.shorter_runs), reverse=True), seeds,
+                                   workers=args.workers, max_extra=args.max_extra, progress=not args.no_progress)
+        summary["early"] = {"lengths": sorted({args.max_iters, *args.shorter_runs}, reverse=True),
+                            **early_summary(chosen, summary["ranks"], sizes)}
+        known = {id(x) for x in records}
+        records += [x for c in chosen.values() for x in c["records"] if id(x) not in known]
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "data_size.json"))
     title = (f"data size x rank: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps at every "
@@ -256,6 +281,20 @@ def match_point(judged, r):
     sizes = [size for (rule, rank, size), c in judged.items()
              if rule == "matches" and rank == r and c["outcome"] == verdicts.REPRODUCED]
     return max(sizes) if sizes else None
+
+
+def early_text(s, where):
+    """The early-stopping read (lib/early_stopping.py) as a paragraph and its table; '' if not run."""
+    e = s.get("early")
+    if not e:
+        return ""
+    return (f"**Early stopping.** The same contenders, each with its run length chosen on validation too, from "
+            f"{', '.join(map(str, e['lengths']))} steps (at each shorter length the rate is tuned again on the first "
+            f"seed; `experiments/lib/early_stopping.py`), then {len(s['seeds'])} seeds at the chosen length and "
+            f"rate, on test:\n\n{early_table(e, s['contenders'], kib, label, lr_text).strip()}\n\n"
+            f"Where LoRA matches full fine-tuning with early stopping: {early_matches(e, kib)}; with every run at "
+            f"{s['steps']} steps: {where}. The verdict below rests on the fixed-length runs, the design set before "
+            f"the runs; this read checks it.\n\n")
 
 
 def judge(summary):
@@ -346,11 +385,12 @@ held-out test text**, which no choice read.
 Final test losses in nats/byte, mean ± 95% CI over seeds, with each one's tuned rate; `*` marks a
 called gap. The base model scores {s['base_test_loss']:.3f} on the same test text.
 
-**Verdict: {verdict}.**
+{early_text(s, where)}**Verdict: {verdict}.**
 """ + "\n".join(bullets)
     detail = "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
                        for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}; " + \
-        f"{len(edges)} of {len(s['rows'])} tuned rates at the edge of those tried"
+        f"{len(edges)} of {len(s['rows'])} tuned rates at the edge of those tried" + \
+        (f"; with early stopping, matches where: {early_matches(s['early'], kib)}" if s.get("early") else "")
     return {"title": "Data size against rank: where LoRA matches full fine-tuning",
             "source": "LoRA Without Regret (Schulman et al. 2025)",
             "claim": "low-rank LoRA matches full fine-tuning on small data and falls behind as data grow; the "

@@ -18,6 +18,7 @@ memory by part; adapter size; and for each QLoRA run, its adapter loaded onto th
 full-precision base, the model unloaded to full precision (dequantize(W0) + delta W: the same
 function, a check), and the adapter merged back into 4 bits (what that loses, qlora.py).
 Step times are not compared here (runs share the machine): experiments/bench/lora.py times them in turns.
+Nothing is chosen here (default rates), and every loss is on the held-out test half.
 Writes OUT/records.json, OUT/qlora.json, OUT/levels.png, OUT/quant_error.png, OUT/memory.png,
 OUT/results.md.
 """
@@ -31,6 +32,7 @@ import torch
 
 import minilora
 from experiments.lib.common import check_runs, finish_experiment, load_setup, make_parser, parse_targets, run_kwargs
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.four_bit import (FINAL_EVAL, bits_per_value, qlora_final_eval, quantization_errors,
                                       quantized_copy)
 from experiments.lib.plots import MIB, finish, plot_memory_bars, write_report
@@ -110,10 +112,6 @@ def plot_memory(records, path, title):
     return finish(fig, title, path)
 
 
-def mean_ms(runs):
-    return 1000 * statistics.fmean(r["median_step_s"] for r in runs)
-
-
 def summarize(groups, errors, gaussian_name, base_losses, bits):
     """The numbers the claims are judged on (OUT/qlora.json)."""
     rows = []
@@ -122,15 +120,15 @@ def summarize(groups, errors, gaussian_name, base_losses, bits):
         runs = g["runs"]
         row = {"name": g["name"], "key": g["key"], "lr": runs[0]["lr"],
                "trainable_params": runs[0]["trainable_params"],
-               "base_target_loss": runs[0]["base_target_loss"], "base_source_loss": runs[0]["base_source_loss"],
-               "final_target_loss": spread([r["final_target_loss"] for r in runs]),
-               "final_source_loss": spread([r["final_source_loss"] for r in runs]),
-               "memory": runs[0]["memory"], "saved_bytes": runs[0]["saved_bytes"], "median_step_ms": mean_ms(runs)}
+               "base_target_loss": reported_loss(runs[0], "target", "base"),
+               "base_source_loss": reported_loss(runs[0], "source", "base"),
+               "final_target_loss": spread([reported_loss(r, "target") for r in runs]),
+               "final_source_loss": spread([reported_loss(r, "source") for r in runs]),
+               "memory": runs[0]["memory"], "saved_bytes": runs[0]["saved_bytes"]}
         if g is not lora:  # minus LoRA, seed by seed (same seeds, same batches): called if its 95% CI excludes 0
-            row["target_minus_lora"] = paired([r["final_target_loss"] for r in lora["runs"]],
-                                              [r["final_target_loss"] for r in runs])
-            row["source_minus_lora"] = paired([r["final_source_loss"] for r in lora["runs"]],
-                                              [r["final_source_loss"] for r in runs])
+            for domain in ("target", "source"):
+                row[f"{domain}_minus_lora"] = paired([reported_loss(r, domain) for r in lora["runs"]],
+                                                     [reported_loss(r, domain) for r in runs])
         if "final_eval" in runs[0]:
             row["final_eval"] = {
                 part: {k: spread([r["final_eval"][part][k] for r in runs]) for k in runs[0]["final_eval"][part]}
@@ -157,7 +155,6 @@ def summarize(groups, errors, gaussian_name, base_losses, bits):
             "lora_seed_sd": by_key["lora"]["final_target_loss"]["sd"]},
         "claim_3_double_quant_bits": {**bits, "saving": bits["plain"] - bits["double_quant"],
                                       "paper": PAPER_BITS, "paper_saving": PAPER_BITS["plain"] - PAPER_BITS["double_quant"]},
-        "step_ms_qlora_nf4_over_lora": by_key["nf4"]["median_step_ms"] / by_key["lora"]["median_step_ms"],
     }
 
 
@@ -225,7 +222,7 @@ def results_tables(summary, errors, gaussian_name, quantized_targets):
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/qlora")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/qlora", test_split=True)
     p.add_argument("--r", type=positive_int("--r"), default=8, help="the rank of LoRA and QLoRA")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=3,
                    help="fine-tuning seeds per method (3+ to call a difference)")
@@ -239,8 +236,9 @@ def main(argv=None):
     seeds = seed_list(args.seed, args.seeds)
     targets = parse_targets(args.targets)
     block_size = base.config.block_size
-    eval_batches = {name: fixed_batches(data, args.eval_iters, args.batch_size, block_size)
-                    for name, data in (("target", target.val), ("source", source.val))}
+    # The base after quantization and the adapters' final forms are scored where the runs report: on test.
+    eval_batches = {name: fixed_batches(c.val if c.test is None else c.test, args.eval_iters, args.batch_size,
+                                        block_size) for name, c in (("target", target), ("source", source))}
 
     print("quantization error of NF4, FP4 and Int4")
     gaussian_name = "N(0, 1) data"
@@ -272,7 +270,8 @@ def main(argv=None):
               for k, (name, key, _) in enumerate(contenders)]
 
     summary = summarize(groups, errors, gaussian_name, base_losses, bits)
-    summary.update(seeds=seeds, quantized_targets=sorted(quantized_targets), quantization_errors=errors)
+    summary.update(seeds=seeds, quantized_targets=sorted(quantized_targets), quantization_errors=errors,
+                   scored_on=reported_on(records[0]))
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "qlora.json"))
     title = (f"QLoRA: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, r={args.r}, "
@@ -397,7 +396,7 @@ embeddings, head and norms stay fp32.
 
 {chr(10).join(lines)}
 
-Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called difference. All numbers:
+Final losses on {summary.get('scored_on', 'validation')} text in nats/byte, mean ± 95% CI over seeds; `*` marks a called difference. All numbers:
 `results/qlora/results.md`.
 
 **Verdict: {verdict}.**

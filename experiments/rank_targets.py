@@ -8,7 +8,8 @@ r = 1 or 2, when it adapts W_q and W_v together; adapting W_q alone needs a larg
 for each target set, the docs loss at r = 1, 2, 8 and 64, and the gap from r=1 (and r=2) to r=64
 seed by seed. Each target set runs at its own rate, tuned at r=8 (lib/tuning.py); the rate is then
 kept for every rank of the set, since the best rate barely moves with the rank when alpha is
-fixed (section 1 of REPRODUCTIONS.md).
+fixed (section 1 of REPRODUCTIONS.md). Rates are chosen on validation (the held-out text's first
+half); every loss reported is on the test half, which no choice read.
 Writes OUT/records.json, OUT/rank_targets.json, OUT/rank_targets.png, OUT/results.md.
 """
 import os
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, parse_ranks, positive_int,
                                     run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, log2_axis, write_report
 from experiments.lib.runs import run_all
 from experiments.lib import verdicts
@@ -28,7 +30,7 @@ from nanogpt.train import write_json
 TARGET_SETS = {"q": ["q_proj"], "q,v": ["q_proj", "v_proj"], "q,k,v,o": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def plot_rank_targets(rows, base_target, path, title):
+def plot_rank_targets(rows, base_target, path, title, scored_on="validation"):
     fig, ax = plt.subplots(figsize=(8, 4.6))
     for name in TARGET_SETS:
         mine = [row for row in rows if row["set"] == name]
@@ -38,14 +40,14 @@ def plot_rank_targets(rows, base_target, path, title):
                         yerr=[row["target_loss"]["ci"] if row["target_loss"]["n"] > 1 else 0 for row in mine])
     ax.axhline(base_target, color="gray", linestyle=":", label="base model (before)")
     log2_axis(ax, sorted({row["r"] for row in rows}), "LoRA rank r")
-    ax.set_ylabel("final validation loss on target (nats/byte)")
+    ax.set_ylabel(f"final {scored_on} loss on target (nats/byte)")
     ax.set_title("loss against rank for each set of adapted matrices (95% CI)")
     ax.legend(fontsize=8)
     return finish(fig, title, path)
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/rank_targets")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/rank_targets", test_split=True)
     p.add_argument("--ranks", type=parse_ranks, default=[1, 2, 8, 64], help="LoRA ranks, e.g. 1,2,8,64")
     p.add_argument("--tune-r", type=positive_int, default=8, help="the rank at which each set's rate is tuned")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per point")
@@ -72,8 +74,8 @@ def main(argv=None):
     for k, (name, r) in enumerate(cells):
         runs = records[k * len(seeds):(k + 1) * len(seeds)]
         rows.append({"set": name, "r": r, "lr": tuned[name]["best_lr"], "trainable_params": runs[0]["trainable_params"],
-                     "target_loss": spread([x["final_target_loss"] for x in runs]),
-                     "source_loss": spread([x["final_source_loss"] for x in runs])})
+                     "target_loss": spread([reported_loss(x, "target") for x in runs]),
+                     "source_loss": spread([reported_loss(x, "source") for x in runs])})
     top = max(args.ranks)
     gaps = []
     for name in TARGET_SETS:
@@ -81,7 +83,7 @@ def main(argv=None):
         for r in sorted(by_r)[:-1]:  # how much worse than the top rank, seed by seed
             gaps.append({"set": name, "r": r, "versus_r": top,
                          "difference": paired(by_r[top]["target_loss"]["values"], by_r[r]["target_loss"]["values"])})
-    summary = {"seeds": seeds, "ranks": args.ranks, "tuning": {n: {k: t[k] for k in ("lrs", "losses", "best_lr",
+    summary = {"seeds": seeds, "ranks": args.ranks, "scored_on": reported_on(records[0]), "tuning": {n: {k: t[k] for k in ("lrs", "losses", "best_lr",
                                                                                        "at_grid_edge")}
                                                               for n, t in tuned.items()},
                "rows": rows, "gaps_to_top_rank": gaps}
@@ -90,7 +92,8 @@ def main(argv=None):
     write_json(summary, os.path.join(args.out, "rank_targets.json"))
     title = (f"rank x target set: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, "
              f"alpha {args.alpha:g}, {len(seeds)} seeds, {device}")
-    plot_rank_targets(rows, records[0]["base_target_loss"], os.path.join(args.out, "rank_targets.png"), title)
+    plot_rank_targets(rows, reported_loss(records[0], "target", "base"), os.path.join(args.out, "rank_targets.png"),
+                      title, reported_on(records[0]))
     table = write_report(os.path.join(args.out, "results.md"), "Rank x target set", title, results_table(summary))
     finish_experiment(args, argv)
     print(table)
@@ -181,7 +184,8 @@ r={top}'s, seed by seed.
 
 {results_table(summary).strip()}
 
-Final losses in nats/byte, mean ± 95% CI over seeds; `*` marks a called gap.
+Final losses on {summary.get('scored_on', 'validation')} text in nats/byte (each set's rate chosen on
+validation), mean ± 95% CI over seeds; `*` marks a called gap.
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)

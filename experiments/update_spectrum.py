@@ -36,6 +36,7 @@ import torch.nn as nn
 from experiments.lib import verdicts
 from experiments.lib.common import (ALL_BLOCK_LINEARS, check_runs, finish_experiment, load_setup, make_parser,
                                     parse_ranks, parse_targets, positive_int, run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.runs import run_all
 from experiments.lib.seeds import seed_list, show, spread
@@ -274,7 +275,7 @@ def module_table(modules, ranks):
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/update_spectrum")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/update_spectrum", test_split=True)
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds: --seed, --seed+1, ...")
     p.add_argument("--ranks", type=parse_ranks, default=[8, 64], help="LoRA ranks to compare with, e.g. 8,64")
     args = p.parse_args(argv)
@@ -305,8 +306,10 @@ def main(argv=None):
              f"{device}")
     summary = {"setup": title, "steps": args.max_iters, "seeds": seeds, "full_lr": args.full_lr, "lora_lr": args.lora_lr, "ranks": args.ranks,
                "levels": list(LEVELS), "gaussian_draws": GAUSSIAN_DRAWS,
-               "final_target_loss": {"full": spread([x["final_target_loss"] for x in full]),
-                                     **{f"lora r={r}": spread([x["final_target_loss"] for x in runs])
+               # one rate each, nothing chosen: the losses are the reported ones (test when held out)
+               "scored_on": reported_on(records[0]),
+               "final_target_loss": {"full": spread([reported_loss(x) for x in full]),
+                                     **{f"lora r={r}": spread([reported_loss(x) for x in runs])
                                         for r, runs in lora.items()}},
                "modules": modules, "claim": claim(modules)}
     write_json(summary, os.path.join(args.out, "update_spectrum.json"))
@@ -380,7 +383,7 @@ def report(results):
         f"- LoRA's own delta W does not fill its rank: its 90% rank is "
         + ", ".join(f"{lora90[r]} at r={r}" for r in ranks) + ", below full fine-tuning's.",
         f"- The update is large here: ||delta W||_F / ||W0||_F is {rel} after {info['steps']} steps, and "
-        f"full fine-tuning ends at {show(losses['full'])} on the docs against "
+        f"full fine-tuning ends at {show(losses['full'])} on the docs' {info.get('scored_on', 'validation')} text against "
         + ", ".join(f"{show(losses[f'lora r={r}'])} for LoRA r={r}" for r in ranks) + ".",
         f"- Scale: the paper's matrices are {PAPER_DIM / dims[0]:.0f} times wider, and its runs see billions of "
         f"tokens; here {info['steps']} steps. At {dims[0]} dimensions the share of the dimension is the comparable "

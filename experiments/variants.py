@@ -16,6 +16,9 @@ on the gradient's size, and B starts at zero; only gradient clipping, which sees
 gradients, tells them apart). So rsLoRA at rank r is plain LoRA with B's rate sqrt(r) times A's:
 the knob LoRA+ turns (loraplus.py tests LoRA+ itself). The runs "LoRA, B's rate x sqrt(r)" check
 that identity here; tests/test_lora_variants.py checks it exactly without clipping.
+Rates are chosen on validation (the held-out text's first half); every final loss reported is on
+the test half, which no choice read (the loss curves are validation: runs are evaluated only there
+while they train).
 Writes OUT/records.json, OUT/variants.json, OUT/variants.png, OUT/results.md.
 """
 import math
@@ -25,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, non_negative_int,
                                     parse_targets, positive_int, run_kwargs)
+from experiments.lib.finetune import reported_loss, reported_on
 from experiments.lib.plots import finish, write_report
 from experiments.lib.runs import run_all
 from experiments.lib.sections import section_ref
@@ -35,7 +39,7 @@ from experiments.lib.tuning import grid_neighbours, tune
 from nanogpt.train import write_json
 
 
-def plot_variants(groups, full, path, title):
+def plot_variants(groups, full, path, title, scored_on="validation"):
     """Left: loss curves (mean over seeds); right: final loss, bar = mean with 95% CI, dots = seeds."""
     fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [1.1, 1]})
     shown = groups + ([full] if full else [])
@@ -56,8 +60,8 @@ def plot_variants(groups, full, path, title):
         ax_f.scatter([i] * s["n"], s["values"], color="black", s=12, zorder=3)
     ax_f.set_xticks(range(len(shown)), [f"{g['name']}\nlr {g['lr']:g}" for g in shown], rotation=30, ha="right",
                     fontsize=7)
-    ax_f.set_ylim(0, shown[0]["runs"][0]["base_target_loss"] * 1.05)  # from zero: no exaggeration
-    ax_f.set_ylabel("final validation loss on target (nats/byte)")
+    ax_f.set_ylim(0, reported_loss(shown[0]["runs"][0], "target", "base") * 1.05)  # from zero: no exaggeration
+    ax_f.set_ylabel(f"final {scored_on} loss on target (nats/byte)")
     ax_f.set_title("final loss at each one's tuned rate")
     ax_f.grid(axis="y", alpha=0.3)
     return finish(fig, title, path)
@@ -65,12 +69,12 @@ def plot_variants(groups, full, path, title):
 
 def group(name, runs, lr, **extra):
     return {"name": name, "lr": lr, "runs": runs, "trainable_params": runs[0]["trainable_params"],
-            "target_loss": spread([r["final_target_loss"] for r in runs]),
-            "source_loss": spread([r["final_source_loss"] for r in runs]), **extra}
+            "target_loss": spread([reported_loss(r, "target") for r in runs]),
+            "source_loss": spread([reported_loss(r, "source") for r in runs]), **extra}
 
 
 def main(argv=None):
-    p = make_parser(__doc__.splitlines()[0], default_out="results/variants")
+    p = make_parser(__doc__.splitlines()[0], default_out="results/variants", test_split=True)
     p.add_argument("--r", type=positive_int, default=8, help="the rank every variant trains at")
     p.add_argument("--high-r", type=non_negative_int, default=64, help="the high rank for LoRA vs rsLoRA (0 to skip)")
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tuning seeds per variant")
@@ -114,7 +118,7 @@ def main(argv=None):
         groups.append(g)
         twin_runs = tuned[twin]["records"]
         identity.append({"name": name, "twin": twin, "largest_gap": max(
-            abs(a["final_target_loss"] - b["final_target_loss"]) for a, b in zip(g["runs"], twin_runs))})
+            abs(reported_loss(a) - reported_loss(b)) for a, b in zip(g["runs"], twin_runs))})
     full = group("full fine-tuning", extra[-len(seeds):], args.full_lr)
 
     by_name = {g["name"]: g for g in groups}
@@ -131,13 +135,15 @@ def main(argv=None):
     for v in ("DoRA", "PiSSA"):
         comparisons.append({"question": f"{v} beats LoRA at r={args.r}", "difference": versus(f"{v} r={args.r}", f"LoRA r={args.r}")})
     records = [r for g in groups for r in g["runs"]] + full["runs"]
-    summary = {"seeds": seeds, "r": args.r, "high_r": args.high_r, "identity": identity, "comparisons": comparisons,
+    summary = {"seeds": seeds, "r": args.r, "high_r": args.high_r, "scored_on": reported_on(records[0]),
+               "identity": identity, "comparisons": comparisons,
                "groups": [{k: v for k, v in g.items() if k != "runs"} for g in groups + [full]]}
     write_json(records, os.path.join(args.out, "records.json"))
     write_json(summary, os.path.join(args.out, "variants.json"))
     title = (f"variants: {args.preset} GPT, {source.name} -> {target.name}, {args.max_iters} steps, alpha {args.alpha:g}, "
              f"each at its tuned rate, {len(seeds)} seeds, {device}")
-    plot_variants([g for g in groups if "x sqrt" not in g["name"]], full, os.path.join(args.out, "variants.png"), title)
+    plot_variants([g for g in groups if "x sqrt" not in g["name"]], full, os.path.join(args.out, "variants.png"), title,
+                  summary["scored_on"])
     table = write_report(os.path.join(args.out, "results.md"), "LoRA variants", title, results_table(summary))
     finish_experiment(args, argv)
     print(table)
@@ -216,8 +222,8 @@ six linear layers. Full fine-tuning at {full['lr']:g} for reference: {show(full[
 
 {results_table(summary).strip()}
 
-Final losses in nats/byte, mean ± 95% CI over seeds. A difference is the other's loss minus the
-claimed winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
+Final losses on {summary.get('scored_on', 'validation')} text in nats/byte (each contender's rate chosen on
+validation), mean ± 95% CI over seeds. A difference is the other's loss minus the claimed winner's, seed by seed; `*` marks a called one (its 95% interval excludes zero).
 
 **Verdict: {verdict}.**
 """ + "\n".join(bullets)

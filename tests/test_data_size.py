@@ -76,14 +76,17 @@ def test_data_size_end_to_end(tmp_path, corpora):
     i = TOY.index("--eval-interval")
     toy = TOY[:i] + TOY[i + 2:]  # the default: evaluate at the start and the end only
     data_size.main([*toy, *corpora, "--sizes", "256,all", "--ranks", "2", "--seeds", "2", "--max-extra", "0",
-                    "--out", str(out)])
+                    "--shorter-runs", "3", "--out", str(out)])
     summary = json.loads((out / "data_size.json").read_text())
     whole = summary["whole"]
     assert summary["sizes"] == [256, whole] and summary["contenders"] == ["full", "r=2"]
     assert [(row["name"], row["size"]) for row in summary["rows"]] == [("full", 256), ("r=2", 256), ("full", whole),
                                                                       ("r=2", whole)]
     records = json.loads((out / "records.json").read_text())
-    assert len(records) == 8  # 4 cells x 2 seeds, at the chosen rates
+    early = summary["early"]
+    assert early["lengths"] == [6, 3]  # --max-iters (TOY) and --shorter-runs
+    shortened = [row for row in early["rows"] if row["steps"] == 3]
+    assert len(records) == 8 + 2 * len(shortened)  # 4 cells x 2 seeds, then the seeds of each shorter choice
     for k, row in enumerate(summary["rows"]):
         runs = records[2 * k:2 * k + 2]
         assert all(x["lr"] == row["lr"] for x in runs)
@@ -94,10 +97,21 @@ def test_data_size_end_to_end(tmp_path, corpora):
     first = {d["size"]: d["difference"] for d in summary["differences"]}
     assert first[256]["values"] == pytest.approx([b - a for a, b in zip(summary["rows"][0]["test_loss"]["values"],
                                                                         summary["rows"][1]["test_loss"]["values"])])
+    for row, fixed in zip(early["rows"], summary["rows"]):  # early stopping: the length chosen on validation
+        assert (row["name"], row["size"]) == (fixed["name"], fixed["size"])
+        losses = {int(k): v["loss"] for k, v in row["by_length"].items()}
+        assert row["steps"] == min(losses, key=losses.get)
+        assert losses[6] == min(fixed["tuning"]["losses"]) and row["by_length"][str(row["steps"])]["lr"] == row["lr"]
+        runs = [x for x in records if x["steps"] == row["steps"] and x["lr"] == row["lr"]
+                and x["target_sha256"] == records[0 if row["size"] == 256 else 4]["target_sha256"]
+                and (x["method"] == "full") == (row["name"] == "full")]
+        assert row["test_loss"]["values"] == [x["final_target_test_loss"] for x in runs]
     assert is_png(out / "data_size.png") and (out / "run_info.json").exists()
     section = data_size.report(Results(str(tmp_path / "results")))
     assert section["verdict"] in verdicts.VERDICTS and len(section["comparisons"]) == 3  # 2 matches + 1 beats
-    assert "held-out test text" in section["body"]
+    assert "held-out test text" in section["body"] and "**Early stopping.**" in section["body"]
+    with pytest.raises(SystemExit):  # a shorter run must be shorter
+        data_size.main([*toy, *corpora, "--shorter-runs", "6", "--out", str(tmp_path / "x")])
 
 
 def fake_summary(gaps, sizes=(4096, 32768, 419577), ranks=(1, 16), base=1.8):

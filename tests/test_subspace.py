@@ -207,7 +207,7 @@ def test_judge_averages_over_modules_per_unit_and_applies_the_shared_rules():
 
 def test_subspace_end_to_end(tmp_path, corpora):
     out = tmp_path / "results" / "subspace"
-    subspace.main([*TOY, *corpora, "--ranks", "2,4", "--out", str(out)])
+    subspace.main([*TOY, *corpora, "--ranks", "2,4", "--seeds", "3", "--out", str(out)])
     records = json.loads((out / "records.json").read_text())
     # Two target sets (q, v as the paper; all six), two ranks, three seeds.
     assert [(len(r["targets"]), r["r"], r["seed"]) for r in records] == [
@@ -220,6 +220,9 @@ def test_subspace_end_to_end(tmp_path, corpora):
     q = paper["modules"]["blocks.0.attn.q_proj"]
     assert q["ranks"]["pairs"] == result["pairs"] and q["ranks_same_seed"]["pairs"] == [[s, s] for s in result["seeds"]]
     assert q["ranks"]["top"]["n"] == 3 and 0 <= q["ranks"]["top"]["mean"] <= 1
+    # One rate, nothing chosen: the losses reported are on the test half the runs held out.
+    assert result["scored_on"] == "test"
+    assert paper["final_target_loss"]["4"]["values"] == [r["final_target_test_loss"] for r in records[3:6]]
     assert q["ranks"]["top_chance"] == pytest.approx(1 / 32)
     # The control shows the bug in the first module only: before training, the same seed puts
     # all of r=2's A inside r=4's there.

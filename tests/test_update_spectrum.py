@@ -121,6 +121,9 @@ def test_update_spectrum_end_to_end(tmp_path, corpora):
     assert q["lora"]["2"]["k"]["0.99"]["max"] <= 2 and q["lora"]["4"]["k"]["0.99"]["max"] <= 4  # rank <= r
     assert result["modules"]["blocks.0.mlp.up_proj"]["shape"] == [128, 32]
     assert result["claim"]["types"] == 6
+    # One rate each, nothing chosen: the losses reported are on the test half the runs held out.
+    assert result["scored_on"] == "test"
+    assert result["final_target_loss"]["full"]["values"] == [r["final_target_test_loss"] for r in records[:3]]
     for name in ("energy_curves.png", "rank90.png"):
         assert is_png(out / name)
     assert "| blocks.0.attn.q_proj |" in (out / "results.md").read_text()

@@ -65,8 +65,10 @@ def smallest_set(summary):
         text += (": every method's best rate there was the lowest tried, so at this step budget the best each "
                  "does is to change the base little. A match on this set is a match between runs that learned "
                  f"{'little' if max(abs(m) for m in moved) < 0.05 else 'what they could at the lowest rate'}, "
-                 "not evidence that a low rank holds what full fine-tuning learns; fewer steps (early stopping) "
-                 "at ordinary rates would test that regime more fairly, and were not run")
+                 "not evidence that a low rank holds what full fine-tuning learns"
+                 + ("; the early-stopping read below, with fewer steps allowed, tests that regime more fairly"
+                    if summary.get("early") else "; fewer steps (early stopping) would test that regime more fairly, "
+                    "and were not run"))
     return text + "."
 
 

@@ -8,7 +8,8 @@ both, so that neither the report nor any experiment imports the other to ask."""
 SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace", "update_spectrum", "capacity",
             "learn_forget", "batch_size", "variants", "loraplus", "qlora", "adalora",
             # made on the held-out test split (nanogpt.data.load_corpus(test_split=True)) from the start, from
-            # here on (sections 1, 2, 3, 8 and 11 were moved onto it later; report.on_test_split reads which are)
+            # here on (every older section but capacity's was moved onto it later; report.on_test_split reads
+            # which are)
             "settle", "placement", "data_size", "exact_match")
 # The results folder (under results/) of the three-seed rank sweep (`rank_sweep --reproduce`) that
 # REPRODUCTIONS.md and the README's main results read; the quickstart's own sweep is results/rank_sweep/.

@@ -161,7 +161,7 @@ def report(results):
             f"{cs['rest_near_chance']} of {cs['modules']}.")
     sim_lines.append(
         f"- *Is the extra rank noise?* On {paper}, r={r_high} ends at {show(loss[str(r_high)])} against r={r_low}'s "
-        f"{show(loss[str(r_low)])} (final docs loss); paired difference {show_difference(diff)}"
+        f"{show(loss[str(r_low)])} (final docs loss on {info.get('scored_on', 'validation')} text); paired difference {show_difference(diff)}"
         + ((" (called): the extra rank learns more, so it is not noise here." if diff["mean"] < 0 else
             " (called): the extra rank does worse here.") if diff["called"] else
            " (not called: its interval includes 0)."))

@@ -26,6 +26,25 @@ def held_out_sections(sections, on_split=True):
     return numbers_text(sorted(section_number(name) for name, s in sections if bool(s.get("test_split")) == on_split))
 
 
+def off_split_text(sections):
+    """What the validation-and-test paragraph says of the sections not on the test split."""
+    off = [name for name, s in sections if not s.get("test_split")]
+    text = ""
+    if "capacity" in off:  # it scores memorised facts: there is no unseen text whose score a choice could fit
+        text = (f"Section {section_number('capacity')} scores what a run memorized of the very facts it trained on, "
+                "so it has no held-out text to split; its code loss (forgetting) is on validation, at rates set "
+                "beforehand, and it chooses nothing. ")
+    rest = [name for name in off if name != "capacity"]
+    if rest:
+        one = len(rest) == 1
+        text += (f"{numbers_text(sorted(section_number(n) for n in rest)).capitalize()} still "
+                 f"{'chooses its' if one else 'choose their'} rates on the first seed's loss over the same validation "
+                 f"batches {'it reports' if one else 'they report'}, and that seed is in every mean: a choice can fit "
+                 f"the noise of those batches, which flatters the chosen setting by an amount not measured (the "
+                 "run-time table at the end gives what a re-run costs).")
+    return text.rstrip()
+
+
 def base_losses(results):
     """(target, source, text) for the base model before fine-tuning, from the learning-rate sweep: its
     losses on the text that sweep reports ("test" or "validation")."""
@@ -65,17 +84,13 @@ Other contenders (target sets, variants, ranks) get their rate from a small cach
 same quarter-decade grid (`experiments/lib/tuning.py`): the first seed at a few rates around the
 default, widened while the best sits at an edge, then the other seeds at the chosen rate.
 
-**Validation and test.** {held_out_sections(sections, False).capitalize()} choose their rates on the first seed's
-loss over the same validation batches they report, and that seed is in every mean: a choice can fit
-the noise of those batches, which flatters the chosen setting by an amount those sections do not
-measure. The sections run on the held-out test split ({held_out_sections(sections)}) cut the held-out
+**Validation and test.** The sections run on the held-out test split ({held_out_sections(sections)}) cut the held-out
 text in two: the rates and settings they choose are chosen on its first half (validation), and every
 number they report is on its second half (test), which no choice of theirs read. What they take as
 given (the default rates, the grids' starting points, the settings they re-test) was chosen earlier,
 on the whole held-out text, test half included. Section {section_number("settle")} runs the comparisons
 three seeds left undecided again this way, and shows what the same runs say on validation beside
-test. The others are not yet re-run on the split (the run-time table at the end gives what each
-command costs).
+test. {off_split_text(sections)}
 
 {method(sections)}
 Every command runs offline on a CPU; `--device cuda --preset small` runs the same experiment at
@@ -398,15 +413,20 @@ def readme_blocks(results, sections=None):
 
 
 def held_out_block(sections):
-    """The README's lines on the sections made on the held-out test split: each one's question, its
-    verdict and the numbers it rests on, all on test."""
-    later = [(name, s) for name, s in sections if s.get("test_split")]
-    if not later:
-        return "No experiment has been run on the held-out test split yet.\n"
-    lines = [f"Every number on the held-out test half; whatever these sections choose (rates, settings) is chosen on "
-             f"validation ({held_out_sections(sections)} of [REPRODUCTIONS](experiments/REPRODUCTIONS.md), 3 seeds or "
-             f"more; written by `python -m experiments.report`):", ""]
-    for name, s in later:
-        lines.append(f"- **{s['title']}** (section {section_number(name)}): **{s['verdict']}**. {s['detail']}.")
+    """The README's list of the papers' claims tested: each section's question and verdict, and which
+    of them report the held-out test half (the numbers behind each verdict are in docs/results.md)."""
+    if not sections:
+        return "No claim has been tested yet.\n"
+    on_test = [name for name, s in sections if s.get("test_split")]
+    lines = [f"Each claim is tested by one command at this scale, with verdicts by rules fixed in advance, in "
+             f"[REPRODUCTIONS](experiments/REPRODUCTIONS.md); the numbers behind each verdict are in "
+             f"[docs/results.md](docs/results.md#reproductions-the-papers-claims-tested). "
+             + (f"{held_out_sections(sections).capitalize()} choose on validation and report the held-out test "
+                f"half" if on_test else "")
+             + (f"; {held_out_sections(sections, False)} {'does' if len(sections) - len(on_test) == 1 else 'do'} "
+                f"not (REPRODUCTIONS says why). " if on_test and len(on_test) < len(sections) else ". " if on_test else "")
+             + "Written by `python -m experiments.report`:", ""]
+    for name, s in sections:
+        lines.append(f"{section_number(name)}. {s['title'].rstrip('?.')}: **{s['verdict']}**")
     return "\n".join(lines) + "\n"
 
