@@ -211,7 +211,8 @@ def results_tables(summary, errors, gaussian_name, quantized_targets):
               f"paired difference {show_difference(c2['qlora_minus_lora'], digits=4)} "
               f"({'called' if c2['qlora_minus_lora']['called'] else 'not called'}: "
               f"{'its 95% interval excludes 0' if c2['qlora_minus_lora']['called'] else 'its 95% interval includes 0'}).",
-              "\nLosses in nats/byte, mean ± 95% CI over the seeds; differences seed by seed, * where called.",
+              f"\nLosses on {summary.get('scored_on', 'validation')} text in nats/byte, mean ± 95% CI over the seeds; "
+              "differences seed by seed, * where called.",
               f"\nBits per value of the NF4 base, read from the tensors: {c3['plain']:.4f} without double quantization, "
               f"{c3['double_quant']:.4f} with it (saving {c3['saving']:.4f}); the paper's arithmetic: "
               f"{c3['paper']['plain']:.4f} and {c3['paper']['double_quant']:.4f} (saving {c3['paper_saving']:.4f}); "

@@ -66,7 +66,7 @@ def smallest_set(summary):
                  "does is to change the base little. A match on this set is a match between runs that learned "
                  f"{'little' if max(abs(m) for m in moved) < 0.05 else 'what they could at the lowest rate'}, "
                  "not evidence that a low rank holds what full fine-tuning learns"
-                 + ("; the early-stopping read below, with fewer steps allowed, tests that regime more fairly"
+                 + ("; the early-stopping read above, with fewer steps allowed, tests that regime more fairly"
                     if summary.get("early") else "; fewer steps (early stopping) would test that regime more fairly, "
                     "and were not run"))
     return text + "."

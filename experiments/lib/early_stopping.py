@@ -8,6 +8,8 @@ it is a choice like the rate: each contender's rate is tuned again at each short
 loss; the length whose best rate scores lowest is kept (the full length is one of the options),
 and the other seeds run there. The test half stays unread by every choice.
 """
+import math
+
 from experiments.lib import verdicts
 from experiments.lib.runs import run_all
 from experiments.lib.seeds import paired, show, show_difference, spread
@@ -15,8 +17,10 @@ from experiments.lib.tuning import tune
 
 
 def best_of(result):
-    """A tune() result's chosen rate and the first seed's validation loss there."""
-    return result["best_lr"], result["losses"][result["lrs"].index(result["best_lr"])]
+    """A tune() result's chosen rate, the first seed's validation loss there (inf where it diverged, as
+    tune() counts it), and whether the rate sat at the edge of those tried."""
+    loss = result["losses"][result["lrs"].index(result["best_lr"])]
+    return result["best_lr"], loss if math.isfinite(loss) else math.inf, result["at_grid_edge"]
 
 
 def choose_run_length(fixed, contenders, lengths, seeds, *, workers=1, max_extra=2, progress=True):
@@ -29,15 +33,16 @@ def choose_run_length(fixed, contenders, lengths, seeds, *, workers=1, max_extra
     chosen, plan = {}, []
     for key, (entry, _) in contenders.items():
         options = {entry["steps"]: fixed[key], **{steps: tuned[(key, steps)] for steps in lengths}}
-        by_length = {steps: dict(zip(("lr", "loss"), best_of(t))) for steps, t in options.items()}
+        by_length = {steps: dict(zip(("lr", "loss", "at_grid_edge"), best_of(t))) for steps, t in options.items()}
         steps = min(by_length, key=lambda k: by_length[k]["loss"])
         chosen[key] = {"steps": steps, "lr": by_length[steps]["lr"], "by_length": by_length}
         if steps == entry["steps"]:
             chosen[key]["records"] = fixed[key]["records"]
         else:
             chosen[key]["records"] = len(plan)  # filled in below, once the other seeds have run
-            plan += [{**entry, "steps": steps, "eval_interval": steps,
-                      "spec": {**entry["spec"], "lr": chosen[key]["lr"]}, "seed": s} for s in seeds]
+            # the first seed's run is tune()'s own, trained just now: never again, even under --force
+            plan += [{**entry, "steps": steps, "eval_interval": steps, "force": entry.get("force", False) and k > 0,
+                      "spec": {**entry["spec"], "lr": chosen[key]["lr"]}, "seed": s} for k, s in enumerate(seeds)]
     records = run_all(plan, workers=workers, progress=progress, desc="seeds at the chosen run lengths")
     for c in chosen.values():
         if isinstance(c["records"], int):

@@ -38,10 +38,10 @@ def off_split_text(sections):
     if rest:
         one = len(rest) == 1
         text += (f"{numbers_text(sorted(section_number(n) for n in rest)).capitalize()} still "
-                 f"{'chooses its' if one else 'choose their'} rates on the first seed's loss over the same validation "
-                 f"batches {'it reports' if one else 'they report'}, and that seed is in every mean: a choice can fit "
-                 f"the noise of those batches, which flatters the chosen setting by an amount not measured (the "
-                 "run-time table at the end gives what a re-run costs).")
+                 f"{'reports' if one else 'report'} on the validation batches where any rate "
+                 f"{'it chooses' if one else 'they choose'} is chosen, on the first seed, which is in every mean: "
+                 "a choice can fit the noise of those batches, which flatters the chosen setting by an amount not "
+                 "measured (the run-time table at the end gives what a re-run costs).")
     return text.rstrip()
 
 
@@ -120,7 +120,8 @@ def run_times(results, sections):
              "with the processes it ran side by side. Most runs were trained while other jobs shared the 2 "
              "cores, which stretched them up to several times: the wall times are upper bounds. The last column "
              "estimates the command on an idle 2-core machine from an empty cache: its distinct runs times the "
-             "lower quartile of its runs' training times (the least disturbed of them), over its processes. "
+             "lower quartile of its runs' training times per sequence (the least disturbed of them) at their mean "
+             "length, over its processes. "
              "Run in this document's order, each command finds its predecessors' runs in the cache and trains "
              "only its own.", "",
              "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile) | "
@@ -130,11 +131,13 @@ def run_times(results, sections):
         folder = s.get("folder", name)
         current = results.json(folder, "run_info.json")
         info = current.get("last_training_run") or current  # the last invocation that trained runs
-        try:
-            times = sorted(r["wall_time_s"] for r in results.json(folder, "records.json") if r.get("wall_time_s"))
-        except (OSError, ValueError, KeyError, TypeError):
-            times = []
-        one = times[len(times) // 4] if times else None
+        try:  # per sequence trained, so that runs of different lengths (data_size's early stopping) compare
+            runs = [r for r in results.json(folder, "records.json") if r.get("wall_time_s")]
+            per_sequence = sorted(r["wall_time_s"] / (r["steps"] * r["batch_size"]) for r in runs)
+            sequences = sum(r["steps"] * r["batch_size"] for r in runs) / len(runs)
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            per_sequence = []
+        one = per_sequence[len(per_sequence) // 4] * sequences if per_sequence else None  # a run of the mean length
         recorded = info["runs_trained"] > 0  # else its runs were trained before run_info.json existed
         workers = max(1, info["workers"] or 1) if recorded else current["cpu_count"]  # then: the default
         wall = f"{info['wall_time_s'] / 60:.1f} min" if recorded else "not recorded"
@@ -421,8 +424,10 @@ def held_out_block(sections):
     lines = [f"Each claim is tested by one command at this scale, with verdicts by rules fixed in advance, in "
              f"[REPRODUCTIONS](experiments/REPRODUCTIONS.md); the numbers behind each verdict are in "
              f"[docs/results.md](docs/results.md#reproductions-the-papers-claims-tested). "
-             + (f"{held_out_sections(sections).capitalize()} choose on validation and report the held-out test "
-                f"half" if on_test else "")
+             + (f"{held_out_sections(sections).capitalize()} make every choice (where they make one) on "
+                f"validation and report the held-out test half" if len(on_test) > 1 else
+                f"{held_out_sections(sections).capitalize()} makes its choices on validation and reports the "
+                f"held-out test half" if on_test else "")
              + (f"; {held_out_sections(sections, False)} {'does' if len(sections) - len(on_test) == 1 else 'do'} "
                 f"not (REPRODUCTIONS says why). " if on_test and len(on_test) < len(sections) else ". " if on_test else "")
              + "Written by `python -m experiments.report`:", ""]
