@@ -254,11 +254,13 @@ def report(results):
     lines.append(f"- Every run is scored on the same {s.get('scored_on', 'validation')} batches ({s['eval_batch_size']} sequences each, "
                  f"whatever the training batch; the base model scores {small['base_target_loss']:.3f} on them), so "
                  f"the losses compare across batch sizes. (The earlier version drew them at the training batch size.)")
+    # Three seeds keep the command's time down; the run the section reads may have more (it names them).
+    command = "python -m experiments.batch_size" + (f" --seeds {n}" if n != 3 else "")
     body = f"""**Claim.** LoRA Without Regret (Schulman et al. 2025): LoRA is less tolerant of large batches than
 full fine-tuning. As the batch grows, LoRA's loss degrades sooner, and its gap to full
 fine-tuning widens, whatever the rank.
 
-**Command.** `python -m experiments.batch_size` (`results/batch_size/`). Batches from
+**Command.** `{command}` (`results/batch_size/`). Batches from
 {small['batch_size']} to {large['batch_size']} sequences; every run sees exactly {s['sequences']:,} sequences
 (steps x batch, as the tables show), {n} seeds. First each method at one rate at every batch (full
 fine-tuning {lr_text(s['lrs']['full'])}, LoRA r={s['r']} {lr_text(s['lrs']['lora'])}: the defaults, tuned at batch
@@ -280,7 +282,7 @@ mean ± 95% CI over {n} seeds; the gap is LoRA minus full fine-tuning seed by se
               f"one rate" + (f", {show_difference(change_t)} at each one's tuned rate" if change_t else ""))
     return {"title": "Batch size", "source": "LoRA Without Regret",
             "claim": "LoRA is less tolerant of large batches than full fine-tuning", "verdict": verdict,
-            "detail": detail, "body": body, "comparisons": judged}
+            "detail": detail, "body": body, "comparisons": judged, "command": command}
 
 
 if __name__ == "__main__":
