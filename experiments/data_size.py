@@ -33,8 +33,10 @@ import matplotlib.pyplot as plt
 from experiments.lib import verdicts
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, model_config, parse_ranks,
                                     parse_targets, positive_int, positive_ints, run_kwargs, stop)
-from experiments.lib.early_stopping import choose_run_length, early_matches, early_summary, early_table
-from experiments.lib.data_size_notes import ahead, behind, edge_note, kib, label, overfitting, smallest_set
+from experiments.lib.early_stopping import (choose_run_length, early_match_points, early_matches, early_summary,
+                                            early_table)
+from experiments.lib.data_size_notes import (ahead, behind, early_findings, edge_note, kib, label, overfitting,
+                                             smallest_set)
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
@@ -171,8 +173,9 @@ def main(argv=None):
     # the defaults (at one extra rate, the first run found every small-set rate at the lowest tried).
     p.add_argument("--max-extra", type=non_negative_int, default=6,
                    help="tuning: rates tried beyond the first three while the best sits at an edge")
-    # 300 steps, evaluated at the start and the end only: what keeps the 3 x 3 contenders' 45+ runs
-    # near 11 minutes on 2 cores (a 300-step run takes 24 s on one core; two run side by side).
+    # 300 steps, evaluated at the start and the end only, keep the 3 x 3 contenders' 45+ runs short (a
+    # 300-step run takes about 20 s on one core; two run side by side). The early-stopping read adds
+    # shorter runs (--no-early-stopping skips it); REPRODUCTIONS' run-time table gives what it all costs.
     p.set_defaults(max_iters=300, eval_interval=None)
     p.add_argument("--shorter-runs", type=lambda t: positive_ints(t, "--shorter-runs"),
                    help="run lengths (steps, below --max-iters) the early-stopping read may choose, e.g. 100,30 "
@@ -283,11 +286,7 @@ def match_point(judged, r):
     return max(sizes) if sizes else None
 
 
-def edge_count(early):
-    return sum(bool(row["by_length"][str(row["steps"])].get("at_grid_edge")) for row in early["rows"])
-
-
-def early_text(s, where):
+def early_text(s, points):
     """The early-stopping read (lib/early_stopping.py) as a paragraph and its table; '' if not run."""
     e = s.get("early")
     if not e:
@@ -296,10 +295,7 @@ def early_text(s, where):
             f"{', '.join(map(str, e['lengths']))} steps (at each shorter length the rate is tuned again on the first "
             f"seed; `experiments/lib/early_stopping.py`), then {len(s['seeds'])} seeds at the chosen length and "
             f"rate, on test:\n\n{early_table(e, s['contenders'], kib, label, lr_text).strip()}\n\n"
-            f"{edge_count(e)} of {len(e['rows'])} chosen rates sat at the edge of the rates tried at their length. "
-            f"Where LoRA matches full fine-tuning with early stopping: {early_matches(e, kib)}; with every run at "
-            f"{s['steps']} steps: {where}. The verdict below rests on the fixed-length runs, the design set before "
-            f"the runs; this read checks it.\n\n")
+            f"{early_findings(s, points, early_match_points(e))}\n\n")
 
 
 def judge(summary):
@@ -379,9 +375,9 @@ size at its own rate, tuned on validation with the first seed (three grid rates 
 {s['max_extra']} more at an edge), then {len(s['seeds'])} seeds. Every run takes the same
 {s['steps']} steps of {s['batch_size']} windows of {s['block_size']} bytes ({s['bytes_drawn']:,} bytes
 drawn), so a small set is repeated: "passes" below is bytes drawn over the set's size.
-{s['steps']} steps, evaluated only at the start and the end, keep the experiment within its
-13-minute budget on 2 cores (most other sections train 600). **Every number below is on the
-held-out test text**, which no choice read.
+{s['steps']} steps (most other sections train 600), evaluated only at the start and the end, keep
+the runs short; the run-time table at the end gives what the command costs. **Every number below
+is on the held-out test text**, which no choice read.
 
 ![data size x rank](../results/data_size/data_size.png)
 
@@ -390,7 +386,7 @@ held-out test text**, which no choice read.
 Final test losses in nats/byte, mean ± 95% CI over seeds, with each one's tuned rate; `*` marks a
 called gap. The base model scores {s['base_test_loss']:.3f} on the same test text.
 
-{early_text(s, where)}**Verdict: {verdict}.**
+{early_text(s, points)}**Verdict: {verdict}.**
 """ + "\n".join(bullets)
     detail = "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
                        for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}; " + \

@@ -552,4 +552,5 @@ def test_tuning_widens_the_grid_while_the_best_rate_is_at_its_edge(tmp_path, cor
                  progress=False)["full"]
     assert runs.COUNTS["trained"] == 5 + 1  # five rates on the first seed, the chosen one on the second
     assert runs.COUNTS["planned"] == 5 + 1  # each stage plans the earlier rates again: counted once
+    assert runs.COUNTS["sequences_planned"] == 6 * entry["steps"] * entry["batch_size"]  # what the six train
     assert again["losses"] == result["losses"]

@@ -276,6 +276,7 @@ def finish_experiment(args, argv=None):
     trained now rather than read from the cache), for the run-time table of REPRODUCTIONS.md."""
     info = {"command": " ".join(sys.argv[1:] if argv is None else argv), "wall_time_s": time.time() - args.started,
             "setup_s": args.setup_s, "runs_planned": runs.COUNTS["planned"], "runs_trained": runs.COUNTS["trained"],
+            "sequences_planned": runs.COUNTS["sequences_planned"],
             "workers": args.workers, "processes": distributed.world_size(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": str(args.device), "date": time.strftime("%Y-%m-%d")}
@@ -286,7 +287,7 @@ def finish_experiment(args, argv=None):
                 previous = json.load(f)
             last = previous.get("last_training_run") or (previous if previous.get("runs_trained") else None)
             if last:  # the distinct runs are counted now (older records counted a re-planned run again)
-                last = {**last, "runs_planned": info["runs_planned"]}
+                last = {**last, "runs_planned": info["runs_planned"], "sequences_planned": info["sequences_planned"]}
             info["last_training_run"] = last
         except (OSError, ValueError):
             pass

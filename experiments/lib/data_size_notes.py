@@ -66,7 +66,7 @@ def smallest_set(summary):
                  "does is to change the base little. A match on this set is a match between runs that learned "
                  f"{'little' if max(abs(m) for m in moved) < 0.05 else 'what they could at the lowest rate'}, "
                  "not evidence that a low rank holds what full fine-tuning learns"
-                 + ("; the early-stopping read above, with fewer steps allowed, tests that regime more fairly"
+                 + ("; the early-stopping read above, with fewer steps allowed, checks that"
                     if summary.get("early") else "; fewer steps (early stopping) would test that regime more fairly, "
                     "and were not run"))
     return text + "."
@@ -109,3 +109,34 @@ def edge_note(summary):
                    f"model "
                    f"({summary['base_test_loss']:.3f}): there the repeated set did harm.")
     return " ".join(out)
+
+
+def early_findings(summary, points, early_points):
+    """What the early-stopping read (lib/early_stopping.py) says beside the fixed-length runs: how far the
+    smallest set's chosen runs moved from the base, and where LoRA matches full fine-tuning in each read.
+    points / early_points: {r: the largest size where LoRA r matches, or None} in each read."""
+    early = summary["early"]
+    small = min(summary["sizes"])
+    rows = [row for row in early["rows"] if row["size"] == small]
+    moved = [row["test_loss"]["mean"] - summary["base_test_loss"] for row in rows]
+    at_edge = sum(bool(row["by_length"][str(row["steps"])].get("at_grid_edge")) for row in rows)
+    low, high = min(points), max(points)
+
+    def where(p):
+        return "; ".join(f"r={r}: {'at no size' if n is None else 'up to ' + kib(n)}" for r, n in p.items())
+
+    def moves(p):
+        return (p[high] or 0) > (p[low] or 0)
+    text = (f"On {kib(small)} the chosen runs move the base model's test loss by "
+            + ", ".join(f"{label(row['name'])} {m:+.3f} ({row['steps']} steps)" for row, m in zip(rows, moved))
+            + f", and {at_edge} of their {len(rows)} rates sit at the edge of those tried at their length"
+            + (": stopping early did not bring ordinary rates within reach. " if at_edge == len(rows) else ". ")
+            + f"Where LoRA matches full fine-tuning with early stopping: {where(early_points)}; with every run at "
+            f"{summary['steps']} steps: {where(points)}. With early stopping the match point "
+            f"{'moves' if moves(early_points) else 'does not move'} to larger data with r={high} than with r={low}")
+    if moves(early_points) != moves(points):
+        text += (f" (at {summary['steps']} steps it {'does' if moves(points) else 'does not'})"
+                 + ("; either way the matches are between runs that barely moved from the base"
+                    if max(abs(m) for m in moved) < 0.05 else ""))
+    return text + (". The verdict below rests on the fixed-length runs, the design set before the runs; this "
+                   "read checks it.")

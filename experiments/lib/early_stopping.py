@@ -82,11 +82,17 @@ def early_table(early, names, kib, label, lr_text):
     return "\n".join(lines) + "\n"
 
 
-def early_matches(early, kib):
+def early_match_points(early):
     """{r: the largest size at which LoRA r matches full fine-tuning in the early-stopping read, or None}."""
     points = {}
     for d in early["differences"]:
         points.setdefault(d["r"], None)
         if verdicts.matches(d["difference"])["outcome"] == verdicts.REPRODUCED:
             points[d["r"]] = max(points[d["r"]] or 0, d["size"])
-    return "; ".join(f"r={r}: {'at no size' if p is None else 'up to ' + kib(p)}" for r, p in points.items())
+    return points
+
+
+def early_matches(early, kib):
+    """The match points as text: 'r=1: at no size; r=16: up to 4 KB'."""
+    return "; ".join(f"r={r}: {'at no size' if p is None else 'up to ' + kib(p)}"
+                     for r, p in early_match_points(early).items())

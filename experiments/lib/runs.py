@@ -23,12 +23,14 @@ from experiments.lib.finetune import run_finetune, run_key
 from nanogpt import distributed
 
 
-COUNTS = {"planned": 0, "trained": 0}  # this process's distinct runs: planned, and trained (not cached)
-_PLANNED_KEYS = set()  # a run a tuner plans again at its next stage counts once
+# This process's distinct runs: planned, and trained (not cached); and the sequences the planned runs
+# train (steps x batch), which the run-time table's estimate scales by, since runs differ in length.
+COUNTS = {"planned": 0, "trained": 0, "sequences_planned": 0}
+_PLANNED_KEYS = {}  # run key -> its sequences: a run a tuner plans again at its next stage counts once
 
 
 def reset_counts():
-    COUNTS.update(planned=0, trained=0)
+    COUNTS.update(planned=0, trained=0, sequences_planned=0)
     _PLANNED_KEYS.clear()
 
 
@@ -57,14 +59,15 @@ def run_all(plan, workers=1, progress=True, desc="runs"):
     per-run progress bars). Each run's record lands in the cache as it finishes, so an
     interrupted sweep resumes where it stopped.
     """
-    todo, seen = [], set()
+    todo, seen = [], {}
     for i, kwargs in enumerate(plan):  # each missing run once, even if the plan names it twice
         key = run_key(**kwargs)
         if key not in seen and run_finetune(**kwargs, cached_only=True) is None:
             todo.append(i)
-        seen.add(key)
+        seen[key] = kwargs["steps"] * kwargs["batch_size"]
     _PLANNED_KEYS.update(seen)
     COUNTS["planned"] = len(_PLANNED_KEYS)
+    COUNTS["sequences_planned"] = sum(_PLANNED_KEYS.values())
     COUNTS["trained"] += len(todo)
     if distributed.is_distributed():  # every process trains every run, in the same order
         distributed.check_same([run_key(**plan[i]) for i in todo], "the runs still to train (--cache)")

@@ -120,8 +120,9 @@ def run_times(results, sections):
              "with the processes it ran side by side. Most runs were trained while other jobs shared the 2 "
              "cores, which stretched them up to several times: the wall times are upper bounds. The last column "
              "estimates the command on an idle 2-core machine from an empty cache: its distinct runs times the "
-             "lower quartile of its runs' training times per sequence (the least disturbed of them) at their mean "
-             "length, over its processes. "
+             "lower quartile of its runs' training times per sequence (the least disturbed of them), times the "
+             "sequences its runs train (where run_info.json counts them; else at the runs' mean length), over its "
+             "processes. "
              "Run in this document's order, each command finds its predecessors' runs in the cache and trains "
              "only its own.", "",
              "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile) | "
@@ -138,10 +139,13 @@ def run_times(results, sections):
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
             per_sequence = []
         one = per_sequence[len(per_sequence) // 4] * sequences if per_sequence else None  # a run of the mean length
+        # The planned runs' own lengths where run_info counts them (tuning runs may be shorter than the reported)
+        planned = (info["sequences_planned"] * per_sequence[len(per_sequence) // 4]
+                   if per_sequence and info.get("sequences_planned") else info["runs_planned"] * (one or 0))
         recorded = info["runs_trained"] > 0  # else its runs were trained before run_info.json existed
         workers = max(1, info["workers"] or 1) if recorded else current["cpu_count"]  # then: the default
         wall = f"{info['wall_time_s'] / 60:.1f} min" if recorded else "not recorded"
-        empty = f"{info['runs_planned'] * one / workers / 60:.0f} min" if one else "-"
+        empty = f"{planned / workers / 60:.0f} min" if one else "-"
         lines.append(f"| `{command(name, s)}` | {info['runs_planned']} | {info['runs_trained']} / "
                      f"{info['runs_planned'] - info['runs_trained']} | "
                      f"{wall} | "
