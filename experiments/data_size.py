@@ -119,12 +119,13 @@ def plot_data_size(summary, path, title):
     ax_l.set_title("test loss against data size (95% CI)")
     for r in summary["ranks"]:
         mine = [d for d in summary["differences"] if d["r"] == r]
-        ax_d.errorbar([d["size"] for d in mine], [d["difference"]["mean"] for d in mine], marker="o", capsize=3,
-                      label=f"LoRA r={r} minus full", yerr=[ci(d["difference"]) for d in mine])
+        line = ax_d.errorbar([d["size"] for d in mine], [d["difference"]["mean"] for d in mine], marker="o",
+                             capsize=3, label=f"LoRA r={r} minus full", yerr=[ci(d["difference"]) for d in mine])
         early = [d for d in summary.get("early", {}).get("differences", []) if d["r"] == r]
         if early:  # the same gap with each run's length chosen on validation too (nudged right, to be seen)
             ax_d.errorbar([d["size"] * 1.1 for d in early], [d["difference"]["mean"] for d in early], marker="o",
-                          mfc="white", linestyle="--", capsize=3, label=f"r={r}, early stopping",
+                          mfc="white", linestyle="--", capsize=3, color=line[0].get_color(),
+                          label=f"r={r}, early stopping (run length chosen on validation)",
                           yerr=[ci(d["difference"]) for d in early])
     delta = verdicts.DELTAS["loss"]
     ax_d.axhspan(-delta, delta, color="green", alpha=0.12, label=f"match margin ±{delta:g}")
