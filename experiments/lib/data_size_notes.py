@@ -120,6 +120,7 @@ def early_findings(summary, points, early_points):
     rows = [row for row in early["rows"] if row["size"] == small]
     moved = [row["test_loss"]["mean"] - summary["base_test_loss"] for row in rows]
     at_edge = sum(bool(row["by_length"][str(row["steps"])].get("at_grid_edge")) for row in rows)
+    lowest = sum(bool(row["by_length"][str(row["steps"])].get("at_lowest")) for row in rows)
     low, high = min(points), max(points)
 
     def where(p):
@@ -130,7 +131,8 @@ def early_findings(summary, points, early_points):
     text = (f"On {kib(small)} the chosen runs move the base model's test loss by "
             + ", ".join(f"{label(row['name'])} {m:+.3f} ({row['steps']} steps)" for row, m in zip(rows, moved))
             + f", and {at_edge} of their {len(rows)} rates sit at the edge of those tried at their length"
-            + (": stopping early did not bring ordinary rates within reach. " if at_edge == len(rows) else ". ")
+            + (": every one at the lowest, so stopping early did not bring ordinary rates within reach. "
+               if lowest == len(rows) else ". ")
             + f"Where LoRA matches full fine-tuning with early stopping: {where(early_points)}; with every run at "
             f"{summary['steps']} steps: {where(points)}. With early stopping the match point "
             f"{'moves' if moves(early_points) else 'does not move'} to larger data with r={high} than with r={low}")

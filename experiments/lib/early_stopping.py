@@ -18,9 +18,10 @@ from experiments.lib.tuning import tune
 
 def best_of(result):
     """A tune() result's chosen rate, the first seed's validation loss there (inf where it diverged, as
-    tune() counts it), and whether the rate sat at the edge of those tried."""
+    tune() counts it), whether the rate sat at the edge of those tried, and whether at the lowest."""
     loss = result["losses"][result["lrs"].index(result["best_lr"])]
-    return result["best_lr"], loss if math.isfinite(loss) else math.inf, result["at_grid_edge"]
+    return (result["best_lr"], loss if math.isfinite(loss) else math.inf, result["at_grid_edge"],
+            result["best_lr"] == min(result["lrs"]))
 
 
 def choose_run_length(fixed, contenders, lengths, seeds, *, workers=1, max_extra=2, progress=True):
@@ -33,7 +34,7 @@ def choose_run_length(fixed, contenders, lengths, seeds, *, workers=1, max_extra
     chosen, plan = {}, []
     for key, (entry, _) in contenders.items():
         options = {entry["steps"]: fixed[key], **{steps: tuned[(key, steps)] for steps in lengths}}
-        by_length = {steps: dict(zip(("lr", "loss", "at_grid_edge"), best_of(t))) for steps, t in options.items()}
+        by_length = {steps: dict(zip(("lr", "loss", "at_grid_edge", "at_lowest"), best_of(t))) for steps, t in options.items()}
         steps = min(by_length, key=lambda k: by_length[k]["loss"])
         chosen[key] = {"steps": steps, "lr": by_length[steps]["lr"], "by_length": by_length}
         if steps == entry["steps"]:
