@@ -35,8 +35,8 @@ from experiments.lib.common import (check_runs, finish_experiment, load_setup, m
                                     parse_targets, positive_int, positive_ints, run_kwargs, stop)
 from experiments.lib.early_stopping import (choose_run_length, early_match_points, early_matches, early_summary,
                                             early_table)
-from experiments.lib.data_size_notes import (ahead, behind, early_findings, edge_note, kib, label, overfitting,
-                                             smallest_set)
+from experiments.lib.data_size_notes import (ahead, behind, early_findings, edge_note, kib, label, learned_little,
+                                             overfitting, smallest_set)
 from experiments.lib.plots import finish, lr_text, write_report
 from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
@@ -319,6 +319,8 @@ def judge(summary):
     at_small = [judged[("matches", r, small)]["outcome"] for r in ranks]
     part_small = next((v for v in (verdicts.REPRODUCED, verdicts.NOT_SETTLED) if v in at_small),
                       verdicts.NOT_REPRODUCED)
+    if learned_little(summary):  # a match between runs that barely moved says nothing about capacity
+        part_small = verdicts.REGIME
     part_large = judged[("beats", low, large)]["outcome"]
     points = {r: match_point(judged, r) for r in ranks}
     if len(ranks) > 1 and (points[high] or 0) > (points[low] or 0):
@@ -353,7 +355,11 @@ def report(results):
                       for name in s["contenders"])
     bullets = [
         f"- On the smallest set ({kib(small)}), some rank matches full fine-tuning within ±{delta:g}: "
-        f"**{part_small}** (" + "; ".join(said(judged[("matches", r, small)]) for r in ranks) + ").",
+        f"**{part_small}**"
+        + (": every run there sat at the lowest rate tried and moved the base model's test loss by less than 0.05, "
+           "too little to test whether a low rank holds what full fine-tuning learns; by the rule alone"
+           if part_small == verdicts.REGIME else "")
+        + " (" + "; ".join(said(judged[("matches", r, small)]) for r in ranks) + ").",
         f"- On the largest set ({kib(large)}), full fine-tuning beats the lowest rank: **{part_large}** (" +
         "; ".join(said(judged[("beats", r, large)]) for r in ranks) + ").",
         f"- Where LoRA matches full fine-tuning (the largest size with a passed equivalence test): {where}. That "
@@ -389,7 +395,7 @@ called gap. The base model scores {s['base_test_loss']:.3f} on the same test tex
 
 {early_text(s, points)}**Verdict: {verdict}.**
 """ + "\n".join(bullets)
-    detail = "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
+    detail = (f"{kib(small)} runs within 0.05 of the base: not tested there; " if learned_little(s) else "") + "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
                        for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}; " + \
         f"{len(edges)} of {len(s['rows'])} tuned rates at the edge of those tried" + \
         (f"; with early stopping, matches where: {early_matches(s['early'], kib)}" if s.get("early") else "")
