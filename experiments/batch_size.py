@@ -222,17 +222,21 @@ def report(results):
               f"{large['steps']} steps, on a model of {params / 1e6:.2f}M parameters")
     verdict = verdicts.combine([j["outcome"] for j in judged], regime=regime)
     gaps = [row["gap"]["mean"] for row in fixed]
-    best = {m: min(fixed, key=lambda row: row[m]["target_loss"]["mean"])["batch_size"] for m in METHODS}
+    best = {m: min(fixed, key=lambda row: row[m]["target_loss"]["mean"]) for m in METHODS}
+    near = {m: [row["batch_size"] for row in fixed if row[m]["target_loss"]["mean"] - best[m][m]["target_loss"]["mean"]
+                <= best[m][m]["target_loss"]["ci"]] for m in METHODS}  # as good as the best, within its spread
+    best = {m: row["batch_size"] for m, row in best.items()}
     lines = [f"- Not tested in the claim's regime: {regime}. By the rules the comparisons give **{measured}**: "
              + "; ".join(f"{j['question']}: {verdicts.show_interval(j)}, {verdicts.show(j)}" for j in judged) + ".",
              f"- At one rate per method the gap (LoRA minus full, seed by seed) runs from {min(gaps):+.3f} to "
              f"{max(gaps):+.3f} over batches {small['batch_size']} to {large['batch_size']}; at the largest batch it "
              f"differs from the smallest's by {show_difference(change)} "
              f"({'called' if change['called'] else 'not called'}).",
-             f"- At one rate, full fine-tuning does best at batch {best['full']} and LoRA at batch {best['lora']}"
-             + (f": both at a middle batch. Small batches take many noisy steps, large ones few ({large['steps']} "
-                f"steps at batch {large['batch_size']})." if {best['full'], best['lora']}.isdisjoint(
-                    {small['batch_size'], large['batch_size']}) else ".")]
+             f"- At one rate, the lowest mean loss is at batch {best['full']} for full fine-tuning and "
+             f"{best['lora']} for LoRA; the batches within the best one's 95% interval: "
+             + "; ".join(f"{METHODS[m]} {', '.join(map(str, near[m]))}" for m in METHODS)
+             + (f". The largest batch is worse for both: it takes only {large['steps']} steps."
+                if all(large["batch_size"] not in near[m] for m in METHODS) else ".")]
     if tuned:
         t_small, t_large = tuned[0], tuned[-1]
         lines.append(
@@ -273,7 +277,8 @@ fine-tuning {lr_text(s['lrs']['full'])}, LoRA r={s['r']} {lr_text(s['lrs']['lora
 
 {table(tuned).strip() if tuned else ''}
 
-Final docs loss on {s.get('scored_on', 'validation')} text in nats/byte (rates chosen on validation),
+Final docs loss on {s.get('scored_on', 'validation')} text in nats/byte (first table: the default rates;
+second: each method's rate chosen on validation at that batch),
 mean ± 95% CI over {n} seeds; the gap is LoRA minus full fine-tuning seed by seed, `*` = called.
 
 **Verdict: {verdict}.**
@@ -282,7 +287,8 @@ mean ± 95% CI over {n} seeds; the gap is LoRA minus full fine-tuning seed by se
               f"one rate" + (f", {show_difference(change_t)} at each one's tuned rate" if change_t else ""))
     return {"title": "Batch size", "source": "LoRA Without Regret",
             "claim": "LoRA is less tolerant of large batches than full fine-tuning", "verdict": verdict,
-            "detail": detail, "body": body, "comparisons": judged, "command": command}
+            "detail": detail, "body": body, "comparisons": judged, "command": command,
+            "measured": measured}
 
 
 if __name__ == "__main__":

@@ -382,7 +382,8 @@ it is the data's ceiling.
               + verdicts.show_parts(parts, label=lambda c: c["question"].split(":")[0].replace(", ", " ")))
     return {"title": "Capacity: when does a low rank run out of room?", "source": "LoRA Without Regret",
             "claim": "Low-rank LoRA tracks full fine-tuning until the data exceed its capacity", "verdict": verdict,
-            "detail": detail, "body": body, "comparisons": parts, "command": command}
+            "detail": detail, "body": body, "comparisons": parts, "command": command,
+            "measured": verdicts.combine([c["outcome"] for c in parts])}
 
 
 if __name__ == "__main__":

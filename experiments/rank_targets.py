@@ -194,7 +194,7 @@ validation), mean ± 95% CI over seeds; `*` marks a called gap.
               f"; measured: competitive {competitive}, W_q needs more {q_needs_more}")
     return {"title": "How small can the rank be? Rank x target set", "source": "LoRA Sec. 7.2, Table 6",
             "claim": "r = 1 or 2 is competitive when W_q and W_v are adapted; W_q alone needs a larger r",
-            "verdict": verdict, "detail": detail, "body": body, "comparisons": judged}
+            "verdict": verdict, "detail": detail, "body": body, "comparisons": judged, "measured": measured}
 
 
 if __name__ == "__main__":

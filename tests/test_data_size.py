@@ -216,3 +216,18 @@ def test_the_section_names_the_command_that_wrote_it():
     """REPRODUCTIONS' run adds two seeds to the default three: the section must say so."""
     assert data_size.command_of({"seeds": [1337, 1338, 1339]}) == "python -m experiments.data_size"
     assert data_size.command_of({"seeds": list(range(1337, 1342))}) == "python -m experiments.data_size --seeds 5"
+
+
+def test_a_match_between_runs_that_barely_learned_is_not_tested_in_the_claims_regime():
+    gaps = {(1, 4096): SAME, (16, 4096): SAME, (1, 419577): BEHIND, (16, 419577): BEHIND}
+    summary = fake_summary(gaps, sizes=(4096, 419577), base=1.53)  # full ends 0.027 below the base on 4 KB
+    for row in summary["rows"]:
+        if row["size"] == 4096:  # every 4 KB run at the lowest rate tried, at the grid's edge
+            row.update(lr=5.6e-4, tuning={**row["tuning"], "at_grid_edge": True})
+    verdict, parts, judged, _ = data_size.judge(summary)
+    assert judged[("matches", 1, 4096)]["outcome"] == verdicts.REPRODUCED  # the rule alone would call a match
+    assert parts[0] == verdicts.REGIME and verdict == verdicts.PARTLY
+    body = data_size.report(Fake(summary))["body"]
+    assert "too little to test whether a low rank holds what full fine-tuning learns" in body
+    summary["base_test_loss"] = 1.60  # moved 0.1: the runs learned, so the match counts
+    assert data_size.judge(summary)[1][0] == verdicts.REPRODUCED

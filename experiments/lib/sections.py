@@ -14,6 +14,9 @@ SECTIONS = ("lr_sweep", "rank_sweep", "which_weights", "rank_targets", "subspace
 # The results folder (under results/) of the three-seed rank sweep (`rank_sweep --reproduce`) that
 # REPRODUCTIONS.md and the README's main results read; the quickstart's own sweep is results/rank_sweep/.
 MAIN_SWEEP_FOLDER = "rank_sweep_reproduction"
+# The sections whose own runs went from three seeds to five after three had left a comparison open (the
+# rules' call): a second look at those comparisons, which REPRODUCTIONS' multiplicity paragraph names.
+RERUN_AT_FIVE_SEEDS = ("lr_sweep", "which_weights", "subspace", "batch_size", "adalora", "placement", "data_size")
 
 
 def section_number(name):

@@ -206,7 +206,7 @@ amplification factor ||delta W||_F / ||U^T W0 V^T||_F is {PAPER_FACTOR[4]:g} at 
 **Command.** `python -m experiments.subspace` (`results/subspace/`). LoRA at r={r_low} and r={r_high},
 seeds {', '.join(str(s) for s in seeds)}, at the default LoRA rate {lr_text(info['lr'])} (not tuned per
 target set: nothing here compares losses between methods), twice: on {paper} as the paper, and on all six
-linear layers (the runs of `rank_sweep`). Each r={r_low} run is compared with the r={r_high}
+linear layers (the first three seeds are `rank_sweep`'s runs). Each r={r_low} run is compared with the r={r_high}
 run of the next seed ({pair_text}): independent initialisations, each run in one pair, so the 95% intervals
 over the {len(info['pairs'])} pairs are honest. Chance is what a random subspace gives, max(i, j)/d; the
 chance-corrected value (phi - chance) / (1 - chance) is 0 there. The control is the same comparison

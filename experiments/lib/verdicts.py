@@ -248,11 +248,17 @@ piece of evidence. {len(m['not_settled'])} of them {'is' if len(m['not_settled']
 
 
 def settled_text(m, settled):
-    if not settled:
-        return ""
-    from experiments.lib.sections import section_ref
+    from experiments.lib.sections import RERUN_AT_FIVE_SEEDS, numbers_text, section_number, section_ref
 
+    rerun = [name for name, _ in m["by_section"] if name in RERUN_AT_FIVE_SEEDS]
+    caveat = ("with the same caveat" if settled else
+              f"so the false-call rate of those comparisons is somewhat above {ALPHA:g}")
+    again = (f" {numbers_text(sorted(section_number(n) for n in rerun)).capitalize()} "
+             f"{'was itself' if len(rerun) == 1 else 'were themselves'} re-run at five seeds after three had left a "
+             f"comparison open: a second look too, {caveat}." if rerun else "")
+    if not settled:
+        return again
     return (f" {len(m['settled'])} more were not settled at three seeds and were run again with five seeds on "
             f"a held-out test split ({section_ref('settle')}), whose read their sections' verdicts now take: {settled}. "
             f"That is a second look at each of them, so their false-call rate is somewhat above {ALPHA:g}: the first "
-            f"look could have called them already, had three seeds shown a larger difference.")
+            f"look could have called them already, had three seeds shown a larger difference.{again}")

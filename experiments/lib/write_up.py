@@ -10,6 +10,8 @@ Each experiment module's `report(results)` returns its section as a dict:
     body            the section's Markdown below its heading: claim, command, plots, tables, verdict
     folder, command optional: the results folder and the command, where they are not results/<name>/
                     and `python -m experiments.<name>` (rank_sweep's section is its --reproduce run)
+    measured        optional: what the comparisons give by the rules alone, where the verdict is "not
+                    tested in the claim's regime" (the README's list shows both)
 """
 from experiments.lib.bench_write_up import adapters, ddp
 from experiments.lib.finetune import reported_loss, reported_on
@@ -86,7 +88,8 @@ default, widened while the best sits at an edge, then the other seeds at the cho
 
 **Validation and test.** The sections run on the held-out test split ({held_out_sections(sections)}) cut the held-out
 text in two: the rates and settings they choose are chosen on its first half (validation), and every
-number they report is on its second half (test), which no choice of theirs read. What they take as
+result they report is on its second half (test), which no choice of theirs read, except what is marked
+validation (training curves, which are evaluated there only, and the scores a choice was made by). What they take as
 given (the default rates, the grids' starting points, the settings they re-test) was chosen earlier,
 on the whole held-out text, test half included. Section {section_number("settle")} runs the comparisons
 three seeds left undecided again this way, and shows what the same runs say on validation beside
@@ -125,7 +128,7 @@ def run_times(results, sections):
              "of them), over its processes. "
              "Run in this document's order, each command finds its predecessors' runs in the cache and trains "
              "only its own.", "",
-             "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile) | "
+             "| command | runs | trained / from the cache | wall time | processes | one run (lower quartile, mean length) | "
              "from an empty cache, idle (estimate) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, s in sections:
@@ -425,17 +428,21 @@ def held_out_block(sections):
     if not sections:
         return "No claim has been tested yet.\n"
     on_test = [name for name, s in sections if s.get("test_split")]
-    lines = [f"Each claim is tested by one command at this scale, with verdicts by rules fixed in advance, in "
-             f"[REPRODUCTIONS](experiments/REPRODUCTIONS.md); the numbers behind each verdict are in "
-             f"[docs/results.md](docs/results.md#reproductions-the-papers-claims-tested). "
-             + (f"{held_out_sections(sections).capitalize()} make every choice (where they make one) on "
-                f"validation and report the held-out test half" if len(on_test) > 1 else
+    lines = [f"Each claim is tested by one command at this scale, with verdicts by one set of rules shared by "
+             f"every section, in [REPRODUCTIONS](experiments/REPRODUCTIONS.md); the numbers behind each verdict are "
+             f"in [docs/results.md](docs/results.md#reproductions-the-papers-claims-tested). "
+             + (f"{held_out_sections(sections).capitalize()} make their own choices on validation and report the "
+                f"held-out test half (the default rates they start from were tuned earlier on the whole held-out "
+                f"text)" if len(on_test) > 1 else
                 f"{held_out_sections(sections).capitalize()} makes its choices on validation and reports the "
                 f"held-out test half" if on_test else "")
              + (f"; {held_out_sections(sections, False)} {'does' if len(sections) - len(on_test) == 1 else 'do'} "
                 f"not (REPRODUCTIONS says why). " if on_test and len(on_test) < len(sections) else ". " if on_test else "")
              + "Written by `python -m experiments.report`:", ""]
     for name, s in sections:
-        lines.append(f"{section_number(name)}. {s['title'].rstrip('?.')}: **{s['verdict']}**")
+        if name == "settle":  # a re-run of other sections' comparisons, not a claim of its own
+            continue
+        measured = f" (measured: {s['measured']})" if s.get("measured") and s["measured"] != s["verdict"] else ""
+        lines.append(f"- §{section_number(name)} {s['title'].rstrip('?.')}: **{s['verdict']}**{measured}")
     return "\n".join(lines) + "\n"
 
