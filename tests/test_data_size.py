@@ -76,7 +76,7 @@ def test_data_size_end_to_end(tmp_path, corpora):
     i = TOY.index("--eval-interval")
     toy = TOY[:i] + TOY[i + 2:]  # the default: evaluate at the start and the end only
     data_size.main([*toy, *corpora, "--sizes", "256,all", "--ranks", "2", "--seeds", "2", "--max-extra", "0",
-                    "--shorter-runs", "3", "--out", str(out)])
+                    "--early-stopping", "--shorter-runs", "3", "--out", str(out)])
     summary = json.loads((out / "data_size.json").read_text())
     whole = summary["whole"]
     assert summary["sizes"] == [256, whole] and summary["contenders"] == ["full", "r=2"]
@@ -216,6 +216,8 @@ def test_the_section_names_the_command_that_wrote_it():
     """REPRODUCTIONS' run adds two seeds to the default three: the section must say so."""
     assert data_size.command_of({"seeds": [1337, 1338, 1339]}) == "python -m experiments.data_size"
     assert data_size.command_of({"seeds": list(range(1337, 1342))}) == "python -m experiments.data_size --seeds 5"
+    assert (data_size.command_of({"seeds": list(range(1337, 1342)), "early": {"rows": []}})
+            == "python -m experiments.data_size --seeds 5 --early-stopping")
 
 
 def test_a_match_between_runs_that_barely_learned_is_not_tested_in_the_claims_regime():
