@@ -34,12 +34,12 @@ import matplotlib.pyplot as plt
 from experiments.lib import verdicts
 from experiments.lib.common import (check_runs, finish_experiment, load_setup, make_parser, model_config, parse_ranks,
                                     parse_targets, positive_int, positive_ints, run_kwargs, stop)
-from experiments.lib.early_stopping import (choose_run_length, early_match_points, early_matches, early_summary,
-                                            early_table)
-from experiments.lib.data_size_notes import (ahead, behind, early_findings, edge_note, kib, label, learned_little,
-                                             overfitting, smallest_set)
+from experiments.lib.early_stopping import choose_run_length
+from experiments.lib.data_size_notes import (ahead, behind, early_findings, early_match_points, early_summary,
+                                             early_table, edge_note, gap_table, gaps, kib, label, learned_little,
+                                             match_text, overfitting, smallest_set)
 from experiments.lib.plots import finish, lr_text, write_report
-from experiments.lib.seeds import paired, seed_list, show, show_difference, spread
+from experiments.lib.seeds import seed_list, show, show_difference, spread
 from experiments.lib.tuning import LR_GRID, grid_neighbours, tune
 from nanogpt.data import load_corpus
 from nanogpt.flags import non_negative_int
@@ -251,11 +251,8 @@ def summarize(tuned, methods, sizes, seeds, args, target):
                      "test_loss": spread([x["final_target_test_loss"] for x in runs]),
                      "source_test_loss": spread([x["final_source_test_loss"] for x in runs]),
                      "train_loss_end": spread([end_of_training_loss(x) for x in runs])})
-    cell = {(row["name"], row["size"]): row for row in rows}
     ranks = [spec["r"] for spec, _ in methods.values() if spec["method"] == "lora"]
-    differences = [{"r": r, "size": n, "difference": paired(cell[("full", n)]["test_loss"]["values"],
-                                                            cell[(f"r={r}", n)]["test_loss"]["values"])}
-                   for r in ranks for n in sizes]  # LoRA minus full: above 0, LoRA is behind
+    differences = gaps(rows, ranks, sizes)
     first = records[0]
     window_bytes = args.batch_size * first["block_size"]
     summary = {"seeds": seeds, "steps": args.max_iters, "batch_size": args.batch_size,
@@ -275,13 +272,7 @@ def results_table(summary):
     for n in summary["sizes"]:
         lines.append(f"| {kib(n)} | {summary['bytes_drawn'] / n:.2g} | " + " | ".join(
             f"{show(cell[(name, n)]['test_loss'])} ({lr_text(cell[(name, n)]['lr'])})" for name in names) + " |")
-    lines += ["", "| data | LoRA r | LoRA minus full (95% CI; * = called) | matches (90% interval) |",
-              "| ---: | ---: | ---: | --- |"]
-    for d in summary["differences"]:
-        m = verdicts.matches(d["difference"])
-        lines.append(f"| {kib(d['size'])} | {d['r']} | {show_difference(d['difference'])} | "
-                     f"{m['outcome']} ({m['low']:+.3f} to {m['high']:+.3f}) |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + gap_table(summary["differences"])
 
 
 def match_point(judged, r):
@@ -299,7 +290,7 @@ def early_text(s, points):
     return (f"**Early stopping.** The same contenders, each with its run length chosen on validation too, from "
             f"{', '.join(map(str, e['lengths']))} steps (at each shorter length the rate is tuned again on the first "
             f"seed; `experiments/lib/early_stopping.py`), then {len(s['seeds'])} seeds at the chosen length and "
-            f"rate, on test:\n\n{early_table(e, s['contenders'], kib, label, lr_text).strip()}\n\n"
+            f"rate, on test:\n\n{early_table(e, s['contenders'], lr_text).strip()}\n\n"
             f"{early_findings(s, points, early_match_points(e))}\n\n")
 
 
@@ -353,7 +344,7 @@ def report(results):
     targets = ", ".join(s["targets"]) if isinstance(s["targets"], list) else s["targets"]
     trainable = {row["name"]: row["trainable_params"] for row in s["rows"]}
     params = ", ".join(f"{label(name)}: {trainable[name]:,} trainable parameters" for name in s["contenders"])
-    where = "; ".join(f"r={r}: {'at no size' if points[r] is None else 'up to ' + kib(points[r])}" for r in ranks)
+    where = match_text(points)
     edges = [row for row in s["rows"] if row["tuning"]["at_grid_edge"]]
     rates = "; ".join(f"{label(name)} " + ", ".join(lr_text(row["lr"]) for row in s["rows"] if row["name"] == name)
                       for name in s["contenders"])
@@ -402,7 +393,7 @@ called gap. The base model scores {s['base_test_loss']:.3f} on the same test tex
     detail = (f"{kib(small)} runs within 0.05 of the base: not tested there; " if learned_little(s) else "") + "; ".join(f"{kib(n)}: r={r} {show_difference(d['difference'])}" for d in s["differences"]
                        for r, n in [(d["r"], d["size"])] if n in (small, large)) + f"; matches where: {where}; " + \
         f"{len(edges)} of {len(s['rows'])} tuned rates at the edge of those tried" + \
-        (f"; with early stopping, matches where: {early_matches(s['early'], kib)}" if s.get("early") else "")
+        (f"; with early stopping, matches where: {match_text(early_match_points(s['early']))}" if s.get("early") else "")
     return {"title": "Data size against rank: where LoRA matches full fine-tuning",
             "source": "LoRA Without Regret (Schulman et al. 2025)",
             "claim": "low-rank LoRA matches full fine-tuning on small data and falls behind as data grow; the "

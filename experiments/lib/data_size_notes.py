@@ -1,6 +1,8 @@
 """The data-size section's descriptive notes (experiments/data_size.py): what each size's runs did,
-said beside the verdict, which rests on none of them, and the two small formats they share."""
-from experiments.lib.seeds import show, show_difference
+said beside the verdict, which rests on none of them; the small formats and tables the fixed-length and
+the early-stopping reads share; and the early-stopping read's summary."""
+from experiments.lib import verdicts
+from experiments.lib.seeds import paired, show, show_difference, spread
 
 
 def kib(n):
@@ -141,9 +143,6 @@ def early_findings(summary, points, early_points):
     lowest = sum(bool(row["by_length"][str(row["steps"])].get("at_lowest")) for row in rows)
     low, high = min(points), max(points)
 
-    def where(p):
-        return "; ".join(f"r={r}: {'at no size' if n is None else 'up to ' + kib(n)}" for r, n in p.items())
-
     def moves(p):
         return (p[high] or 0) > (p[low] or 0)
     text = (f"On {kib(small)} the chosen runs move the base model's test loss by "
@@ -152,8 +151,8 @@ def early_findings(summary, points, early_points):
             + (f": every one at the lowest the search reached (it adds at most {summary['max_extra']} rates beyond its "
                "first three), so stopping early did not bring ordinary rates within reach. "
                if lowest == len(rows) else ". ")
-            + f"Where LoRA matches full fine-tuning with early stopping: {where(early_points)}; with every run at "
-            f"{summary['steps']} steps: {where(points)}. With early stopping the match point "
+            + f"Where LoRA matches full fine-tuning with early stopping: {match_text(early_points)}; with every run at "
+            f"{summary['steps']} steps: {match_text(points)}. With early stopping the match point "
             f"{'moves' if moves(early_points) else 'does not move'} to larger data with r={high} than with r={low}")
     little = max(abs(m) for m in moved) < 0.05
     if moves(early_points) != moves(points):
@@ -162,3 +161,58 @@ def early_findings(summary, points, early_points):
     return text + (". The verdict below rests on the fixed-length runs, the design set before the runs"
                    + ("; the matches this read finds are between runs as close to the base, so it changes no part "
                       "of it." if little else "."))
+
+
+def gaps(rows, ranks, sizes):
+    """LoRA minus full fine-tuning's test loss at each rank and size, seed by seed (above 0: LoRA behind)."""
+    cell = {(row["name"], row["size"]): row for row in rows}
+    return [{"r": r, "size": n, "difference": paired(cell[("full", n)]["test_loss"]["values"],
+                                                     cell[(f"r={r}", n)]["test_loss"]["values"])}
+            for r in ranks for n in sizes]
+
+
+def gap_table(differences):
+    """The gaps as Markdown, each with the equivalence rule's outcome."""
+    lines = ["| data | LoRA r | LoRA minus full (95% CI; * = called) | matches (90% interval) |",
+             "| ---: | ---: | ---: | --- |"]
+    for d in differences:
+        m = verdicts.matches(d["difference"])
+        lines.append(f"| {kib(d['size'])} | {d['r']} | {show_difference(d['difference'])} | "
+                     f"{m['outcome']} ({m['low']:+.3f} to {m['high']:+.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def match_text(points):
+    """{r: the largest size where LoRA r matches, or None} as 'r=1: at no size; r=16: up to 4 KB'."""
+    return "; ".join(f"r={r}: {'at no size' if n is None else 'up to ' + kib(n)}" for r, n in points.items())
+
+
+def early_summary(chosen, ranks, sizes):
+    """The early-stopping read for data_size.json (chosen: lib/early_stopping.choose_run_length's): each
+    method and size at its chosen length and rate, test losses, and the gaps."""
+    rows = [{"name": name, "size": n, "steps": c["steps"], "lr": c["lr"],
+             "by_length": {str(k): v for k, v in c["by_length"].items()},
+             "test_loss": spread([x["final_target_test_loss"] for x in c["records"]])}
+            for (name, n), c in chosen.items()]
+    return {"rows": rows, "differences": gaps(rows, ranks, sizes)}
+
+
+def early_table(early, names, lr_text):
+    """The early-stopping read as Markdown: each cell's test loss, run length and rate; then the gaps."""
+    cell = {(row["name"], row["size"]): row for row in early["rows"]}
+    lines = ["| data | " + " | ".join(label(n) for n in names) + " |", "| ---: |" + " ---: |" * len(names)]
+    for n in sorted({row["size"] for row in early["rows"]}):
+        lines.append(f"| {kib(n)} | " + " | ".join(
+            f"{show(cell[(name, n)]['test_loss'])} ({cell[(name, n)]['steps']} steps, {lr_text(cell[(name, n)]['lr'])})"
+            for name in names) + " |")
+    return "\n".join(lines) + "\n\n" + gap_table(early["differences"])
+
+
+def early_match_points(early):
+    """{r: the largest size at which LoRA r matches full fine-tuning in the early-stopping read, or None}."""
+    points = {}
+    for d in early["differences"]:
+        points.setdefault(d["r"], None)
+        if verdicts.matches(d["difference"])["outcome"] == verdicts.REPRODUCED:
+            points[d["r"]] = max(points[d["r"]] or 0, d["size"])
+    return points

@@ -10,9 +10,7 @@ and the other seeds run there. The test half stays unread by every choice.
 """
 import math
 
-from experiments.lib import verdicts
 from experiments.lib.runs import run_all
-from experiments.lib.seeds import paired, show, show_difference, spread
 from experiments.lib.tuning import tune
 
 
@@ -49,51 +47,3 @@ def choose_run_length(fixed, contenders, lengths, seeds, *, workers=1, max_extra
         if isinstance(c["records"], int):
             c["records"] = records[c["records"]:c["records"] + len(seeds)]
     return chosen
-
-
-def early_summary(chosen, ranks, sizes):
-    """The early-stopping read for data_size.json: rows (each method and size at its chosen length
-    and rate, test losses) and LoRA minus full at each size, seed by seed."""
-    rows = [{"name": name, "size": n, "steps": c["steps"], "lr": c["lr"],
-             "by_length": {str(k): v for k, v in c["by_length"].items()},
-             "test_loss": spread([x["final_target_test_loss"] for x in c["records"]])}
-            for (name, n), c in chosen.items()]
-    cell = {(row["name"], row["size"]): row for row in rows}
-    differences = [{"r": r, "size": n, "difference": paired(cell[("full", n)]["test_loss"]["values"],
-                                                            cell[(f"r={r}", n)]["test_loss"]["values"])}
-                   for r in ranks for n in sizes]
-    return {"rows": rows, "differences": differences}
-
-
-def early_table(early, names, kib, label, lr_text):
-    """The early-stopping read as Markdown: each cell's test loss, run length and rate; then the gaps."""
-    cell = {(row["name"], row["size"]): row for row in early["rows"]}
-    sizes = sorted({row["size"] for row in early["rows"]})
-    lines = ["| data | " + " | ".join(label(n) for n in names) + " |", "| ---: |" + " ---: |" * len(names)]
-    for n in sizes:
-        lines.append(f"| {kib(n)} | " + " | ".join(
-            f"{show(cell[(name, n)]['test_loss'])} ({cell[(name, n)]['steps']} steps, {lr_text(cell[(name, n)]['lr'])})"
-            for name in names) + " |")
-    lines += ["", "| data | LoRA r | LoRA minus full (95% CI; * = called) | matches (90% interval) |",
-              "| ---: | ---: | ---: | --- |"]
-    for d in early["differences"]:
-        m = verdicts.matches(d["difference"])
-        lines.append(f"| {kib(d['size'])} | {d['r']} | {show_difference(d['difference'])} | "
-                     f"{m['outcome']} ({m['low']:+.3f} to {m['high']:+.3f}) |")
-    return "\n".join(lines) + "\n"
-
-
-def early_match_points(early):
-    """{r: the largest size at which LoRA r matches full fine-tuning in the early-stopping read, or None}."""
-    points = {}
-    for d in early["differences"]:
-        points.setdefault(d["r"], None)
-        if verdicts.matches(d["difference"])["outcome"] == verdicts.REPRODUCED:
-            points[d["r"]] = max(points[d["r"]] or 0, d["size"])
-    return points
-
-
-def early_matches(early, kib):
-    """The match points as text: 'r=1: at no size; r=16: up to 4 KB'."""
-    return "; ".join(f"r={r}: {'at no size' if p is None else 'up to ' + kib(p)}"
-                     for r, p in early_match_points(early).items())
